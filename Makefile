@@ -1,0 +1,56 @@
+# `make run` and `make test` do all the set-up themselves: they create .venv if it is missing
+# and install what they need (again only when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ../shared/data
+MODELS := mnist-vae mnist-vae-2d mnist-ae fashion-vae
+
+.PHONY: run test lint check default-models literature-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[serve]'
+	touch $@
+
+# torch is pinned to 2.13.0 in the `train` extra; where a CPU wheel of it is on the pip path
+# (as on our machines), pip takes it instead of the multi-GB CUDA build.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed-serve  ## start the service on the bundled models in ./models
+	$(BIN)/python -m service
+
+test: $(VENV)/.installed-dev  ## the whole test suite (no network, no ../shared needed)
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev  ## ruff lint + format check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+check: lint test
+
+# Retrain, evaluate, draw and export every bundled model from the MNIST/Fashion-MNIST files in
+# $(DATA_DIR) (downloaded there first if missing and online). About 30 min on 2 CPU cores.
+default-models: $(addprefix model-,$(MODELS))
+
+model-%: configs/%.toml | $(VENV)/.installed-dev
+	rm -rf runs/$*
+	$(BIN)/python -m training train --config $< --data-dir $(DATA_DIR) --out runs/$*
+	$(BIN)/python -m training evaluate runs/$* --iwae-k 1000 --quiet
+	$(BIN)/python -m training report runs/$*
+	$(BIN)/python -m training export runs/$* --out models/$*
+
+# The latent-50 dynamically binarised VAE compared with the IWAE paper; not bundled.
+literature-check: | $(VENV)/.installed-dev
+	rm -rf runs/mnist-vae-50-binarized
+	$(BIN)/python -m training train --config configs/mnist-vae-50-binarized.toml --data-dir $(DATA_DIR) --out runs/mnist-vae-50-binarized
+	$(BIN)/python -m training evaluate runs/mnist-vae-50-binarized --iwae-k 1000 --quiet
+	$(BIN)/python -m training report runs/mnist-vae-50-binarized
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

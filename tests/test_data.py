@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data import (
+    IDX_DATASETS,
+    DatasetError,
+    IdxDataset,
+    RemoteFile,
+    download_verified,
+    ensure_idx_files,
+    load_array_file,
+    load_image_folder,
+    load_splits,
+    read_idx,
+    read_idx_pair,
+    write_idx,
+)
+
+from .conftest import N_TEST, N_TRAIN, synthetic_digits, write_mnist_like
+
+
+def test_idx_round_trip_gzip_and_raw(tmp_path: Path) -> None:
+    images, labels = synthetic_digits(5, seed=0)
+    for name in ("x.idx3-ubyte.gz", "x.idx3-ubyte"):
+        write_idx(tmp_path / name, images)
+        assert np.array_equal(read_idx(tmp_path / name), images)
+    write_idx(tmp_path / "y.gz", labels)
+    assert np.array_equal(read_idx(tmp_path / "y.gz"), labels)
+    # The writer emits the official header: magic 2051, then N, rows, cols, big-endian.
+    raw = (tmp_path / "x.idx3-ubyte").read_bytes()
+    assert struct.unpack(">4i", raw[:16]) == (2051, 5, 28, 28)
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path: Path) -> None:
+    images, _ = synthetic_digits(10, seed=0)
+    write_idx(tmp_path / "raw.idx", images)
+    data = (tmp_path / "raw.idx").read_bytes()
+    (tmp_path / "cut.idx").write_bytes(data[:-100])
+    with pytest.raises(DatasetError, match=r"shape \(10, 28, 28\).*truncated"):
+        read_idx(tmp_path / "cut.idx")
+    # A gzip stream cut in the middle fails as a corrupt file too, not with a raw EOFError.
+    write_idx(tmp_path / "full.gz", images)
+    gz = (tmp_path / "full.gz").read_bytes()
+    (tmp_path / "cut.gz").write_bytes(gz[: len(gz) // 2])
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        read_idx(tmp_path / "cut.gz")
+
+
+def test_foreign_file_is_rejected_by_magic_number(tmp_path: Path) -> None:
+    (tmp_path / "png.gz").write_bytes(gzip.compress(b"\x89PNG\r\n\x1a\n" + bytes(100)))
+    with pytest.raises(DatasetError, match="magic number 0x89504e47"):
+        read_idx(tmp_path / "png.gz")
+    (tmp_path / "tiny").write_bytes(b"\x00\x00")
+    with pytest.raises(DatasetError, match="too short"):
+        read_idx(tmp_path / "tiny")
+
+
+def test_image_and_label_counts_must_agree(tmp_path: Path) -> None:
+    images, labels = synthetic_digits(10, seed=0)
+    write_idx(tmp_path / "x.gz", images)
+    write_idx(tmp_path / "y.gz", labels[:9])
+    with pytest.raises(DatasetError, match=r"10 images but .* 9 labels"):
+        read_idx_pair(tmp_path / "x.gz", tmp_path / "y.gz")
+    write_idx(tmp_path / "small.gz", np.zeros((10, 14, 14), np.uint8))
+    with pytest.raises(DatasetError, match="14x14, expected 28x28"):
+        read_idx_pair(tmp_path / "small.gz", tmp_path / "y.gz")
+
+
+def test_splits_from_a_data_dir(data_dir: Path) -> None:
+    splits = load_splits("mnist", data_dir, val_size=50, download=False)
+    assert splits.train.images.shape == (N_TRAIN - 50, 1, 28, 28)
+    assert splits.val.images.shape == (50, 1, 28, 28)
+    assert splits.test.images.shape == (N_TEST, 1, 28, 28)  # the test file, untouched
+    assert splits.train.images.dtype == np.float32
+    assert splits.train.images.min() >= 0.0 and splits.train.images.max() <= 1.0
+    assert splits.label_names == tuple("0123456789")
+    # The validation split is carved with a fixed seed: the same images every time.
+    again = load_splits("mnist", data_dir, val_size=50, download=False)
+    assert np.array_equal(again.val.images, splits.val.images)
+
+
+def test_data_dir_from_environment(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAE_DATA_DIR", str(data_dir))
+    assert len(load_splits("mnist", None, val_size=50, download=False).test) == N_TEST
+
+
+def test_missing_files_offline_say_what_to_put_where(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as info:
+        load_splits("fashion-mnist", tmp_path, download=False)
+    message = str(info.value)
+    for remote in IDX_DATASETS["fashion-mnist"].files.values():
+        assert str(tmp_path / "fashion-mnist" / remote.name) in message
+        assert remote.md5 in message
+    assert "VAE_DATA_DIR" in message and "--data-dir" in message
+
+
+def _mirror(tmp_path: Path) -> tuple[str, Path]:
+    mirror = write_mnist_like(tmp_path / "mirror") / "mnist"
+    return mirror.as_uri() + "/", mirror
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_download_keeps_a_file_whose_md5_matches(tmp_path: Path) -> None:
+    url, mirror = _mirror(tmp_path)
+    name = "t10k-labels-idx1-ubyte.gz"
+    dest = tmp_path / "dl" / name
+    download_verified(name, _md5(mirror / name), [url], dest)
+    assert dest.read_bytes() == (mirror / name).read_bytes()
+
+
+def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path: Path) -> None:
+    url, _ = _mirror(tmp_path)
+    name = "t10k-labels-idx1-ubyte.gz"
+    dest = tmp_path / "dl" / name
+    with pytest.raises(DatasetError, match=r"md5 [0-9a-f]{32} does not match the expected 0{32}"):
+        download_verified(name, "0" * 32, [url], dest)
+    assert list(dest.parent.iterdir()) == []  # neither the file nor a .part
+
+
+def test_download_falls_back_to_the_next_mirror(tmp_path: Path) -> None:
+    url, mirror = _mirror(tmp_path)
+    name = "t10k-labels-idx1-ubyte.gz"
+    dead = (tmp_path / "nowhere").as_uri() + "/"
+    dest = tmp_path / "dl" / name
+    download_verified(name, _md5(mirror / name), [dead, url], dest)
+    assert dest.exists()
+
+
+def test_missing_dataset_files_are_downloaded_and_verified(tmp_path: Path) -> None:
+    url, mirror = _mirror(tmp_path)
+    official = IDX_DATASETS["mnist"]
+    spec = IdxDataset(
+        name="mnist",
+        mirrors=(url,),
+        files={k: RemoteFile(f.name, _md5(mirror / f.name)) for k, f in official.files.items()},
+        label_names=official.label_names,
+    )
+    paths = ensure_idx_files(spec, tmp_path / "fresh")
+    assert all(p.exists() for p in paths.values())
+    # A bad checksum for one file: that download fails, and the error lists what to do.
+    bad = IdxDataset(
+        "mnist",
+        (url,),
+        {**spec.files, "test_labels": RemoteFile(spec.files["test_labels"].name, "f" * 32)},
+        (),
+    )
+    with pytest.raises(DatasetError, match=r"does not match the expected f{32}"):
+        ensure_idx_files(bad, tmp_path / "other")
+
+
+def test_image_folder_grayscale_resize_and_labels(tmp_path: Path) -> None:
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            img = Image.new("RGB", (56, 40), color=(255, 255, 255) if label == "dog" else (0, 0, 0))
+            img.save(tmp_path / label / f"{i}.png" if i else tmp_path / label / f"{i}.jpg")
+    images, labels, names = load_image_folder(tmp_path)
+    assert images.shape == (6, 28, 28) and images.dtype == np.float32
+    assert names == ("cat", "dog")
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert images[labels == 1].min() > 0.99 and images[labels == 0].max() < 0.01
+    inverted, _, _ = load_image_folder(tmp_path, invert=True)
+    assert inverted[labels == 1].max() < 0.01
+
+
+def test_image_folder_splits(tmp_path: Path) -> None:
+    for i in range(40):
+        Image.fromarray(np.full((28, 28), i * 6, np.uint8)).save(tmp_path / f"{i:02}.png")
+    splits = load_splits(str(tmp_path), val_size=5000)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 40
+    assert len(splits.test) == 4 and len(splits.val) >= 1
+    assert (splits.train.labels == -1).all()
+
+
+def test_array_files(tmp_path: Path) -> None:
+    images, labels = synthetic_digits(20, seed=3)
+    np.save(tmp_path / "u8.npy", images.reshape(20, 784))
+    x, y = load_array_file(tmp_path / "u8.npy")
+    assert x.shape == (20, 28, 28) and np.allclose(x * 255, images) and (y == -1).all()
+    np.savez(tmp_path / "f.npz", images=images[:, None] / 255.0, labels=labels)
+    x, y = load_array_file(tmp_path / "f.npz")
+    assert x.shape == (20, 28, 28) and np.array_equal(y, labels)
+    np.save(tmp_path / "bad.npy", images.astype(np.float32))  # floats 0-255: not scaled
+    with pytest.raises(DatasetError, match=r"in \[0, 1\]"):
+        load_array_file(tmp_path / "bad.npy")
+    np.save(tmp_path / "shape.npy", np.zeros((3, 10, 10), np.uint8))
+    with pytest.raises(DatasetError, match="expected \\(N, 28, 28\\)"):
+        load_array_file(tmp_path / "shape.npy")
+
+
+def test_unknown_dataset_names_the_choices() -> None:
+    with pytest.raises(DatasetError, match="mnist, fashion-mnist"):
+        load_splits("cifar10")

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import training.export as export_module
+from training.export import ExportError, ManifestError, export_run, read_manifest, sha256sum
+from training.train import load_run
+
+from .conftest import tiny_config
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_exported_files_are_self_contained_and_described(exported_vae: Path) -> None:
+    assert sorted(p.name for p in exported_vae.iterdir()) == [
+        "decoder.onnx",
+        "encoder.onnx",
+        "manifest.json",
+    ]
+    manifest = read_manifest(exported_vae)
+    assert (
+        manifest["name"] == "tiny-vae" and manifest["kind"] == "vae" and manifest["latent_dim"] == 2
+    )
+    assert manifest["input"]["shape"] == [1, 28, 28] and manifest["input"]["pixel_range"] == [
+        0.0,
+        1.0,
+    ]
+    assert manifest["encoder"]["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": ["batch", 1, 28, 28]}
+    ]
+    assert [o["name"] for o in manifest["encoder"]["outputs"]] == ["mu", "logvar"]
+    assert manifest["decoder"]["outputs"][0]["shape"] == ["batch", 1, 28, 28]
+    assert (
+        manifest["latent"]["code_output"] == "mu"
+        and manifest["latent"]["sigma"] == "exp(logvar / 2)"
+    )
+    assert manifest["dataset"]["label_names"] == list("0123456789")
+    assert manifest["training"]["epochs"] == 3 and manifest["opset"] == export_module.OPSET
+    assert {"created_at", "package_version", "architecture", "parity"} <= set(manifest)
+    parity = manifest["parity"]
+    assert list(parity["encoder_max_abs_diff"]) == ["1", "2", "7", "64"]
+    assert max(parity["decoder_max_abs_diff"].values()) <= parity["atol"]
+    for part in ("encoder", "decoder"):
+        model = onnx.load(str(exported_vae / f"{part}.onnx"))
+        assert not {n.op_type for n in model.graph.node} & export_module.RANDOM_OPS
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+@pytest.mark.parametrize("batch", [1, 3, 100])
+def test_onnxruntime_matches_torch(exported_vae: Path, vae_run: Path, batch: int) -> None:
+    model = load_run(vae_run).model
+    x = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+    mu, logvar = _session(exported_vae / "encoder.onnx").run(["mu", "logvar"], {"x": x.numpy()})
+    with torch.no_grad():
+        t_mu, t_logvar = model.encode(x)
+        assert t_logvar is not None
+        images = torch.sigmoid(model.decode_logits(t_mu)).reshape(batch, 1, 28, 28)
+    np.testing.assert_allclose(mu, t_mu.numpy(), atol=1e-5)
+    np.testing.assert_allclose(logvar, t_logvar.numpy(), atol=1e-5)
+    (decoded,) = _session(exported_vae / "decoder.onnx").run(None, {"z": mu})
+    assert decoded.shape == (batch, 1, 28, 28) and decoded.dtype == np.float32
+    assert decoded.min() >= 0.0 and decoded.max() <= 1.0
+    np.testing.assert_allclose(decoded, images.numpy(), atol=1e-5)
+
+
+def test_ae_export_has_a_single_code_output(ae_run: Path, tmp_path: Path) -> None:
+    manifest = export_run(ae_run, tmp_path / "tiny-ae", name="tiny-ae", version="7")
+    assert manifest["kind"] == "ae" and manifest["version"] == "7"
+    assert [o["name"] for o in manifest["encoder"]["outputs"]] == ["z"]
+    assert manifest["latent"] == {
+        "code_output": "z",
+        "logvar_output": None,
+        "sigma": None,
+        "prior": None,
+    }
+    outputs = _session(tmp_path / "tiny-ae" / "encoder.onnx").run(
+        None, {"x": np.zeros((2, 1, 28, 28), np.float32)}
+    )
+    assert len(outputs) == 1 and outputs[0].shape == (2, 4)
+
+
+def test_conv_model_exports_with_parity(tmp_path: Path, data_dir: Path) -> None:
+    from training.train import train
+
+    train(
+        tiny_config(data_dir, architecture="conv", hidden=(16,), channels=(4, 8), epochs=1),
+        tmp_path / "run",
+        progress=False,
+    )
+    manifest = export_run(tmp_path / "run", tmp_path / "conv")
+    assert manifest["architecture"]["architecture"] == "conv"
+    assert max(manifest["parity"]["encoder_max_abs_diff"].values()) <= manifest["parity"]["atol"]
+
+
+def test_manifest_round_trip_and_checksum_mismatch(exported_vae: Path, tmp_path: Path) -> None:
+    written = json.loads((exported_vae / "manifest.json").read_text())
+    assert read_manifest(exported_vae) == written
+    assert written["encoder"]["sha256"] == sha256sum(exported_vae / "encoder.onnx")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in exported_vae.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    data = bytearray((copy / "decoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"decoder.onnx: sha256 .* does not match"):
+        read_manifest(copy)
+    read_manifest(copy, verify_files=False)  # the JSON itself is still fine
+    (copy / "encoder.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"encoder file .* is missing"):
+        read_manifest(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        read_manifest(copy)
+
+
+def test_failed_parity_fails_loudly_and_writes_nothing(
+    vae_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(export_module, "PARITY_ATOL", -1.0)  # no difference can pass
+    out = tmp_path / "models" / "broken"
+    with pytest.raises(ExportError, match=r"batch 1: onnxruntime differs from torch by"):
+        export_run(vae_run, out)
+    assert not out.exists()
+    assert list((tmp_path / "models").iterdir()) == []  # no temporary folder left behind either

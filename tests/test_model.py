@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+from training.model import (
+    AutoEncoder,
+    ModelConfig,
+    kl_to_standard_normal,
+    loss_terms,
+    reconstruction_nll,
+    reparameterize,
+)
+
+
+def test_kl_matches_the_closed_form_of_torch_distributions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(5, 3, generator=gen) * 2
+    logvar = torch.randn(5, 3, generator=gen) * 3  # log-variance: any real number
+    expected = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(1)
+    assert torch.allclose(kl_to_standard_normal(mu, logvar), expected, atol=1e-5)
+
+
+def test_kl_by_hand_for_one_dimension() -> None:
+    # KL(N(1, e^2) || N(0, 1)) = 1/2 (sigma^2 + mu^2 - 1 - log sigma^2) with sigma^2 = e^2.
+    kl = kl_to_standard_normal(torch.tensor([[1.0]]), torch.tensor([[2.0]]))
+    assert kl.item() == pytest.approx(0.5 * (math.e**2 + 1 - 1 - 2), rel=1e-6)
+    assert kl_to_standard_normal(torch.zeros(1, 4), torch.zeros(1, 4)).item() == 0.0
+
+
+def test_reparameterisation_uses_sigma_from_log_variance() -> None:
+    mu, eps = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 1.0]])
+    logvar = torch.log(torch.tensor([[4.0, 0.25]]))  # sigma 2 and 0.5
+    assert torch.allclose(reparameterize(mu, logvar, eps), torch.tensor([[2.0, -1.5]]))
+
+
+def test_bernoulli_and_gaussian_likelihoods() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 1, 28, 28, generator=gen)
+    logits = torch.randn(4, 784, generator=gen)
+    binary = torch.bernoulli(x, generator=gen)
+    expected = -Bernoulli(logits=logits).log_prob(binary.flatten(1)).sum(1)
+    assert torch.allclose(reconstruction_nll(logits, binary, "bernoulli"), expected, rtol=1e-5)
+    sigma = 0.2
+    expected = -Normal(torch.sigmoid(logits), sigma).log_prob(x.flatten(1)).sum(1)
+    got = reconstruction_nll(logits, x, "gaussian", gaussian_sigma=sigma)
+    assert torch.allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_shapes_and_heads(architecture: str) -> None:
+    x = torch.rand(3, 1, 28, 28)
+    vae = AutoEncoder(ModelConfig("vae", architecture, latent_dim=5, hidden=(64, 32)))  # type: ignore[arg-type]
+    mu, logvar = vae.encode(x)
+    assert mu.shape == (3, 5) and logvar is not None and logvar.shape == (3, 5)
+    assert vae.decode_logits(mu).shape == (3, 784)
+    ae = AutoEncoder(ModelConfig("ae", architecture, latent_dim=5, hidden=(64,)))  # type: ignore[arg-type]
+    code, none = ae.encode(x)
+    assert code.shape == (3, 5) and none is None
+    assert loss_terms(ae, x, "bernoulli", beta=1.0).kl.abs().sum() == 0
+
+
+def test_logvar_head_is_unconstrained() -> None:
+    torch.manual_seed(0)
+    vae = AutoEncoder(ModelConfig(latent_dim=8, hidden=(16,)))
+    with torch.no_grad():
+        vae.logvar_head.bias.fill_(-3.0)  # type: ignore[union-attr]
+    _, logvar = vae.encode(torch.rand(10, 1, 28, 28))
+    assert logvar is not None and (logvar < 0).any()  # no ReLU or softplus on it
+
+
+def test_beta_weights_the_kl_term() -> None:
+    torch.manual_seed(0)
+    vae = AutoEncoder(ModelConfig(latent_dim=4, hidden=(16,)))
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(1)
+    t1 = loss_terms(vae, x, "bernoulli", beta=1.0)
+    torch.manual_seed(1)
+    t0 = loss_terms(vae, x, "bernoulli", beta=0.0)
+    assert torch.allclose(t1.loss, (t1.recon + t1.kl).mean())
+    assert torch.allclose(t0.loss, t0.recon.mean())

@@ -1,0 +1,189 @@
+"""`python -m training {train,evaluate,report,export}`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from training.config import ConfigError, TrainConfig, load_config_file
+from training.data import DATA_DIR_ENV, DatasetError
+
+DEFAULTS = TrainConfig()
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected sizes like 512,256, got {text!r}") from exc
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    # Every option defaults to None so that only what was typed overrides the config file.
+    d = DEFAULTS
+    p.add_argument("--config", type=Path, help="a .toml or .json file of settings (flags win)")
+    p.add_argument(
+        "--out", type=Path, help="run directory (default runs/<model>-<dataset>-z<latent>)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=["ae", "vae"], help=f"default {d.model}")
+    g.add_argument("--architecture", choices=["mlp", "conv"], help=f"default {d.architecture}")
+    g.add_argument("--latent-dim", type=int, help=f"default {d.latent_dim}")
+    g.add_argument(
+        "--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256 (default 512)"
+    )
+    g.add_argument(
+        "--channels", type=_int_list, help="conv channels per stride-2 layer (default 32,64)"
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        help="mnist, fashion-mnist, a folder of PNG/JPEG images, a .npy/.npz file (default mnist)",
+    )
+    g.add_argument(
+        "--data-dir",
+        help=f"where mnist/ and fashion-mnist/ live (default ${DATA_DIR_ENV} or ./data)",
+    )
+    g.add_argument(
+        "--val-size", type=int, help=f"validation images carved from train (default {d.val_size})"
+    )
+    g.add_argument("--invert", action="store_true", default=None, help="for dark-on-light images")
+    g.add_argument("--binarize", action="store_true", default=None, help="dynamic binarisation")
+    g = p.add_argument_group("objective")
+    g.add_argument(
+        "--likelihood", choices=["bernoulli", "gaussian"], help=f"default {d.likelihood}"
+    )
+    g.add_argument(
+        "--gaussian-sigma",
+        type=float,
+        help=f"fixed sigma of the Gaussian (default {d.gaussian_sigma})",
+    )
+    g.add_argument("--beta", type=float, help=f"KL weight (default {d.beta})")
+    g.add_argument("--warmup-epochs", type=float, help="linear KL warm-up length (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    g.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr})")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], help=f"default {d.lr_schedule}")
+    g.add_argument("--seed", type=int, help=f"default {d.seed}")
+    g.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the config file, then the flags that were given."""
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for f in fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return TrainConfig.from_dict(values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an AE or VAE into a run directory")
+    _add_train_args(p)
+
+    p = sub.add_parser("evaluate", help="test-set metrics in nats per image -> RUN/evaluation.json")
+    p.add_argument("run", type=Path)
+    p.add_argument(
+        "--iwae-k", type=int, default=1000, help="importance samples per image (0: skip)"
+    )
+    p.add_argument("--data-dir", help="override the data folder recorded in the run")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--limit", type=int, help="evaluate only the first N test images (for a quick look)"
+    )
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="PNG figures in the run directory")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data-dir")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+
+    p = sub.add_parser("export", help="encoder.onnx, decoder.onnx and manifest.json")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="model folder, e.g. models/mnist-vae")
+    p.add_argument("--name", help="model name (default: the --out folder's name)")
+    p.add_argument("--version", default="1", help="model version recorded in the manifest")
+    p.add_argument("--description", default="")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Imports here keep `--help` fast: torch takes seconds to load.
+    from training.export import ExportError, ManifestError
+    from training.train import RunError
+
+    try:
+        if args.command == "train":
+            from training.train import train
+
+            if args.resume and args.config is None and args.out is not None:
+                # Resuming reuses the run's own settings; flags typed again must agree with them.
+                args.config = args.out / "config.json"
+            cfg = build_config(args)
+            out = (
+                args.out or Path("runs") / f"{cfg.model}-{Path(cfg.dataset).name}-z{cfg.latent_dim}"
+            )
+            result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+            print(
+                f"trained {result.run_dir}: best validation loss {result.best_val_loss:.3f} "
+                f"at epoch {result.best_epoch}"
+            )
+        elif args.command == "evaluate":
+            from training.evaluate import evaluate_run
+
+            metrics = evaluate_run(
+                args.run,
+                iwae_k=args.iwae_k,
+                data_dir=args.data_dir,
+                device=args.device,
+                checkpoint=args.checkpoint,
+                limit=args.limit,
+                progress=not args.quiet,
+            )
+            print(json.dumps(metrics, indent=2))
+        elif args.command == "report":
+            from training.report import write_report
+
+            for path in write_report(args.run, data_dir=args.data_dir, checkpoint=args.checkpoint):
+                print(path)
+        elif args.command == "export":
+            from training.export import export_run
+
+            manifest = export_run(
+                args.run,
+                args.out,
+                name=args.name,
+                version=args.version,
+                checkpoint=args.checkpoint,
+                description=args.description,
+            )
+            parity = manifest["parity"]
+            worst = max(
+                *parity["encoder_max_abs_diff"].values(), *parity["decoder_max_abs_diff"].values()
+            )
+            print(
+                f"exported {manifest['name']} to {args.out}: onnxruntime matches torch at batch "
+                f"sizes {', '.join(parity['encoder_max_abs_diff'])} within {worst:.2e} "
+                f"(tolerance {parity['atol']})"
+            )
+    except (ConfigError, DatasetError, RunError, ExportError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

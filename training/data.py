@@ -1,0 +1,427 @@
+"""Datasets: IDX files (MNIST, Fashion-MNIST), a folder of images, or a NumPy array.
+
+Every dataset comes out as float32 images of shape (N, 1, 28, 28) with pixels in [0, 1] and int64
+labels (-1 where there are none). The preprocessing for a user's own images is `preprocess_image`,
+and the manifest describes it in `PREPROCESSING` so the service can apply the same steps.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+IMAGE_SIZE = 28
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+DATA_DIR_ENV = "VAE_DATA_DIR"
+DEFAULT_DATA_DIR = Path("data")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# How a user's image becomes model input; the manifest carries this so the service matches it.
+PREPROCESSING = {
+    "color": "grayscale (PIL mode 'L')",
+    "resize": [IMAGE_SIZE, IMAGE_SIZE],
+    "resample": "bilinear",
+    "scale": "pixel / 255",
+    "invert": False,
+    "foreground": "bright strokes on a dark background, as in MNIST",
+}
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, corrupt or of the wrong shape; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """One of the IDX datasets: where to fetch it and what its files must hash to."""
+
+    name: str
+    mirrors: tuple[str, ...]
+    files: dict[str, RemoteFile]
+    label_names: tuple[str, ...]
+
+
+IDX_DATASETS: dict[str, IdxDataset] = {
+    "mnist": IdxDataset(
+        name="mnist",
+        # yann.lecun.com often refuses downloads now; the S3 copy is the one torchvision uses.
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        files={
+            "train_images": RemoteFile(
+                "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"
+            ),
+            "train_labels": RemoteFile(
+                "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"
+            ),
+            "test_images": RemoteFile(
+                "t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"
+            ),
+            "test_labels": RemoteFile(
+                "t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"
+            ),
+        },
+        label_names=tuple(str(d) for d in range(10)),
+    ),
+    "fashion-mnist": IdxDataset(
+        name="fashion-mnist",
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        files={
+            "train_images": RemoteFile(
+                "train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"
+            ),
+            "train_labels": RemoteFile(
+                "train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"
+            ),
+            "test_images": RemoteFile(
+                "t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"
+            ),
+            "test_labels": RemoteFile(
+                "t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"
+            ),
+        },
+        label_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX format (http://yann.lecun.com/exdb/mnist/, "FILE FORMATS"): big-endian int32 magic and
+# dimension sizes, then unsigned bytes.
+
+
+def read_idx(path: Path) -> NDArray[np.uint8]:
+    """Read a gzip-compressed or raw IDX file of unsigned bytes into an array of its shape."""
+    path = Path(path)
+    try:
+        with path.open("rb") as probe:
+            gzipped = probe.read(2) == b"\x1f\x8b"
+        opener = gzip.open if gzipped else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # gzip raises EOFError on a cut-off stream
+        raise DatasetError(
+            f"{path}: cannot read ({exc}); the file is corrupt or truncated"
+        ) from exc
+    if len(raw) < 4:
+        raise DatasetError(f"{path}: only {len(raw)} bytes, too short to be an IDX file")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
+        raise DatasetError(
+            f"{path}: magic number {magic:#010x} is not an IDX file of unsigned bytes "
+            f"(expected {IDX_IMAGES_MAGIC:#010x} for images or {IDX_LABELS_MAGIC:#010x} for labels)"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{path}: header truncated ({len(raw)} of {header} bytes)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DatasetError(
+            f"{path}: header announces shape {tuple(shape)} = {expected} bytes of data, "
+            f"but the file holds {len(raw) - header}; it is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path: Path, array: NDArray[np.uint8]) -> None:
+    """Write an array of unsigned bytes as an IDX file (gzip when the name ends in .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = 0x0800 | array.ndim
+    payload = struct.pack(f">i{array.ndim}i", magic, *array.shape) + array.tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(payload)
+
+
+def read_idx_pair(
+    images_path: Path, labels_path: Path
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise DatasetError(
+            f"{images_path}: expected 3 dimensions (N, rows, cols), got {images.shape}"
+        )
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DatasetError(
+            f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, expected "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE}"
+        )
+    if labels.ndim != 1:
+        raise DatasetError(f"{labels_path}: expected 1 dimension (N,), got {labels.shape}")
+    if len(images) != len(labels):
+        raise DatasetError(
+            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+        )
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Download with checksum verification
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_verified(
+    name: str, md5: str, mirrors: Sequence[str], dest: Path, timeout: float = 30.0
+) -> Path:
+    """Fetch `name` from the first mirror that serves it with the right md5, into `dest`.
+
+    The file is written to a temporary name and moved into place only once its md5 matches,
+    so a broken or tampered download never sits where a later run would trust it.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for mirror in mirrors:
+        url = mirror + name
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                shutil.copyfileobj(resp, out)
+            actual = md5sum(tmp)
+            if actual != md5:
+                errors.append(f"{url}: md5 {actual} does not match the expected {md5}")
+                continue
+            tmp.replace(dest)
+            return dest
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            errors.append(f"{url}: {exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DatasetError(f"could not download {name}:\n  " + "\n  ".join(errors))
+
+
+def ensure_idx_files(spec: IdxDataset, data_dir: Path, download: bool = True) -> dict[str, Path]:
+    """Paths of the dataset's four files under data_dir/<name>/, downloading missing ones."""
+    folder = Path(data_dir) / spec.name
+    paths = {key: folder / f.name for key, f in spec.files.items()}
+    missing = [key for key, path in paths.items() if not path.exists()]
+    if not missing:
+        return paths
+    failures = []
+    if download:
+        for key in missing:
+            remote = spec.files[key]
+            try:
+                download_verified(remote.name, remote.md5, spec.mirrors, paths[key])
+            except DatasetError as exc:
+                failures.append(str(exc))
+    still_missing = [paths[key] for key in missing if not paths[key].exists()]
+    if still_missing:
+        listing = "\n".join(f"  {p}  (md5 {spec.files[k].md5})" for k, p in paths.items())
+        reason = ("\nDownload failed:\n" + "\n".join(failures)) if failures else ""
+        raise DatasetError(
+            f"{spec.name}: {len(still_missing)} file(s) missing. Put these files (gzip IDX, as "
+            f"published) at:\n{listing}\nor pass --data-dir (or set {DATA_DIR_ENV}) to the folder "
+            f"that holds {spec.name}/.{reason}"
+        )
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own images
+
+
+def preprocess_image(image: Image.Image, invert: bool = False) -> NDArray[np.float32]:
+    """PIL image -> (28, 28) float32 in [0, 1]: grayscale, bilinear resize, pixel / 255."""
+    gray = image.convert("L")
+    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    return 1.0 - pixels if invert else pixels
+
+
+def load_image_folder(
+    folder: Path, invert: bool = False
+) -> tuple[NDArray[np.float32], NDArray[np.int64], tuple[str, ...]]:
+    """Images from a folder. Sub-folders name the labels (as torchvision's ImageFolder);
+    images directly in the folder are unlabelled (-1)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images found")
+    class_names = sorted({p.parent.name for p in files if p.parent != folder})
+    class_index = {name: i for i, name in enumerate(class_names)}
+    images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    labels = np.full(len(files), -1, dtype=np.int64)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                images[i] = preprocess_image(img, invert=invert)
+        except OSError as exc:
+            raise DatasetError(f"{path}: not a readable image ({exc})") from exc
+        if path.parent != folder:
+            labels[i] = class_index[path.parent.name]
+    return images, labels, tuple(class_names)
+
+
+def load_array_file(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Images from .npy (N, 28, 28) or (N, 784), or .npz with `x`/`images` and optional
+    `y`/`labels`. uint8 arrays are scaled by 1/255; floats must already be in [0, 1]."""
+    path = Path(path)
+    labels: NDArray[np.int64] | None = None
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            key = next((k for k in ("x", "images") if k in archive), None)
+            if key is None:
+                raise DatasetError(
+                    f"{path}: no array named 'x' or 'images' (found {sorted(archive.files)})"
+                )
+            raw = archive[key]
+            label_key = next((k for k in ("y", "labels") if k in archive), None)
+            if label_key is not None:
+                labels = archive[label_key].astype(np.int64)
+    else:
+        raw = np.load(path)
+    if raw.ndim == 2 and raw.shape[1] == IMAGE_SIZE * IMAGE_SIZE:
+        raw = raw.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    if raw.ndim == 4 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 3 or raw.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DatasetError(
+            f"{path}: images have shape {raw.shape}; "
+            "expected (N, 28, 28), (N, 1, 28, 28) or (N, 784)"
+        )
+    if raw.dtype == np.uint8:
+        images = raw.astype(np.float32) / 255.0
+    else:
+        images = raw.astype(np.float32)
+        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+            raise DatasetError(
+                f"{path}: float pixels must be finite and in [0, 1] "
+                f"(found [{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]); "
+                "store uint8 0-255 or scale them first"
+            )
+    if labels is None:
+        labels = np.full(len(images), -1, dtype=np.int64)
+    elif labels.shape != (len(images),):
+        raise DatasetError(f"{path}: {len(images)} images but labels of shape {labels.shape}")
+    return images, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+
+
+@dataclass
+class Split:
+    images: NDArray[np.float32]  # (N, 1, 28, 28) in [0, 1]
+    labels: NDArray[np.int64]  # (N,), -1 where unknown
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class Splits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    label_names: tuple[str, ...]
+
+
+SPLIT_SEED = 0  # fixed, so runs with different training seeds share one validation set
+
+
+def _split(images: NDArray[np.float32], labels: NDArray[np.int64]) -> Split:
+    return Split(images[:, None].astype(np.float32, copy=False), labels.astype(np.int64))
+
+
+def carve(
+    images: NDArray[np.float32], labels: NDArray[np.int64], size: int, seed: int = SPLIT_SEED
+) -> tuple[Split, Split]:
+    """Split off `size` random examples: (rest, carved)."""
+    if not 0 <= size < len(images):
+        raise DatasetError(f"cannot carve {size} examples out of {len(images)}")
+    order = np.random.default_rng(seed).permutation(len(images))
+    rest, carved = order[: len(images) - size], order[len(images) - size :]
+    return _split(images[rest], labels[rest]), _split(images[carved], labels[carved])
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
+
+
+def load_splits(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    val_size: int = 5000,
+    test_fraction: float = 0.1,
+    invert: bool = False,
+    download: bool = True,
+) -> Splits:
+    """Train/validation/test splits of a named dataset or of a user's folder or array file.
+
+    The validation set is carved out of the training set; the test set is the dataset's own
+    (or, for a user's data, a fixed fraction carved out first) and is used only by evaluation.
+    """
+    if dataset in IDX_DATASETS:
+        spec = IDX_DATASETS[dataset]
+        paths = ensure_idx_files(spec, resolve_data_dir(data_dir), download=download)
+        train_x, train_y = read_idx_pair(paths["train_images"], paths["train_labels"])
+        test_x, test_y = read_idx_pair(paths["test_images"], paths["test_labels"])
+        train, val = carve(train_x.astype(np.float32) / 255.0, train_y.astype(np.int64), val_size)
+        test = _split(test_x.astype(np.float32) / 255.0, test_y.astype(np.int64))
+        return Splits(dataset, train, val, test, spec.label_names)
+
+    path = Path(dataset)
+    if path.is_dir():
+        images, labels, names = load_image_folder(path, invert=invert)
+    elif path.suffix in (".npy", ".npz") and path.is_file():
+        images, labels = load_array_file(path)
+        names = tuple(str(i) for i in range(int(labels.max()) + 1)) if labels.max() >= 0 else ()
+    else:
+        known = ", ".join(IDX_DATASETS)
+        raise DatasetError(
+            f"dataset {dataset!r} is neither a known name ({known}) nor an existing folder of "
+            "images or .npy/.npz file"
+        )
+    test_size = max(1, round(len(images) * test_fraction))
+    rest, test = carve(images, labels, test_size)
+    val_size = min(val_size, max(1, len(rest) // 10))
+    train, val = carve(rest.images[:, 0], rest.labels, val_size)
+    return Splits(path.name, train, val, test, names)

@@ -1,0 +1,294 @@
+"""Export a trained run as two ONNX files and a manifest that describes them.
+
+  encoder.onnx   x (N, 1, 28, 28) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
+                 x (N, 1, 28, 28) float32 in [0, 1] -> z (N, latent)            [AE]
+  decoder.onnx   z (N, latent) float32 -> x_mean (N, 1, 28, 28) float32 in [0, 1]
+  manifest.json  everything the service needs to load, check and describe them
+
+Neither graph holds a random operator: sampling z = mu + exp(logvar / 2) * eps is the service's
+job, so that it can be seeded per request. Each file is self-contained (no external-data side
+file) and has a dynamic batch axis; onnxruntime must reproduce torch's outputs at several batch
+sizes or the export fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from contextlib import redirect_stdout
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+from training import __version__
+from training.data import IDX_DATASETS, PREPROCESSING
+from training.model import AutoEncoder
+from training.train import load_run
+
+OPSET = 18
+PARITY_BATCH_SIZES = (1, 2, 7, 64)
+PARITY_ATOL = 1e-4  # float32 accumulation differences between torch and onnxruntime are ~1e-6
+RANDOM_OPS = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+MANIFEST_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """The exported graphs are not what the service may trust; the message says why."""
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed or does not match its files."""
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: AutoEncoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        mu, logvar = self.model.encode(x)
+        return (mu,) if logvar is None else (mu, logvar)
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: AutoEncoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: Tensor) -> Tensor:
+        # The sigmoid turns logits into pixel means in [0, 1], the images the service returns.
+        logits = self.model.decode_logits(z)
+        return torch.sigmoid(logits).reshape(-1, *self.model.config.image_shape)
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _export_graph(
+    module: nn.Module, example: Tensor, input_name: str, output_names: list[str], path: Path
+) -> None:
+    # Batch 2 in the example: an example of batch 1 lets the exporter specialise the batch axis.
+    batch = torch.export.Dim("batch", min=1)
+    buffer = io.StringIO()
+    with warnings.catch_warnings(), redirect_stdout(buffer):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_shapes={input_name: {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(str(path), external_data=False)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    found = sorted({n.op_type for n in graph.graph.node} & RANDOM_OPS)
+    if found:
+        raise ExportError(f"{path.name}: the graph holds random operators {found}")
+    leftovers = sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "."))
+    if leftovers:
+        raise ExportError(f"{path.name}: exporter wrote external data files {leftovers}")
+    dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim.dim_param:
+        raise ExportError(f"{path.name}: batch axis was fixed to {dim.dim_value}, not dynamic")
+
+
+def check_parity(
+    module: nn.Module,
+    path: Path,
+    make_input: Any,
+    input_name: str,
+    batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
+    atol: float = PARITY_ATOL,
+) -> dict[str, float]:
+    """Max abs difference between torch and onnxruntime per batch size; raises above `atol`."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs: dict[str, float] = {}
+    for n in batch_sizes:
+        x = make_input(n)
+        with torch.no_grad():
+            expected = module(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = session.run(None, {input_name: x.numpy()})
+        if len(got) != len(expected):
+            raise ExportError(
+                f"{path.name}: {len(got)} outputs from onnxruntime, {len(expected)} from torch"
+            )
+        diff = max(float(np.max(np.abs(g - e.numpy()))) for g, e in zip(got, expected, strict=True))
+        for g, e in zip(got, expected, strict=True):
+            if g.shape != tuple(e.shape):
+                raise ExportError(
+                    f"{path.name}: batch {n}: shape {g.shape} != torch's {tuple(e.shape)}"
+                )
+        if not diff <= atol:
+            raise ExportError(
+                f"{path.name}: batch {n}: onnxruntime differs from torch by {diff:.3g} (> {atol})"
+            )
+        diffs[str(n)] = diff
+    return diffs
+
+
+def _tensor_spec(name: str, shape: list[int | str]) -> dict[str, Any]:
+    return {"name": name, "dtype": "float32", "shape": shape}
+
+
+def export_run(
+    run_dir: Path,
+    out_dir: Path,
+    name: str | None = None,
+    version: str = "1",
+    checkpoint: str = "best",
+    description: str = "",
+) -> dict[str, Any]:
+    """Write encoder.onnx, decoder.onnx and manifest.json for a run into `out_dir`.
+
+    Files are built in a temporary folder and moved into place only once every check passed, so
+    a failed export never leaves a half model where the service would load it.
+    """
+    run = load_run(run_dir, checkpoint, device="cpu")
+    model, cfg = run.model, run.config
+    mcfg = model.config
+    name = name or Path(out_dir).name
+    enc_outputs = ["mu", "logvar"] if model.is_vae else ["z"]
+    image_shape = list(mcfg.image_shape)
+    gen = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> Tensor:
+        return torch.rand(n, *mcfg.image_shape, generator=gen)
+
+    def latents(n: int) -> Tensor:
+        return torch.randn(n, mcfg.latent_dim, generator=gen)
+
+    encoder, decoder = EncoderGraph(model).eval(), DecoderGraph(model).eval()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        dir=out_dir.parent, prefix=f".{out_dir.name}.", ignore_cleanup_errors=True
+    ) as tmp_name:
+        tmp = Path(tmp_name)
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        _export_graph(encoder, images(2), "x", enc_outputs, tmp / "encoder.onnx")
+        _export_graph(decoder, latents(2), "z", ["x_mean"], tmp / "decoder.onnx")
+        parity = {
+            "atol": PARITY_ATOL,
+            "encoder_max_abs_diff": check_parity(
+                encoder, tmp / "encoder.onnx", images, "x", atol=PARITY_ATOL
+            ),
+            "decoder_max_abs_diff": check_parity(
+                decoder, tmp / "decoder.onnx", latents, "z", atol=PARITY_ATOL
+            ),
+        }
+        evaluation_path = Path(run_dir) / "evaluation.json"
+        metrics = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else None
+        spec = IDX_DATASETS.get(cfg.dataset)
+        manifest: dict[str, Any] = {
+            "manifest_version": MANIFEST_VERSION,
+            "name": name,
+            "version": version,
+            "description": description,
+            "kind": mcfg.kind,
+            "architecture": mcfg.to_dict(),
+            "latent_dim": mcfg.latent_dim,
+            "input": {
+                "shape": image_shape,
+                "dtype": "float32",
+                "pixel_range": [0.0, 1.0],
+                "preprocessing": {**PREPROCESSING, "invert": cfg.invert},
+            },
+            "encoder": {
+                "file": "encoder.onnx",
+                "sha256": sha256sum(tmp / "encoder.onnx"),
+                "inputs": [_tensor_spec("x", ["batch", *image_shape])],
+                "outputs": [_tensor_spec(o, ["batch", mcfg.latent_dim]) for o in enc_outputs],
+            },
+            "decoder": {
+                "file": "decoder.onnx",
+                "sha256": sha256sum(tmp / "decoder.onnx"),
+                "inputs": [_tensor_spec("z", ["batch", mcfg.latent_dim])],
+                "outputs": [_tensor_spec("x_mean", ["batch", *image_shape])],
+                "output_range": [0.0, 1.0],
+            },
+            "latent": {
+                "code_output": "mu" if model.is_vae else "z",
+                "logvar_output": "logvar" if model.is_vae else None,
+                "sigma": "exp(logvar / 2)" if model.is_vae else None,
+                "prior": "standard normal N(0, I)" if model.is_vae else None,
+            },
+            "opset": OPSET,
+            "parity": parity,
+            "dataset": {
+                "name": cfg.dataset if spec else Path(cfg.dataset).name,
+                "label_names": list(spec.label_names) if spec else None,
+                "binarized": cfg.binarize,
+            },
+            "training": {**cfg.to_dict(), "epoch": run.epoch, "checkpoint": checkpoint},
+            "metrics": metrics,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "package_version": __version__,
+            "producer": {"torch": torch.__version__, "onnx": onnx.__version__},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        read_manifest(tmp)  # the manifest we wrote must pass the reader's checks
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)  # the emptied temporary name is then ignored by the cleanup
+        out_dir.chmod(0o755)  # mkdtemp made it owner-only; a non-root service user must read it
+    return manifest
+
+
+def read_manifest(model_dir: Path, verify_files: bool = True) -> dict[str, Any]:
+    """Load `model_dir/manifest.json`; with `verify_files`, check each ONNX file's sha256."""
+    model_dir = Path(model_dir)
+    path = model_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no manifest") from exc
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    required = ("name", "kind", "latent_dim", "input", "encoder", "decoder", "opset")
+    missing = [key for key in required if key not in manifest]
+    if missing:
+        raise ManifestError(f"{path}: missing {', '.join(missing)}")
+    if verify_files:
+        for part in ("encoder", "decoder"):
+            file = model_dir / manifest[part]["file"]
+            if not file.exists():
+                raise ManifestError(f"{path}: {part} file {file} is missing")
+            actual = sha256sum(file)
+            if actual != manifest[part]["sha256"]:
+                raise ManifestError(
+                    f"{file}: sha256 {actual} does not match the manifest's "
+                    f"{manifest[part]['sha256']};"
+                    " the file was changed or corrupted after export"
+                )
+    return manifest
