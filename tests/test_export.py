@@ -132,3 +132,23 @@ def test_failed_parity_fails_loudly_and_writes_nothing(
         export_run(vae_run, out)
     assert not out.exists()
     assert list((tmp_path / "models").iterdir()) == []  # no temporary folder left behind either
+
+
+def test_own_image_folder_labels_reach_the_manifest(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from training.train import train
+
+    rng = np.random.default_rng(0)
+    for label in ("circle", "square"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(
+                tmp_path / "imgs" / label / f"{i}.png"
+            )
+    cfg = tiny_config(tmp_path, dataset=str(tmp_path / "imgs"), epochs=1)
+    train(cfg, tmp_path / "run", progress=False)
+    manifest = export_run(tmp_path / "run", tmp_path / "shapes")
+    assert manifest["dataset"]["name"] == "imgs"
+    assert manifest["dataset"]["label_names"] == ["circle", "square"]
+    assert sum(manifest["dataset"]["sizes"].values()) == 60

@@ -209,7 +209,13 @@ def export_run(
         }
         evaluation_path = Path(run_dir) / "evaluation.json"
         metrics = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else None
-        spec = IDX_DATASETS.get(cfg.dataset)
+        dataset = run.dataset
+        if dataset is None:  # checkpoints written before the dataset was recorded in them
+            spec = IDX_DATASETS.get(cfg.dataset)
+            dataset = {
+                "name": cfg.dataset if spec else Path(cfg.dataset).name,
+                "label_names": list(spec.label_names) if spec else [],
+            }
         manifest: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
             "name": name,
@@ -245,11 +251,7 @@ def export_run(
             },
             "opset": OPSET,
             "parity": parity,
-            "dataset": {
-                "name": cfg.dataset if spec else Path(cfg.dataset).name,
-                "label_names": list(spec.label_names) if spec else None,
-                "binarized": cfg.binarize,
-            },
+            "dataset": {**dataset, "binarized": cfg.binarize},
             "training": {**cfg.to_dict(), "epoch": run.epoch, "checkpoint": checkpoint},
             "metrics": metrics,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -149,6 +148,11 @@ def train(
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best_val, best_epoch = state["best_val_loss"], state["best_epoch"]
+    dataset = {
+        "name": splits.name,
+        "label_names": list(splits.label_names),
+        "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+    }
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     _write_history(run_dir, history)
 
@@ -202,10 +206,10 @@ def train(
         # Select on validation only once warm-up is over: earlier epochs optimise another objective.
         if val["loss"] < best_val and epoch >= cfg.warmup_epochs:
             best_val, best_epoch = val["loss"], epoch
-            _atomic_save(_model_state(model, cfg, epoch), ckpt_dir / "best.pt")
+            _atomic_save(_model_state(model, cfg, epoch, dataset), ckpt_dir / "best.pt")
         _atomic_save(
             {
-                **_model_state(model, cfg, epoch),
+                **_model_state(model, cfg, epoch, dataset),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "rng": {
@@ -229,11 +233,14 @@ def train(
     return TrainResult(run_dir, history, best_epoch, best_val)
 
 
-def _model_state(model: AutoEncoder, cfg: TrainConfig, epoch: int) -> dict[str, Any]:
+def _model_state(
+    model: AutoEncoder, cfg: TrainConfig, epoch: int, dataset: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "model": model.state_dict(),
         "model_config": model.config.to_dict(),
         "train_config": cfg.to_dict(),
+        "dataset": dataset,  # name, label names and split sizes, for the manifest
         "epoch": epoch,
         "package_version": __version__,
     }
@@ -252,6 +259,7 @@ class LoadedRun:
     config: TrainConfig
     model: AutoEncoder
     epoch: int
+    dataset: dict[str, Any] | None
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
@@ -268,7 +276,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> Lo
     model = AutoEncoder(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(resolve_device(device)).eval()
-    return LoadedRun(run_dir, TrainConfig.from_dict(state["train_config"]), model, state["epoch"])
+    config = TrainConfig.from_dict(state["train_config"])
+    return LoadedRun(run_dir, config, model, state["epoch"], state.get("dataset"))
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:
@@ -276,7 +285,3 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

@@ -1,0 +1,142 @@
+"""Images in and out: JSON lists or uploaded files -> model input arrays; outputs -> PNG grids."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+Array = NDArray[np.float32]
+MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
+
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class InputError(ValueError):
+    """A client sent something the model cannot take; becomes a 4xx naming `field`."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.status = status
+
+
+def check_pixels(array: Array, field: str) -> Array:
+    if not np.isfinite(array).all():
+        bad = int(np.argwhere(~np.isfinite(array).reshape(len(array), -1))[0, 0])
+        raise InputError(f"{field}[{bad}]", "NaN or infinity is not a pixel value; use [0, 1]")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        flat = array.reshape(len(array), -1)
+        bad = int(np.argwhere((flat < 0) | (flat > 1))[0, 0])
+        raise InputError(
+            f"{field}[{bad}]",
+            f"pixel values must be in [0, 1] (found {low:.4g} .. {high:.4g}); divide 0-255 "
+            "values by 255",
+        )
+    return array
+
+
+def images_from_lists(
+    images: list[Any], shape: tuple[int, int, int], field: str = "images"
+) -> Array:
+    """JSON images (each flat C*H*W numbers or H rows of W) -> float32 (N, C, H, W)."""
+    c, h, w = shape
+    flat_size = c * h * w
+    batch = np.empty((len(images), c, h, w), dtype=np.float32)
+    for i, image in enumerate(images):
+        nested = bool(image) and isinstance(image[0], list)
+        if nested and c == 1 and (len(image) != h or any(len(row) != w for row in image)):
+            widths = sorted({len(row) for row in image})
+            raise InputError(
+                f"{field}[{i}]",
+                f"expected {h} rows of {w} numbers, got {len(image)} rows of {widths} numbers",
+            )
+        if not nested and len(image) != flat_size:
+            raise InputError(
+                f"{field}[{i}]",
+                f"expected {flat_size} numbers (or {h} rows of {w}), got {len(image)}",
+            )
+        batch[i] = np.asarray(image, dtype=np.float32).reshape(c, h, w)
+    return check_pixels(batch, field)
+
+
+def latents_from_lists(z: list[list[float]], latent_dim: int) -> Array:
+    for i, vector in enumerate(z):
+        if len(vector) != latent_dim:
+            raise InputError(
+                f"z[{i}]",
+                f"has {len(vector)} numbers but this model's latent size is {latent_dim}",
+            )
+    array = np.asarray(z, dtype=np.float32)
+    if not np.isfinite(array).all():
+        bad = int(np.argwhere(~np.isfinite(array))[0, 0])
+        raise InputError(f"z[{bad}]", "NaN or infinity is not a latent value")
+    return array
+
+
+def image_from_file(
+    data: bytes, field: str, shape: tuple[int, int, int], preprocessing: dict[str, Any]
+) -> Array:
+    """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
+    grayscale, resize (bilinear by default), pixel / 255, optional inversion."""
+    c, h, w = shape
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.format not in ("PNG", "JPEG"):
+                    raise InputError(field, f"is a {img.format} file; send PNG or JPEG", 415)
+                if img.width * img.height > MAX_UPLOAD_PIXELS:
+                    raise InputError(
+                        field,
+                        f"is {img.width}x{img.height} pixels; at most {MAX_UPLOAD_PIXELS} pixels "
+                        "are accepted",
+                        413,
+                    )
+                gray = img.convert("L")
+    except InputError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise InputError(field, f"is not a readable PNG or JPEG image ({exc})") from exc
+    if gray.size != (w, h):
+        gray = gray.resize((w, h), RESAMPLING[preprocessing.get("resample", "bilinear")])
+    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    if preprocessing.get("invert"):
+        pixels = 1.0 - pixels
+    return np.broadcast_to(pixels, (c, h, w)).copy()
+
+
+def png_grid(images: Array) -> bytes:
+    """(N, H, W) -> a near-square grid, row-major; (N, K, H, W) -> N rows of K. One 8-bit PNG."""
+    if images.ndim == 3:
+        n = len(images)
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        padded = np.zeros((rows * cols, *images.shape[1:]), dtype=images.dtype)
+        padded[:n] = images
+        tiles = padded.reshape(rows, cols, *images.shape[1:])
+    else:
+        tiles = images
+    rows, cols, h, w = tiles.shape
+    mosaic = tiles.transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(mosaic, 0, 1) * 255).astype(np.uint8), mode="L").save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()

@@ -1,0 +1,114 @@
+"""The manifest that `training export` writes beside the ONNX files, as the service reads it.
+
+The service never imports `training`: this schema is the contract between the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be served; the message names the model, the file and the problem."""
+
+
+class TensorSpec(BaseModel):
+    name: str
+    dtype: Literal["float32"]
+    shape: list[int | str]  # a string names a dynamic axis (the batch)
+
+
+class GraphSpec(BaseModel):
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")  # a plain file name: no path tricks
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+
+
+class InputSpec(BaseModel):
+    shape: tuple[int, int, int]  # (channels, height, width)
+    dtype: Literal["float32"]
+    pixel_range: tuple[float, float]
+    preprocessing: dict[str, Any]
+
+
+class LatentSpec(BaseModel):
+    code_output: str
+    logvar_output: str | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = "1"
+    description: str = ""
+    kind: Literal["ae", "vae"]
+    latent_dim: int = Field(ge=1)
+    input: InputSpec
+    encoder: GraphSpec
+    decoder: GraphSpec
+    latent: LatentSpec
+    opset: int
+    dataset: dict[str, Any] = {}
+    metrics: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        outputs = [t.name for t in self.encoder.outputs]
+        if self.latent.code_output not in outputs:
+            raise ValueError(f"latent.code_output {self.latent.code_output!r} not in {outputs}")
+        if self.kind == "vae" and self.latent.logvar_output not in outputs:
+            raise ValueError("a vae needs latent.logvar_output naming an encoder output")
+        if self.kind == "ae" and self.latent.logvar_output is not None:
+            raise ValueError("an ae has no logvar output")
+        if self.decoder.inputs[0].shape[1:] != [self.latent_dim]:
+            raise ValueError(
+                f"decoder input shape {self.decoder.inputs[0].shape} does not end in "
+                f"latent_dim {self.latent_dim}"
+            )
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.input.shape
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """Parse and check `folder/manifest.json` and the sha256 of the files it names."""
+    path = folder / "manifest.json"
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ModelLoadError(f"model folder {folder}: cannot read {path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ModelLoadError(f"model folder {folder}: {path} is invalid: {problems}") from exc
+    for part in ("encoder", "decoder"):
+        spec: GraphSpec = getattr(manifest, part)
+        file = folder / spec.file
+        if not file.is_file():
+            raise ModelLoadError(f"model {manifest.name!r}: {part} file {file} is missing")
+        actual = sha256sum(file)
+        if actual != spec.sha256:
+            raise ModelLoadError(
+                f"model {manifest.name!r}: {file} has sha256 {actual}, but the manifest says "
+                f"{spec.sha256}; the file is corrupt or was replaced after export"
+            )
+    return manifest

@@ -1,0 +1,225 @@
+"""onnxruntime sessions for the exported models: loading, checking, warming up and running them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from service.manifest import GraphSpec, Manifest, ModelLoadError, load_manifest
+from service.settings import DEFAULT_MODEL_NAME, Settings
+
+logger = logging.getLogger("service")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+Array = NDArray[np.float32]
+
+
+def resolve_providers(requested: list[str], available: list[str] | None = None) -> list[str]:
+    """`auto` -> CUDA then CPU when onnxruntime offers CUDA, else CPU. An explicit list must be
+    fully available: asking for a provider and silently running on another is worse than failing."""
+    available = ort.get_available_providers() if available is None else available
+    if requested == ["auto"]:
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise ModelLoadError(
+            f"VAE_PROVIDERS asks for {', '.join(missing)}, but this onnxruntime offers only "
+            f"{', '.join(available)}. Install the matching onnxruntime build (onnxruntime-gpu for "
+            "CUDA) or set VAE_PROVIDERS=auto."
+        )
+    return requested
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spinning = "1" if settings.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return options
+
+
+@dataclass
+class ModelRuntime:
+    """One exported model: its manifest and its encoder and decoder sessions."""
+
+    folder: Path
+    manifest: Manifest
+    providers: list[str] = field(default_factory=list)
+    ready: bool = False
+    _encoder: ort.InferenceSession | None = None
+    _decoder: ort.InferenceSession | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def is_vae(self) -> bool:
+        return self.manifest.kind == "vae"
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.manifest.image_shape
+
+    @classmethod
+    def load(cls, folder: Path, settings: Settings, providers: list[str]) -> ModelRuntime:
+        """Check the manifest and files, open both sessions on `providers` and warm them up."""
+        runtime = cls(folder, load_manifest(folder))
+        options = session_options(settings)
+        runtime._encoder = runtime._open(runtime.manifest.encoder, options, providers)
+        runtime._decoder = runtime._open(runtime.manifest.decoder, options, providers)
+        runtime.providers = runtime._encoder.get_providers()
+        runtime._warm_up()
+        runtime.ready = True
+        return runtime
+
+    def _open(
+        self, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]
+    ) -> ort.InferenceSession:
+        path = self.folder / spec.file
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelLoadError(
+                f"model {self.name!r}: {path} is not a loadable ONNX graph: {exc}"
+            ) from exc
+        # onnxruntime drops a provider that fails to initialise (a CUDA library missing, say)
+        # with only a warning; an explicitly requested provider must really be in use.
+        in_use = session.get_providers()
+        if providers[0] not in in_use:
+            raise ModelLoadError(
+                f"model {self.name!r}: {path}: provider {providers[0]} was requested but could not "
+                f"be initialised (in use: {', '.join(in_use)})"
+            )
+        self._check_signature(session, spec, path)
+        return session
+
+    def _check_signature(self, session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+        for kind, actual, declared in (
+            ("input", session.get_inputs(), spec.inputs),
+            ("output", session.get_outputs(), spec.outputs),
+        ):
+            actual_names = [t.name for t in actual]
+            declared_names = [t.name for t in declared]
+            if actual_names != declared_names:
+                raise ModelLoadError(
+                    f"model {self.name!r}: {path}: graph {kind}s {actual_names} differ from the "
+                    f"manifest's {declared_names}"
+                )
+            for tensor, spec_tensor in zip(actual, declared, strict=True):
+                fixed_actual = [d if isinstance(d, int) else None for d in tensor.shape]
+                fixed_declared = [d if isinstance(d, int) else None for d in spec_tensor.shape]
+                if fixed_actual != fixed_declared or tensor.type != "tensor(float)":
+                    raise ModelLoadError(
+                        f"model {self.name!r}: {path}: {kind} {tensor.name!r} is {tensor.type} "
+                        f"{tensor.shape}, the manifest says float32 {spec_tensor.shape}"
+                    )
+
+    def _warm_up(self) -> None:
+        # The first run of a session allocates its arena and picks kernels: pay that before ready.
+        for batch in (1, 8):
+            mu, _ = self.encode(np.zeros((batch, *self.image_shape), dtype=np.float32))
+            self.decode(mu)
+
+    def encode(self, images: Array) -> tuple[Array, Array | None]:
+        """(N, C, H, W) in [0, 1] -> (mu, logvar); an AE's code comes back as mu, logvar None."""
+        assert self._encoder is not None
+        outputs = self._encoder.run(None, {self.manifest.encoder.inputs[0].name: images})
+        by_name = dict(zip((t.name for t in self.manifest.encoder.outputs), outputs, strict=True))
+        logvar_name = self.manifest.latent.logvar_output
+        return by_name[self.manifest.latent.code_output], by_name[
+            logvar_name
+        ] if logvar_name else None
+
+    def decode(self, z: Array) -> Array:
+        """(N, latent) -> (N, C, H, W) pixel means in [0, 1]."""
+        assert self._decoder is not None
+        (images,) = self._decoder.run(None, {self.manifest.decoder.inputs[0].name: z})
+        return images
+
+    def describe(self, default: bool) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.manifest.version,
+            "kind": self.manifest.kind,
+            "latent_dim": self.latent_dim,
+            "image_shape": list(self.image_shape),
+            "default": default,
+            "ready": self.ready,
+            "providers": self.providers,
+            "manifest": self.manifest.model_dump(mode="json"),
+        }
+
+    def close(self) -> None:
+        self.ready = False
+        self._encoder = self._decoder = None
+
+
+@dataclass
+class ModelRegistry:
+    """Every model in the model directory, by name, and which one is the default."""
+
+    models: dict[str, ModelRuntime]
+    default_name: str
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRegistry:
+        model_dir = settings.model_dir
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"VAE_MODEL_DIR={model_dir} is not a folder")
+        folders = sorted(p.parent for p in model_dir.glob("*/manifest.json"))
+        if not folders:
+            raise ModelLoadError(
+                f"VAE_MODEL_DIR={model_dir} holds no model: each model is a sub-folder with a "
+                "manifest.json (python -m training export RUN --out DIR/NAME writes one)"
+            )
+        providers = resolve_providers(settings.providers)
+        models: dict[str, ModelRuntime] = {}
+        for folder in folders:
+            runtime = ModelRuntime.load(folder, settings, providers)
+            if runtime.name in models:
+                raise ModelLoadError(
+                    f"model name {runtime.name!r} is used by both {models[runtime.name].folder} "
+                    f"and {folder}; names must be unique"
+                )
+            models[runtime.name] = runtime
+            logger.info(
+                "loaded model %s (%s, latent %d) from %s on %s",
+                runtime.name,
+                runtime.manifest.kind,
+                runtime.latent_dim,
+                folder,
+                ", ".join(runtime.providers),
+            )
+        if settings.default_model is not None:
+            if settings.default_model not in models:
+                raise ModelLoadError(
+                    f"VAE_DEFAULT_MODEL={settings.default_model} is not among the loaded models: "
+                    f"{', '.join(models)}"
+                )
+            default = settings.default_model
+        else:
+            default = DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in models else next(iter(models))
+        return cls(models, default)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.ready for m in self.models.values())
+
+    def close(self) -> None:
+        for model in self.models.values():
+            model.close()

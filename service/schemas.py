@@ -1,0 +1,141 @@
+"""Request and response bodies of the JSON API, with the examples shown in /docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+MAX_SEED = 2**63 - 1
+
+# An image: a flat list of H*W numbers in [0, 1], or H rows of W numbers. Strict floats: a string
+# such as "0.5" where a number belongs is an error, not something to guess about.
+FlatImage = list[StrictFloat]
+NestedImage = list[list[StrictFloat]]
+Images = list[FlatImage | NestedImage]
+
+_EXAMPLE_ROW = [0.0] * 28
+EXAMPLE_IMAGE = (
+    [_EXAMPLE_ROW] * 12 + [[0.0] * 10 + [1.0] * 8 + [0.0] * 10] * 4 + [_EXAMPLE_ROW] * 12
+)
+
+ModelField = Field(
+    None,
+    description="Model name (see GET /models); the default model when absent. May also be given "
+    "as the `?model=` query parameter.",
+    examples=["mnist-vae"],
+)
+ImagesField = Field(
+    min_length=1,
+    description="Images with pixels in [0, 1]: each a flat list of 784 numbers or 28 rows of 28 "
+    "(sizes from the model's manifest). Bright strokes on a dark background, as in MNIST.",
+)
+SeedField = Field(
+    None,
+    ge=0,
+    le=MAX_SEED,
+    description="Seed of the noise; the same seed gives the same result. Drawn and returned when "
+    "absent, so any result can be reproduced.",
+)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncodeRequest(_Request):
+    model: str | None = ModelField
+    images: Images = ImagesField
+
+
+class ReconstructRequest(_Request):
+    model: str | None = ModelField
+    images: Images = ImagesField
+    mode: Literal["deterministic", "sampled"] = Field(
+        "deterministic",
+        description="`deterministic`: decode(mu), identical on every call. `sampled`: decode(z) "
+        "with z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) from `seed` (VAE only).",
+    )
+    seed: StrictInt | None = SeedField
+    samples: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="Sampled mode: this many reconstructions per input, grouped by input "
+        "(`images` is then inputs x samples x H x W).",
+    )
+
+
+class GenerateRequest(_Request):
+    model: str | None = ModelField
+    n: StrictInt = Field(1, ge=1, description="How many images to generate.")
+    seed: StrictInt | None = SeedField
+    temperature: StrictFloat = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Scale of the prior: z = temperature * eps, eps ~ N(0, I). Below 1 gives "
+        "more typical, less varied images.",
+    )
+
+
+class DecodeRequest(_Request):
+    model: str | None = ModelField
+    z: list[list[StrictFloat]] = Field(
+        min_length=1, description="Latent vectors, each of the model's latent_dim numbers."
+    )
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    latent_dim: int
+    mu: list[list[float]] = Field(description="Posterior means (an AE: its codes).")
+    logvar: list[list[float]] | None = Field(
+        description="Log-variance of q(z|x): sigma = exp(logvar / 2). null for an AE."
+    )
+
+
+class ReconstructResponse(BaseModel):
+    model: str
+    mode: Literal["deterministic", "sampled"]
+    seed: int | None = Field(description="The seed used (null in deterministic mode).")
+    images: list[Any] = Field(
+        description="Pixel means in [0, 1]: inputs x H x W, or inputs x samples x H x W when "
+        "`samples` was given."
+    )
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    seed: int
+    z: list[list[float]] = Field(description="The latent vectors that were decoded.")
+    images: list[list[list[float]]]
+
+
+class DecodeResponse(BaseModel):
+    model: str
+    images: list[list[list[float]]]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    kind: Literal["ae", "vae"]
+    latent_dim: int
+    image_shape: list[int]
+    default: bool
+    ready: bool
+    providers: list[str] = Field(description="onnxruntime execution providers in use, in order.")
+    manifest: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What was wrong, naming the field, and what is expected.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "not ready"]
