@@ -16,25 +16,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from service import __version__
-from service.imaging import (
-    InputError,
-    image_from_file,
-    images_from_lists,
-    latents_from_lists,
-    png_grid,
-)
+from service.imaging import InputError
 from service.manifest import NAME_PATTERN
-from service.runtime import ModelRegistry, ModelRuntime
+from service.payloads import (
+    NPY,
+    NPZ,
+    JSONBody,
+    describe_errors,
+    images_response,
+    npz_response,
+    pick_model,
+    read_images,
+    read_latents,
+    read_params,
+    response_format,
+)
+from service.runtime import ModelRegistry
 from service.schemas import (
     EXAMPLE_IMAGE,
+    DecodeParams,
     DecodeRequest,
     DecodeResponse,
+    EncodeParams,
     EncodeRequest,
     EncodeResponse,
     ErrorResponse,
@@ -43,6 +51,7 @@ from service.schemas import (
     Health,
     ModelInfo,
     ModelList,
+    ReconstructParams,
     ReconstructRequest,
     ReconstructResponse,
 )
@@ -61,27 +70,6 @@ REQUEST_MODELS: list[type[BaseModel]] = [
 
 def _problem(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
-
-
-def _describe_errors(errors: list[Any], prefix: tuple[Any, ...] = ()) -> str:
-    """pydantic errors -> 'images[0][3]: Input should be a valid number; ...' (first five)."""
-    parts = []
-    seen = set()
-    for error in errors:
-        path = ""
-        for item in (*prefix, *error["loc"]):
-            if isinstance(item, int):
-                path += f"[{item}]"
-            elif "[" in str(item):
-                continue  # a union branch such as 'list[float]': not a field
-            else:
-                path += ("." if path else "") + str(item)
-        text = f"{path or 'body'}: {error['msg']}"
-        if text not in seen:
-            seen.add(text)
-            parts.append(text)
-    more = f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""
-    return "; ".join(parts[:5]) + more
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,98 +100,6 @@ ModelQuery = Annotated[
 ]
 
 
-def pick_model(
-    registry: ModelRegistry, from_body: str | None, from_query: str | None
-) -> ModelRuntime:
-    if from_body and from_query and from_body != from_query:
-        raise InputError("model", f"the body says {from_body!r} but ?model= says {from_query!r}")
-    name = from_body or from_query or registry.default_name
-    model = registry.models.get(name)
-    if model is None:
-        raise InputError(
-            "model", f"no model named {name!r}; available: {', '.join(registry.models)}", 404
-        )
-    return model
-
-
-async def parse_body(
-    request: Request, model_type: type[RequestModel], settings: Settings
-) -> tuple[RequestModel, list[tuple[str, bytes]]]:
-    """The request as `model_type`: from JSON, or from multipart/form-data where image files come
-    as repeated `images` parts and the other fields as form fields."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data" and "images" in model_type.model_fields:
-        async with request.form(max_files=settings.max_images, max_fields=32) as form:
-            uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
-            if not uploads:
-                raise InputError("images", "multipart requests carry image files as `images` parts")
-            fields: dict[str, Any] = {
-                k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)
-            }
-            for key in ("seed", "samples"):
-                if key in fields:
-                    try:
-                        fields[key] = int(fields[key])
-                    except ValueError as exc:
-                        raise InputError(key, f"expected an integer, got {fields[key]!r}") from exc
-            # The files are decoded once the model (and so the image size) is known; the JSON
-            # field is validated with a placeholder.
-            fields["images"] = [[0.0]]
-            try:
-                parsed = model_type.model_validate(fields)
-            except ValidationError as exc:
-                raise InputError("", _describe_errors(exc.errors())) from exc
-            contents = []
-            for upload in uploads:
-                data = await upload.read(settings.max_upload_bytes + 1)
-                contents.append((upload.filename or "", data))
-        return parsed, contents
-    if content_type not in ("application/json", ""):
-        raise InputError(
-            "content-type",
-            f"{content_type!r} is not accepted; send application/json"
-            + (" or multipart/form-data" if "images" in model_type.model_fields else ""),
-            415,
-        )
-    body = await request.body()
-    try:
-        return model_type.model_validate_json(body or b"{}"), []
-    except ValidationError as exc:
-        raise InputError("", _describe_errors(exc.errors())) from exc
-
-
-def input_images(
-    body: EncodeRequest | ReconstructRequest,
-    uploads: list[tuple[str, bytes]],
-    model: ModelRuntime,
-    settings: Settings,
-) -> np.ndarray:
-    count = len(uploads) or len(body.images)
-    if count > settings.max_images:
-        raise InputError("images", f"{count} images; at most {settings.max_images} per request")
-    if not uploads:
-        return images_from_lists(body.images, model.image_shape)
-    batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
-    for i, (filename, data) in enumerate(uploads):
-        field = f"images[{i}] ({filename})" if filename else f"images[{i}]"
-        if len(data) > settings.max_upload_bytes:
-            raise InputError(field, f"file over {settings.max_upload_bytes} bytes", 413)
-        batch[i] = image_from_file(
-            data, field, model.image_shape, model.manifest.input.preprocessing
-        )
-    return batch
-
-
-def wants_png(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "image/png" in accept and "application/json" not in accept
-
-
-def image_payload(images: np.ndarray) -> Any:
-    """(…, 1, H, W) model output -> nested lists without the channel axis."""
-    return images.squeeze(-3).tolist()
-
-
 def _draw_seed(seed: int | None) -> int:
     return secrets.randbelow(2**31) if seed is None else seed
 
@@ -212,20 +108,31 @@ def _draw_seed(seed: int | None) -> int:
 # OpenAPI helpers
 
 
-def _json_and_upload_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
-    form_fields = {
-        name: {"type": "string", "description": (field.description or "")}
+def _schema_ref(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}, "example": example}
+
+
+def _query_params(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        name: {"type": "string", "description": field.description or ""}
         for name, field in model.model_fields.items()
-        if name != "images"
+        if name not in ("images", "z")
     }
+
+
+NPY_BODY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _image_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
+            "description": "JSON; or PNG/JPEG files as multipart/form-data (repeated `images` "
+            "parts, other fields as form fields); or one .npy array (N x 784, N x 28 x 28 or "
+            "N x 1 x 28 x 28; float32 in [0, 1] or uint8 0-255) as application/x-npy, other "
+            "fields as query parameters.",
             "content": {
-                "application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
-                    "example": example,
-                },
+                "application/json": _schema_ref(model, example),
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -236,42 +143,59 @@ def _json_and_upload_body(model: type[BaseModel], example: dict[str, Any]) -> di
                                 "items": {"type": "string", "format": "binary"},
                                 "description": "PNG or JPEG files, preprocessed as in training.",
                             },
-                            **form_fields,
+                            **_query_params(model),
                         },
                     }
                 },
+                NPY: NPY_BODY,
             },
         }
     }
 
 
-def _json_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+def _latent_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"},
-                    "example": example,
-                }
-            },
+            "description": "JSON; or one float32 .npy array (N x latent) as application/x-npy.",
+            "content": {"application/json": _schema_ref(model, example), NPY: NPY_BODY},
         }
     }
 
 
-def _responses(response_model: type[BaseModel], example: Any, png: bool) -> dict[int | str, Any]:
-    ok: dict[str, Any] = {
-        "description": "Success",
-        "content": {"application/json": {"example": example}},
+def _params_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": _schema_ref(model, example)},
+        }
     }
-    if png:
-        ok["content"]["image/png"] = {
+
+
+def _responses(example: Any, binary: str, png: bool = False) -> dict[int | str, Any]:
+    content: dict[str, Any] = {"application/json": {"example": example}}
+    if binary == "npz":
+        content[NPZ] = {
             "schema": {"type": "string", "format": "binary"},
-            "example": "(one PNG grid of all images, sent with Accept: image/png)",
+            "description": "With Accept: application/x-npy: an .npz archive of float32 `mu` "
+            "and (VAE) `logvar`, each N x latent.",
+        }
+    else:
+        content[NPY] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "With Accept: application/x-npy: one float32 .npy array of the "
+            "images (N x 28 x 28, or N x samples x 28 x 28).",
+        }
+    if png:
+        content["image/png"] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "With Accept: image/png: one PNG grid of all images.",
         }
     return {
-        200: ok,
+        200: {"description": "Success", "content": content},
+        400: {"model": ErrorResponse, "description": "Unreadable .npy body"},
         404: {"model": ErrorResponse, "description": "Unknown model"},
+        413: {"model": ErrorResponse, "description": "Uploaded file too large"},
         415: {"model": ErrorResponse, "description": "Unsupported content type or image format"},
         422: {"model": ErrorResponse, "description": "Invalid input; the message names the field"},
         503: {"model": ErrorResponse, "description": "Models still loading"},
@@ -331,7 +255,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             yield
         finally:
             app.state.registry = None
-            loaded.close()
+            await loaded.close()
 
     app = FastAPI(
         title="VAE serving",
@@ -357,7 +281,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problem(422, _describe_errors(list(exc.errors())))
+        return _problem(422, describe_errors(list(exc.errors())))
 
     # --- inference -----------------------------------------------------------------------
 
@@ -366,25 +290,23 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         response_model=EncodeResponse,
         tags=["inference"],
         summary="Images -> latent mu and logvar",
-        openapi_extra=_json_and_upload_body(EncodeRequest, EXAMPLES["encode"][0]),
-        responses=_responses(EncodeResponse, EXAMPLES["encode"][1], png=False),
+        openapi_extra=_image_body(EncodeRequest, EXAMPLES["encode"][0]),
+        responses=_responses(EXAMPLES["encode"][1], binary="npz"),
     )
     async def encode(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
     ) -> Response:
         """Posterior mean and log-variance of each image. For an AE, `mu` holds the code and
-        `logvar` is null."""
-        body, uploads = await parse_body(request, EncodeRequest, settings)
-        runtime = pick_model(registry, body.model, model)
-        x = input_images(body, uploads, runtime, settings)
-        mu, logvar = await run_in_threadpool(runtime.encode, x)
-        return JSONResponse(
-            {
-                "model": runtime.name,
-                "latent_dim": runtime.latent_dim,
-                "mu": mu.tolist(),
-                "logvar": None if logvar is None else logvar.tolist(),
-            }
+        `logvar` is null. With `Accept: application/x-npy` the answer is an .npz archive holding
+        `mu` and (VAE) `logvar`."""
+        _, runtime, x = await read_images(
+            request, EncodeParams, EncodeRequest, registry, settings, model
+        )
+        mu, logvar = await runtime.encode_batched(x)
+        if response_format(request) == "npy":
+            return npz_response({"mu": mu} if logvar is None else {"mu": mu, "logvar": logvar})
+        return JSONBody(
+            {"model": runtime.name, "latent_dim": runtime.latent_dim, "mu": mu, "logvar": logvar}
         )
 
     @app.post(
@@ -392,8 +314,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         response_model=ReconstructResponse,
         tags=["inference"],
         summary="Images -> decode(encode(images)), deterministic or sampled",
-        openapi_extra=_json_and_upload_body(ReconstructRequest, EXAMPLES["reconstruct"][0]),
-        responses=_responses(ReconstructResponse, EXAMPLES["reconstruct"][1], png=True),
+        openapi_extra=_image_body(ReconstructRequest, EXAMPLES["reconstruct"][0]),
+        responses=_responses(EXAMPLES["reconstruct"][1], binary="npy", png=True),
     )
     async def reconstruct(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
@@ -401,51 +323,45 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         """`deterministic` decodes mu: the same output on every call. `sampled` decodes
         z = mu + exp(logvar / 2) * eps with eps drawn from `seed` (returned, so any result can be
         reproduced); a VAE's reconstructions differ from draw to draw by design."""
-        body, uploads = await parse_body(request, ReconstructRequest, settings)
-        runtime = pick_model(registry, body.model, model)
-        if body.mode == "deterministic" and (body.samples is not None or body.seed is not None):
+        params, runtime, x = await read_images(
+            request, ReconstructParams, ReconstructRequest, registry, settings, model
+        )
+        if params.mode == "deterministic" and (
+            params.samples is not None or params.seed is not None
+        ):
             raise InputError(
                 "mode", "seed and samples apply only to mode='sampled'; deterministic is decode(mu)"
             )
-        if body.mode == "sampled" and not runtime.is_vae:
+        if params.mode == "sampled" and not runtime.is_vae:
             raise InputError(
                 "mode",
                 f"model {runtime.name!r} is an autoencoder: its encoder gives one code per image "
                 "and no variance to sample from; use mode='deterministic' or a VAE",
             )
-        if body.samples is not None and body.samples > settings.max_samples:
-            raise InputError("samples", f"{body.samples}; at most {settings.max_samples}")
-        x = input_images(body, uploads, runtime, settings)
-        k = body.samples or 1
+        if params.samples is not None and params.samples > settings.max_samples:
+            raise InputError("samples", f"{params.samples}; at most {settings.max_samples}")
+        k = params.samples or 1
         if len(x) * k > settings.max_images:
             raise InputError(
                 "samples", f"{len(x)} images x {k} samples; at most {settings.max_images} outputs"
             )
-        seed = None if body.mode == "deterministic" else _draw_seed(body.seed)
-
-        def run() -> np.ndarray:
-            mu, logvar = runtime.encode(x)
-            if seed is None or logvar is None:
-                return runtime.decode(mu)
-            eps = np.random.default_rng(seed).standard_normal(
-                (len(x), k, mu.shape[1]), dtype=np.float32
-            )
+        mu, logvar = await runtime.encode_batched(x)
+        seed = None
+        if params.mode == "deterministic" or logvar is None:
+            images = await runtime.decode_batched(mu)
+        else:
+            seed = _draw_seed(params.seed)
+            eps = np.random.default_rng(seed).standard_normal((len(x), k, mu.shape[1]), np.float32)
             z = mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps  # inputs x samples x latent
-            decoded = runtime.decode(z.reshape(-1, mu.shape[1]))
-            return decoded.reshape(len(x), k, *decoded.shape[1:])
-
-        images = await run_in_threadpool(run)
-        if body.samples is None and images.ndim == 5:
-            images = images[:, 0]
-        if wants_png(request):
-            return Response(png_grid(images.squeeze(-3)), media_type="image/png")
-        return JSONResponse(
-            {
-                "model": runtime.name,
-                "mode": body.mode,
-                "seed": seed,
-                "images": image_payload(images),
-            }
+            decoded = await runtime.decode_batched(z.reshape(-1, mu.shape[1]))
+            images = decoded.reshape(len(x), k, *decoded.shape[1:])
+            if params.samples is None:
+                images = images[:, 0]
+        return images_response(
+            response_format(request),
+            images,
+            {"model": runtime.name, "mode": params.mode, "seed": seed},
+            seed,
         )
 
     @app.post(
@@ -453,58 +369,51 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         response_model=GenerateResponse,
         tags=["inference"],
         summary="Decode samples of the prior z ~ N(0, I)",
-        openapi_extra=_json_body(GenerateRequest, EXAMPLES["generate"][0]),
-        responses=_responses(GenerateResponse, EXAMPLES["generate"][1], png=True),
+        openapi_extra=_params_body(GenerateRequest, EXAMPLES["generate"][0]),
+        responses=_responses(EXAMPLES["generate"][1], binary="npy", png=True),
     )
     async def generate(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
     ) -> Response:
-        """New images from z = temperature * eps, eps ~ N(0, I) drawn from `seed`."""
-        body, _ = await parse_body(request, GenerateRequest, settings)
-        runtime = pick_model(registry, body.model, model)
+        """New images from z = temperature * eps, eps ~ N(0, I) drawn from `seed`. The seed also
+        comes back in the `X-Seed` header (the only place for it with PNG or .npy output)."""
+        params = await read_params(request, GenerateRequest)
+        runtime = pick_model(registry, params.model, model)
         if not runtime.is_vae:
             raise InputError(
                 "model",
                 f"model {runtime.name!r} is an autoencoder: nothing made its codes follow N(0, I), "
                 "so decoding prior samples gives garbage; use a VAE such as mnist-vae",
             )
-        if body.n > settings.max_generate:
-            raise InputError("n", f"{body.n}; at most {settings.max_generate} per request")
-        seed = _draw_seed(body.seed)
-        z = body.temperature * np.random.default_rng(seed).standard_normal(
-            (body.n, runtime.latent_dim), dtype=np.float32
+        if params.n > settings.max_generate:
+            raise InputError("n", f"{params.n}; at most {settings.max_generate} per request")
+        seed = _draw_seed(params.seed)
+        eps = np.random.default_rng(seed).standard_normal(
+            (params.n, runtime.latent_dim), np.float32
         )
-        images = await run_in_threadpool(runtime.decode, z.astype(np.float32))
-        if wants_png(request):
-            return Response(png_grid(images.squeeze(-3)), media_type="image/png")
-        return JSONResponse(
-            {"model": runtime.name, "seed": seed, "z": z.tolist(), "images": image_payload(images)}
-        )
+        z = (params.temperature * eps).astype(np.float32)
+        images = await runtime.decode_batched(z)
+        fields = {"model": runtime.name, "seed": seed, "z": z}
+        return images_response(response_format(request), images, fields, seed)
 
     @app.post(
         "/decode",
         response_model=DecodeResponse,
         tags=["inference"],
         summary="Latent vectors -> images",
-        openapi_extra=_json_body(DecodeRequest, EXAMPLES["decode"][0]),
-        responses=_responses(DecodeResponse, EXAMPLES["decode"][1], png=True),
+        openapi_extra=_latent_body(DecodeRequest, EXAMPLES["decode"][0]),
+        responses=_responses(EXAMPLES["decode"][1], binary="npy", png=True),
     )
     async def decode(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
     ) -> Response:
         """Decode the given latent vectors (for a VAE, points of its latent space; for an AE,
         codes from /encode)."""
-        body, _ = await parse_body(request, DecodeRequest, settings)
-        runtime = pick_model(registry, body.model, model)
-        if len(body.z) > settings.max_images:
-            raise InputError(
-                "z", f"{len(body.z)} vectors; at most {settings.max_images} per request"
-            )
-        z = latents_from_lists(body.z, runtime.latent_dim)
-        images = await run_in_threadpool(runtime.decode, z)
-        if wants_png(request):
-            return Response(png_grid(images.squeeze(-3)), media_type="image/png")
-        return JSONResponse({"model": runtime.name, "images": image_payload(images)})
+        _, runtime, z = await read_latents(
+            request, DecodeParams, DecodeRequest, registry, settings, model
+        )
+        images = await runtime.decode_batched(z)
+        return images_response(response_format(request), images, {"model": runtime.name})
 
     # --- metadata and health ----------------------------------------------------------------
 

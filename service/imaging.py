@@ -71,14 +71,17 @@ def images_from_lists(
     return check_pixels(batch, field)
 
 
-def latents_from_lists(z: list[list[float]], latent_dim: int) -> Array:
-    for i, vector in enumerate(z):
-        if len(vector) != latent_dim:
-            raise InputError(
-                f"z[{i}]",
-                f"has {len(vector)} numbers but this model's latent size is {latent_dim}",
-            )
-    array = np.asarray(z, dtype=np.float32)
+def latents_from_lists(z: list[list[float]] | Array, latent_dim: int) -> Array:
+    if isinstance(z, np.ndarray) and z.ndim == 2 and z.shape[1] == latent_dim:
+        array = z.astype(np.float32, copy=False)
+    else:
+        for i, vector in enumerate(z):
+            if len(vector) != latent_dim:
+                raise InputError(
+                    f"z[{i}]",
+                    f"has {len(vector)} numbers but this model's latent size is {latent_dim}",
+                )
+        array = np.asarray(z, dtype=np.float32)
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0, 0])
         raise InputError(f"z[{bad}]", "NaN or infinity is not a latent value")

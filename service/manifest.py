@@ -31,11 +31,27 @@ class GraphSpec(BaseModel):
     outputs: list[TensorSpec] = Field(min_length=1)
 
 
+RESAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
 class InputSpec(BaseModel):
     shape: tuple[int, int, int]  # (channels, height, width)
     dtype: Literal["float32"]
     pixel_range: tuple[float, float]
     preprocessing: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _known_preprocessing(self) -> InputSpec:
+        # Uploads are converted with these steps; one the service cannot apply must fail at
+        # start-up, not on the first upload.
+        resample = self.preprocessing.get("resample", "bilinear")
+        if resample not in RESAMPLE_METHODS:
+            raise ValueError(
+                f"preprocessing.resample {resample!r} is not one of {RESAMPLE_METHODS}"
+            )
+        if not isinstance(self.preprocessing.get("invert", False), bool):
+            raise ValueError("preprocessing.invert must be true or false")
+        return self
 
 
 class LatentSpec(BaseModel):

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from service.batching import DynamicBatcher
 from service.manifest import GraphSpec, Manifest, ModelLoadError, load_manifest
 from service.settings import DEFAULT_MODEL_NAME, Settings
 
@@ -58,6 +59,8 @@ class ModelRuntime:
     ready: bool = False
     _encoder: ort.InferenceSession | None = None
     _decoder: ort.InferenceSession | None = None
+    _encode_batcher: DynamicBatcher | None = None
+    _decode_batcher: DynamicBatcher | None = None
 
     @property
     def name(self) -> str:
@@ -84,6 +87,17 @@ class ModelRuntime:
         runtime._decoder = runtime._open(runtime.manifest.decoder, options, providers)
         runtime.providers = runtime._encoder.get_providers()
         runtime._warm_up()
+        batching = (
+            settings.max_batch_size,
+            settings.max_batch_delay_ms / 1000,
+            settings.inline_max_rows,
+        )
+        runtime._encode_batcher = DynamicBatcher(
+            runtime._encode_rows, f"{runtime.name}-encoder", *batching
+        )
+        runtime._decode_batcher = DynamicBatcher(
+            runtime._decode_rows, f"{runtime.name}-decoder", *batching
+        )
         runtime.ready = True
         return runtime
 
@@ -135,21 +149,37 @@ class ModelRuntime:
             mu, _ = self.encode(np.zeros((batch, *self.image_shape), dtype=np.float32))
             self.decode(mu)
 
-    def encode(self, images: Array) -> tuple[Array, Array | None]:
-        """(N, C, H, W) in [0, 1] -> (mu, logvar); an AE's code comes back as mu, logvar None."""
+    def _encode_rows(self, images: Array) -> tuple[Array, ...]:
+        """(N, C, H, W) -> (code,) for an AE, (mu, logvar) for a VAE."""
         assert self._encoder is not None
-        outputs = self._encoder.run(None, {self.manifest.encoder.inputs[0].name: images})
-        by_name = dict(zip((t.name for t in self.manifest.encoder.outputs), outputs, strict=True))
-        logvar_name = self.manifest.latent.logvar_output
-        return by_name[self.manifest.latent.code_output], by_name[
-            logvar_name
-        ] if logvar_name else None
+        wanted = [self.manifest.latent.code_output]
+        if self.manifest.latent.logvar_output:
+            wanted.append(self.manifest.latent.logvar_output)
+        return tuple(self._encoder.run(wanted, {self.manifest.encoder.inputs[0].name: images}))
+
+    def _decode_rows(self, z: Array) -> tuple[Array, ...]:
+        assert self._decoder is not None
+        return tuple(self._decoder.run(None, {self.manifest.decoder.inputs[0].name: z}))
+
+    def encode(self, images: Array) -> tuple[Array, Array | None]:
+        """(N, C, H, W) in [0, 1] -> (mu, logvar); an AE's code comes back as mu, logvar None.
+        Runs here and now; the service's requests go through `encode_batched`."""
+        outputs = self._encode_rows(images)
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     def decode(self, z: Array) -> Array:
         """(N, latent) -> (N, C, H, W) pixel means in [0, 1]."""
-        assert self._decoder is not None
-        (images,) = self._decoder.run(None, {self.manifest.decoder.inputs[0].name: z})
-        return images
+        return self._decode_rows(z)[0]
+
+    async def encode_batched(self, images: Array) -> tuple[Array, Array | None]:
+        """As `encode`, sharing an onnxruntime call with concurrent requests."""
+        assert self._encode_batcher is not None
+        outputs = await self._encode_batcher.run(images)
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
+
+    async def decode_batched(self, z: Array) -> Array:
+        assert self._decode_batcher is not None
+        return (await self._decode_batcher.run(z))[0]
 
     def describe(self, default: bool) -> dict[str, Any]:
         return {
@@ -164,8 +194,11 @@ class ModelRuntime:
             "manifest": self.manifest.model_dump(mode="json"),
         }
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.ready = False
+        for batcher in (self._encode_batcher, self._decode_batcher):
+            if batcher is not None:
+                await batcher.close()
         self._encoder = self._decoder = None
 
 
@@ -220,6 +253,6 @@ class ModelRegistry:
     def ready(self) -> bool:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for model in self.models.values():
-            model.close()
+            await model.close()

@@ -43,14 +43,16 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class EncodeRequest(_Request):
+class EncodeParams(_Request):
     model: str | None = ModelField
+
+
+class EncodeRequest(EncodeParams):
     images: Images = ImagesField
 
 
-class ReconstructRequest(_Request):
+class ReconstructParams(_Request):
     model: str | None = ModelField
-    images: Images = ImagesField
     mode: Literal["deterministic", "sampled"] = Field(
         "deterministic",
         description="`deterministic`: decode(mu), identical on every call. `sampled`: decode(z) "
@@ -63,6 +65,10 @@ class ReconstructRequest(_Request):
         description="Sampled mode: this many reconstructions per input, grouped by input "
         "(`images` is then inputs x samples x H x W).",
     )
+
+
+class ReconstructRequest(ReconstructParams):
+    images: Images = ImagesField
 
 
 class GenerateRequest(_Request):
@@ -78,8 +84,11 @@ class GenerateRequest(_Request):
     )
 
 
-class DecodeRequest(_Request):
+class DecodeParams(_Request):
     model: str | None = ModelField
+
+
+class DecodeRequest(DecodeParams):
     z: list[list[StrictFloat]] = Field(
         min_length=1, description="Latent vectors, each of the model's latent_dim numbers."
     )

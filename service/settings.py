@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     """Threads across independent graph nodes (0: onnxruntime decides)."""
     allow_spinning: bool = False
     """Let idle onnxruntime threads spin: a little throughput under load, a whole core when idle."""
+    max_batch_size: int = Field(256, ge=1)
+    """Dynamic batching: most rows (images or latent vectors) in one onnxruntime call; requests
+    for the same model and graph that queue up together share a call. 1 turns batching off."""
+    max_batch_delay_ms: float = Field(0.0, ge=0, le=1000)
+    """How long a batch waits for more requests before it runs. 0: it takes what queued while
+    the previous call ran, and adds no latency."""
+    inline_max_rows: int = Field(16, ge=0)
+    """Calls of at most this many rows run on the event loop (tens of microseconds, less than a
+    thread hop); larger ones run in a worker thread so the loop stays free."""
     max_images: int = Field(1024, ge=1)
     """Most images (or latent vectors) one request may carry."""
     max_generate: int = Field(1024, ge=1)

@@ -85,6 +85,17 @@ def ae_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, vae_run: Path, ae_run: Path) -> Path:
+    """A model directory as the service reads it: a tiny VAE (latent 2) and AE (latent 4)."""
+    from training.export import export_run
+
+    folder = tmp_path_factory.mktemp("served")
+    export_run(vae_run, folder / "tiny-vae")
+    export_run(ae_run, folder / "tiny-ae")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def exported_vae(tmp_path_factory: pytest.TempPathFactory, vae_run: Path) -> Path:
     from training.export import export_run
 

@@ -21,17 +21,8 @@ from service.manifest import ModelLoadError
 from service.runtime import CPU, CUDA, resolve_providers
 from service.settings import Settings
 from training.data import preprocess_image
-from training.export import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, vae_run: Path, ae_run: Path) -> Path:
-    folder = tmp_path_factory.mktemp("served")
-    export_run(vae_run, folder / "tiny-vae")
-    export_run(ae_run, folder / "tiny-ae")
-    return folder
 
 
 @pytest.fixture
@@ -363,7 +354,8 @@ def test_bad_uploads(client: TestClient) -> None:
     text = client.post("/encode", content=b"images", headers={"Content-Type": "text/plain"})
     assert (
         text.status_code == 415
-        and "send application/json or multipart/form-data" in text.json()["detail"]
+        and "send application/json, application/x-npy or multipart/form-data"
+        in text.json()["detail"]
     )
 
 
@@ -496,3 +488,96 @@ def test_openapi_error_bodies_are_what_the_service_sends(client: TestClient) -> 
     assert "HTTPValidationError" not in json.dumps(spec)
     ref = spec["paths"]["/models/{name}"]["get"]["responses"]["422"]["content"]["application/json"]
     assert ref["schema"]["$ref"] == "#/components/schemas/ErrorResponse"
+
+
+# --- binary tensors ---------------------------------------------------------------------------
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _load(content: bytes) -> Any:
+    return np.load(io.BytesIO(content), allow_pickle=False)
+
+
+NPY_HEADERS = {"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
+
+
+def test_binary_encode_matches_json(client: TestClient) -> None:
+    x = digits(5)
+    as_json = post(client, "/encode", {"images": x.tolist()})
+    for body in (x, x.reshape(5, 784), x[:, None]):
+        response = client.post(
+            "/encode", content=_npy(body.astype(np.float32)), headers=NPY_HEADERS
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/x-npz"
+        archive = _load(response.content)
+        assert sorted(archive.files) == ["logvar", "mu"]
+        np.testing.assert_allclose(archive["mu"], as_json["mu"], atol=1e-6)
+        np.testing.assert_allclose(archive["logvar"], as_json["logvar"], atol=1e-6)
+    # uint8 pixels are scaled by 1/255; an AE's archive holds its code as `mu` only.
+    u8 = (x * 255).round().astype(np.uint8)
+    response = client.post("/encode?model=tiny-ae", content=_npy(u8), headers=NPY_HEADERS)
+    assert _load(response.content).files == ["mu"]
+    expected = post(client, "/encode?model=tiny-ae", {"images": (u8 / 255).tolist()})
+    np.testing.assert_allclose(_load(response.content)["mu"], expected["mu"], atol=1e-6)
+
+
+def test_binary_reconstruct_generate_decode(client: TestClient) -> None:
+    x = digits(3).astype(np.float32)
+    response = client.post(
+        "/reconstruct?mode=sampled&seed=4&samples=2", content=_npy(x), headers=NPY_HEADERS
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-seed"] == "4"
+    as_json = post(
+        client, "/reconstruct", {"images": x.tolist(), "mode": "sampled", "seed": 4, "samples": 2}
+    )
+    np.testing.assert_allclose(_load(response.content), as_json["images"], atol=1e-6)
+    generated = client.post(
+        "/generate", json={"n": 4, "seed": 2}, headers={"Accept": "application/x-npy"}
+    )
+    assert _load(generated.content).shape == (4, 28, 28) and generated.headers["x-seed"] == "2"
+    z = np.zeros((2, 2), np.float32)
+    decoded = client.post("/decode", content=_npy(z), headers=NPY_HEADERS)
+    np.testing.assert_allclose(
+        _load(decoded.content), post(client, "/decode", {"z": z.tolist()})["images"], atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/encode", b"not npy", 400, "not a readable .npy array"),
+        ("/encode", _npy(np.zeros((2, 784), np.float64)), 422, "dtype float64"),
+        ("/encode", _npy(np.zeros((2, 780), np.float32)), 422, "array of shape (2, 780)"),
+        ("/encode", _npy(np.full((1, 784), 2, np.float32)), 422, "pixel values must be in [0, 1]"),
+        ("/encode", _npy(np.full((1, 784), np.nan, np.float32)), 422, "NaN or infinity"),
+        ("/encode", _npy(np.zeros((0, 784), np.float32)), 422, "holds no images"),
+        ("/encode", _npy(np.zeros((65, 784), np.float32)), 422, "65 images; at most 64"),
+        ("/decode", _npy(np.zeros((2, 3), np.float32)), 422, "z[0]: has 3 numbers"),
+        ("/decode", _npy(np.zeros((2, 2), np.float64)), 422, "expected a float32 array"),
+        (
+            "/encode?seed=x",
+            _npy(np.zeros((1, 784), np.float32)),
+            422,
+            "Extra inputs are not permitted",
+        ),
+        (
+            "/reconstruct?mode=sampled&seed=x",
+            _npy(np.zeros((1, 784), np.float32)),
+            422,
+            "seed: expected an integer",
+        ),
+    ],
+)
+def test_bad_binary_input(
+    client: TestClient, path: str, body: bytes, status: int, message: str
+) -> None:
+    response = client.post(path, content=body, headers=NPY_HEADERS)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]

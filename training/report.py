@@ -189,5 +189,5 @@ def loss_curves(history: list[dict[str, float]], title: str, path: Path) -> None
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Loss curves: {title}", fontsize=10)
+    fig.suptitle(f"Loss curves: {title}", fontsize=10, y=1.03)
     _save(fig, path)

@@ -1,0 +1,128 @@
+"""Dynamic batching: concurrent requests for the same graph run as one onnxruntime call.
+
+As in Triton and MLServer, requests that arrive while the previous batch is running (or within
+`max_delay` of the first one) are stacked along the batch axis, run once, and each gets its own
+rows back. Every request keeps its own errors and cancellation: a request cancelled while queued
+is dropped from its batch, and an exception inside a batch reaches every request of that batch
+and no other.
+
+Small batches run inline on the event loop: an onnxruntime call of a few images takes tens of
+microseconds, less than a hop to a worker thread. Larger ones go to one worker thread per graph,
+so the loop keeps accepting and parsing requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float32]
+GraphFn = Callable[[Array], tuple[Array, ...]]
+
+
+@dataclass
+class _Pending:
+    rows: Array
+    future: asyncio.Future[tuple[Array, ...]]
+
+
+class DynamicBatcher:
+    """Batches calls of `fn` (rows in, tuple of row-aligned arrays out)."""
+
+    def __init__(
+        self,
+        fn: GraphFn,
+        name: str,
+        max_batch_size: int,
+        max_delay_s: float,
+        inline_max_rows: int,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.inline_max_rows = inline_max_rows
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+
+    async def run(self, rows: Array) -> tuple[Array, ...]:
+        """fn(rows), possibly computed together with other requests' rows."""
+        if self.max_batch_size <= 1:
+            return await self._execute(rows)
+        loop = asyncio.get_running_loop()
+        if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            # Started lazily in the loop that serves requests (a new one after a restart).
+            self._wakeup = asyncio.Event()
+            self._worker = loop.create_task(self._work())
+        future: asyncio.Future[tuple[Array, ...]] = loop.create_future()
+        self._queue.append(_Pending(rows, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    async def _execute(self, rows: Array) -> tuple[Array, ...]:
+        if len(rows) <= self.inline_max_rows:
+            return self.fn(rows)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, rows)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        count = 0
+        while self._queue:
+            pending = self._queue[0]
+            if pending.future.done():  # cancelled while queued: its client is gone
+                self._queue.popleft()
+                continue
+            if batch and count + len(pending.rows) > self.max_batch_size:
+                break
+            batch.append(self._queue.popleft())
+            count += len(pending.rows)
+        return batch
+
+    async def _work(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                queued = sum(len(p.rows) for p in self._queue)
+                if self.max_delay_s > 0 and queued < self.max_batch_size:
+                    await asyncio.sleep(self.max_delay_s)  # let a few more requests join
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+                try:
+                    outputs = await self._execute(rows)
+                except Exception as exc:  # reaches exactly the requests of this batch
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(exc)
+                    continue
+                start = 0
+                for pending in batch:
+                    stop = start + len(pending.rows)
+                    if not pending.future.done():
+                        pending.future.set_result(tuple(out[start:stop] for out in outputs))
+                    start = stop
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the service is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
