@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from service import __version__
 from service.imaging import InputError
@@ -278,6 +279,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return _problem(exc.status, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up before sending its whole body: nobody is left to answer, and it
+        # is not the service's error. 499 is what nginx logs for this.
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,389 @@
+"""Serving benchmark: in-process onnxruntime (the limit), the service, and a hand-written baseline.
+
+Starts the service (`python -m service`) on the default models and the baseline server
+(benchmarks/baseline_server.py), drives both with wrk (one thread, keep-alive connections) and
+prints one markdown table: requests/s, images/s, p50, p99, errors, ratio to the limit and to the
+baseline; then start-to-ready time and RSS after load. Everything runs on 127.0.0.1.
+
+    python benchmarks/serve_bench.py            # about 4 minutes; needs `wrk` (apt install wrk)
+    python benchmarks/serve_bench.py --seconds 3 --only encode
+
+Images come from the MNIST test set when VAE_DATA_DIR (or ../shared/data) holds it, otherwise
+from random pixels (the models' speed does not depend on the pixel values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "mnist-vae"
+WRK_SCRIPT = """
+local f = io.open(os.getenv("BODY_FILE"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
+wrk.headers["Accept"] = os.getenv("ACCEPT")
+"""
+
+
+def test_images(n: int) -> np.ndarray:
+    for folder in (os.environ.get("VAE_DATA_DIR"), ROOT.parent / "shared" / "data"):
+        path = Path(folder or "") / "mnist" / "t10k-images-idx3-ubyte.gz"
+        if folder and path.exists():
+            raw = gzip.decompress(path.read_bytes())
+            return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:n] / np.float32(255)
+    return np.random.default_rng(0).random((n, 28, 28), dtype=np.float32)
+
+
+# --- the limit: onnxruntime in this process ---------------------------------------------------
+
+
+def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], float]:
+    """Images/s of each endpoint's graph work, called back to back, at batch 1 and 256."""
+    folder = ROOT / "models" / MODEL
+    enc = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+
+    def encode(x: np.ndarray) -> None:
+        enc.run(None, {"x": x})
+
+    def reconstruct(x: np.ndarray) -> None:
+        mu, logvar = enc.run(None, {"x": x})
+        dec.run(None, {"z": mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, np.float32)})
+
+    def generate(x: np.ndarray) -> None:
+        dec.run(None, {"z": rng.standard_normal((len(x), 16), np.float32)})
+
+    results = {}
+    for name, fn in (("encode", encode), ("reconstruct", reconstruct), ("generate", generate)):
+        for batch in (1, 256):
+            x = np.ascontiguousarray(images[:batch, None])
+            for _ in range(20):
+                fn(x)
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 6:
+                fn(x)
+                calls += 1
+            results[(name, batch)] = calls * batch / (time.perf_counter() - start)
+    x1 = np.ascontiguousarray(images[:1, None])
+    latencies = []
+    for _ in range(2000):
+        t = time.perf_counter()
+        encode(x1)
+        latencies.append(time.perf_counter() - t)
+    results[("encode-latency", 1)] = statistics.median(latencies)
+    return results
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def start(
+    cmd: list[str], port: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/readyz")
+    return proc, time.perf_counter() - started
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    endpoint: str
+    label: str
+    body: bytes
+    content_type: str
+    accept: str
+    images: int
+    connections: int
+
+
+@dataclass
+class Result:
+    requests_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(port: int, load: Load, seconds: float, workdir: Path) -> Result:
+    body_file = workdir / "body"
+    body_file.write_bytes(load.body)
+    env = {
+        **os.environ,
+        "BODY_FILE": str(body_file),
+        "CONTENT_TYPE": load.content_type,
+        "ACCEPT": load.accept,
+    }
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{load.connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(workdir / "post.lua"),
+        f"http://127.0.0.1:{port}{load.endpoint}",
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket:
+        errors += sum(int(n) for n in socket.groups())
+    return Result(rps, p50, p99, errors)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    return buffer.getvalue()
+
+
+def loads_for(images: np.ndarray, binary: bool) -> list[Load]:
+    """Every load of the matrix; binary=False gives the JSON ones (all the baseline serves)."""
+    out = []
+    for batch, conns in ((1, 64), (256, 4)):
+        x = images[:batch]
+        json_images = json.dumps({"images": x.reshape(batch, 784).round(4).tolist()}).encode()
+        bodies = {
+            "/encode": (json_images, "json"),
+            "/reconstruct det": (json_images, "json"),
+            "/reconstruct sampled": (
+                json.dumps(
+                    {
+                        "images": x.reshape(batch, 784).round(4).tolist(),
+                        "mode": "sampled",
+                        "seed": 1,
+                    }
+                ).encode(),
+                "json",
+            ),
+            "/generate": (json.dumps({"n": batch, "seed": 1}).encode(), "json"),
+        }
+        for name, (body, _) in bodies.items():
+            path = name.split()[0]
+            out.append(
+                Load(
+                    path,
+                    f"{name}, JSON",
+                    body,
+                    "application/json",
+                    "application/json",
+                    batch,
+                    conns,
+                )
+            )
+            if not binary:
+                continue
+            if path == "/generate":
+                out.append(
+                    Load(
+                        path,
+                        f"{name}, binary",
+                        body,
+                        "application/json",
+                        "application/x-npy",
+                        batch,
+                        conns,
+                    )
+                )
+            else:
+                query = "?mode=sampled&seed=1" if "sampled" in name else ""
+                out.append(
+                    Load(
+                        path + query,
+                        f"{name}, binary",
+                        npy_bytes(x),
+                        "application/x-npy",
+                        "application/x-npy",
+                        batch,
+                        conns,
+                    )
+                )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load")
+    parser.add_argument("--only", help="only loads whose label contains this text")
+    parser.add_argument(
+        "--service-env", default="", help="extra VAE_ settings, e.g. VAE_MAX_BATCH_SIZE=1"
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    images = test_images(256)
+    print(
+        f"machine: {os.cpu_count()} cores, {platform_line()}; onnxruntime {ort.__version__}",
+        flush=True,
+    )
+    limit = in_process(images, args.seconds)
+
+    service_env = dict(kv.split("=", 1) for kv in args.service_env.split() if kv)
+    service, service_ready = start(
+        [sys.executable, "-m", "service", "--port", "8100", "--log-level", "warning"],
+        8100,
+        service_env,
+    )
+    baseline, baseline_ready = start(
+        [sys.executable, "benchmarks/baseline_server.py", "--port", "8101"], 8101
+    )
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            (workdir / "post.lua").write_text(WRK_SCRIPT)
+            baseline_results = {}
+            for load in loads_for(images, binary=False):
+                if args.only and args.only not in load.label:
+                    continue
+                baseline_results[(load.label, load.images)] = run_wrk(
+                    8101, load, args.seconds, workdir
+                )
+            for load in loads_for(images, binary=True):
+                if args.only and args.only not in load.label:
+                    continue
+                result = run_wrk(8100, load, args.seconds, workdir)
+                base = baseline_results.get((load.label, load.images))
+                op = load.endpoint.split("?")[0].strip("/")
+                rows.append((load, result, base, limit[(op, load.images)]))
+            one = Load(
+                "/encode",
+                "/encode, JSON, 1 connection",
+                loads_for(images, False)[0].body,
+                "application/json",
+                "application/json",
+                1,
+                1,
+            )
+            single = run_wrk(8100, one, args.seconds, workdir)
+            single_base = run_wrk(8101, one, args.seconds, workdir)
+        service_rss, baseline_rss = rss_mib(service.pid), rss_mib(baseline.pid)
+    finally:
+        for proc in (service, baseline):
+            proc.terminate()
+            proc.wait(10)
+
+    header = (
+        "load",
+        "images/request x connections",
+        "service req/s",
+        "service images/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "vs limit",
+        "baseline req/s",
+        "baseline p99 ms",
+        "vs baseline",
+    )
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for load, r, base, lim in rows:
+        images_s = r.requests_s * load.images
+        cells = [
+            load.label,
+            f"{load.images} x {load.connections}",
+            f"{r.requests_s:,.0f}",
+            f"{images_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.1f}",
+            str(r.errors),
+            f"{images_s / lim:.1%}",
+        ]
+        if base:
+            ratio = r.requests_s / base.requests_s
+            cells += [f"{base.requests_s:,.0f}", f"{base.p99_ms:.1f}", f"**{ratio:.1f}x**"]
+        else:
+            cells += ["n/a", "n/a", "n/a"]
+        print("| " + " | ".join(cells) + " |")
+    limits = (f"{op} batch {b}: {v:,.0f}" for (op, b), v in limit.items() if op != "encode-latency")
+    print("\nin-process onnxruntime (images/s): " + ", ".join(limits))
+    lat = limit[("encode-latency", 1)] * 1e3
+    print(
+        f"one connection, /encode JSON 1 image: service p50 {single.p50_ms:.3f} ms, "
+        f"baseline p50 {single_base.p50_ms:.3f} ms, in-process {lat:.3f} ms "
+        f"-> service overhead {single.p50_ms - lat:.3f} ms"
+    )
+    print(
+        f"start to ready: service {service_ready:.2f} s (4 models), "
+        f"baseline {baseline_ready:.2f} s (1 model)"
+    )
+    print(f"RSS after load: service {service_rss:.0f} MiB, baseline {baseline_rss:.0f} MiB")
+
+
+def platform_line() -> str:
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        model = "unknown CPU"
+    return model
+
+
+if __name__ == "__main__":
+    main()
