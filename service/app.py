@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -23,24 +21,28 @@ from starlette.requests import ClientDisconnect
 
 from service import __version__
 from service.imaging import InputError
+from service.inference import (
+    FastLane,
+    encode_core,
+    handle_decode,
+    handle_encode,
+    handle_generate,
+    handle_reconstruct,
+    reconstruct_core,
+)
 from service.manifest import NAME_PATTERN
 from service.payloads import (
     NPY,
     NPZ,
-    JSONBody,
+    Call,
+    content_type,
     describe_errors,
-    images_response,
-    npz_response,
     pick_model,
-    read_images,
-    read_latents,
-    read_params,
-    response_format,
+    read_multipart_images,
 )
 from service.runtime import ModelRegistry
 from service.schemas import (
     EXAMPLE_IMAGE,
-    DecodeParams,
     DecodeRequest,
     DecodeResponse,
     EncodeParams,
@@ -99,10 +101,6 @@ ModelQuery = Annotated[
         pattern=NAME_PATTERN,
     ),
 ]
-
-
-def _draw_seed(seed: int | None) -> int:
-    return secrets.randbelow(2**31) if seed is None else seed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +272,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     app.state.settings = settings
     app.state.registry = None
+    app.add_middleware(FastLane, owner=app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.exception_handler(InputError)
@@ -306,15 +305,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         """Posterior mean and log-variance of each image. For an AE, `mu` holds the code and
         `logvar` is null. With `Accept: application/x-npy` the answer is an .npz archive holding
         `mu` and (VAE) `logvar`."""
-        _, runtime, x = await read_images(
-            request, EncodeParams, EncodeRequest, registry, settings, model
-        )
-        mu, logvar = await runtime.encode_batched(x)
-        if response_format(request) == "npy":
-            return npz_response({"mu": mu} if logvar is None else {"mu": mu, "logvar": logvar})
-        return JSONBody(
-            {"model": runtime.name, "latent_dim": runtime.latent_dim, "mu": mu, "logvar": logvar}
-        )
+        if content_type(request) == "multipart/form-data":
+            parsed = await read_multipart_images(request, EncodeParams, registry, settings, model)
+            return await encode_core(*parsed, request.headers.get("accept", ""), settings)
+        return await handle_encode(await Call.from_request(request), registry, settings)
 
     @app.post(
         "/reconstruct",
@@ -330,46 +324,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         """`deterministic` decodes mu: the same output on every call. `sampled` decodes
         z = mu + exp(logvar / 2) * eps with eps drawn from `seed` (returned, so any result can be
         reproduced); a VAE's reconstructions differ from draw to draw by design."""
-        params, runtime, x = await read_images(
-            request, ReconstructParams, ReconstructRequest, registry, settings, model
-        )
-        if params.mode == "deterministic" and (
-            params.samples is not None or params.seed is not None
-        ):
-            raise InputError(
-                "mode", "seed and samples apply only to mode='sampled'; deterministic is decode(mu)"
+        if content_type(request) == "multipart/form-data":
+            parsed = await read_multipart_images(
+                request, ReconstructParams, registry, settings, model
             )
-        if params.mode == "sampled" and not runtime.is_vae:
-            raise InputError(
-                "mode",
-                f"model {runtime.name!r} is an autoencoder: its encoder gives one code per image "
-                "and no variance to sample from; use mode='deterministic' or a VAE",
-            )
-        if params.samples is not None and params.samples > settings.max_samples:
-            raise InputError("samples", f"{params.samples}; at most {settings.max_samples}")
-        k = params.samples or 1
-        if len(x) * k > settings.max_images:
-            raise InputError(
-                "samples", f"{len(x)} images x {k} samples; at most {settings.max_images} outputs"
-            )
-        mu, logvar = await runtime.encode_batched(x)
-        seed = None
-        if params.mode == "deterministic" or logvar is None:
-            images = await runtime.decode_batched(mu)
-        else:
-            seed = _draw_seed(params.seed)
-            eps = np.random.default_rng(seed).standard_normal((len(x), k, mu.shape[1]), np.float32)
-            z = mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps  # inputs x samples x latent
-            decoded = await runtime.decode_batched(z.reshape(-1, mu.shape[1]))
-            images = decoded.reshape(len(x), k, *decoded.shape[1:])
-            if params.samples is None:
-                images = images[:, 0]
-        return images_response(
-            response_format(request),
-            images,
-            {"model": runtime.name, "mode": params.mode, "seed": seed},
-            seed,
-        )
+            return await reconstruct_core(*parsed, request.headers.get("accept", ""), settings)
+        return await handle_reconstruct(await Call.from_request(request), registry, settings)
 
     @app.post(
         "/generate",
@@ -384,24 +344,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     ) -> Response:
         """New images from z = temperature * eps, eps ~ N(0, I) drawn from `seed`. The seed also
         comes back in the `X-Seed` header (the only place for it with PNG or .npy output)."""
-        params = await read_params(request, GenerateRequest)
-        runtime = pick_model(registry, params.model, model)
-        if not runtime.is_vae:
-            raise InputError(
-                "model",
-                f"model {runtime.name!r} is an autoencoder: nothing made its codes follow N(0, I), "
-                "so decoding prior samples gives garbage; use a VAE such as mnist-vae",
-            )
-        if params.n > settings.max_generate:
-            raise InputError("n", f"{params.n}; at most {settings.max_generate} per request")
-        seed = _draw_seed(params.seed)
-        eps = np.random.default_rng(seed).standard_normal(
-            (params.n, runtime.latent_dim), np.float32
-        )
-        z = (params.temperature * eps).astype(np.float32)
-        images = await runtime.decode_batched(z)
-        fields = {"model": runtime.name, "seed": seed, "z": z}
-        return images_response(response_format(request), images, fields, seed)
+        return await handle_generate(await Call.from_request(request), registry, settings)
 
     @app.post(
         "/decode",
@@ -416,11 +359,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     ) -> Response:
         """Decode the given latent vectors (for a VAE, points of its latent space; for an AE,
         codes from /encode)."""
-        _, runtime, z = await read_latents(
-            request, DecodeParams, DecodeRequest, registry, settings, model
-        )
-        images = await runtime.decode_batched(z)
-        return images_response(response_format(request), images, {"model": runtime.name})
+        return await handle_decode(await Call.from_request(request), registry, settings)
 
     # --- metadata and health ----------------------------------------------------------------
 

@@ -8,6 +8,8 @@ that fast path finds something wrong does pydantic validate the body, to name th
 from __future__ import annotations
 
 import io
+import re
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -26,6 +28,7 @@ from service.imaging import (
     latents_from_lists,
     png_grid,
 )
+from service.manifest import NAME_PATTERN
 from service.runtime import ModelRegistry, ModelRuntime
 from service.settings import Settings
 
@@ -35,6 +38,7 @@ NPY = "application/x-npy"
 NPZ = "application/x-npz"
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 ResponseFormat = Literal["json", "npy", "png"]
+NAME_RE = re.compile(NAME_PATTERN)
 
 
 class JSONBody(Response):
@@ -155,47 +159,73 @@ def _fast_images(raw: Any, shape: tuple[int, int, int]) -> Array | None:
     return None
 
 
-async def read_images(
+@dataclass
+class Call:
+    """What an inference endpoint reads from an HTTP request, however it arrived."""
+
+    body: bytes
+    content_type: str  # media type only, lower case
+    accept: str
+    query: dict[str, str]
+
+    @classmethod
+    async def from_request(cls, request: Request) -> Call:
+        return cls(
+            await request.body(),
+            content_type(request),
+            request.headers.get("accept", ""),
+            dict(request.query_params.items()),
+        )
+
+
+async def read_multipart_images(
     request: Request,
     params_type: type[Params],
-    full_type: type[BaseModel],
     registry: ModelRegistry,
     settings: Settings,
     query_model: str | None,
 ) -> tuple[Params, ModelRuntime, Array]:
-    """Parse an image request (JSON, .npy or multipart) for the model it names."""
-    kind = content_type(request)
-    if kind == "multipart/form-data":
-        async with request.form(max_files=settings.max_images, max_fields=32) as form:
-            uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
-            if not uploads:
-                raise InputError("images", "multipart requests carry image files as `images` parts")
-            if len(uploads) > settings.max_images:
-                raise InputError("images", f"{len(uploads)} images; at most {settings.max_images}")
-            fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
-            params = _validate(params_type, _coerce_text_fields(fields, params_type))
-            model = pick_model(registry, getattr(params, "model", None), query_model)
-            batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
-            for i, upload in enumerate(uploads):
-                field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
-                data = await upload.read(settings.max_upload_bytes + 1)
-                if len(data) > settings.max_upload_bytes:
-                    raise InputError(field, f"file over {settings.max_upload_bytes} bytes", 413)
-                batch[i] = image_from_file(
-                    data, field, model.image_shape, model.manifest.input.preprocessing
-                )
-        return params, model, batch
-
-    if kind == NPY:
-        fields = {k: v for k, v in request.query_params.items()}
+    """Image files as repeated `images` parts, the other fields as form fields."""
+    async with request.form(max_files=settings.max_images, max_fields=32) as form:
+        uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
+        if not uploads:
+            raise InputError("images", "multipart requests carry image files as `images` parts")
+        if len(uploads) > settings.max_images:
+            raise InputError("images", f"{len(uploads)} images; at most {settings.max_images}")
+        fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
         params = _validate(params_type, _coerce_text_fields(fields, params_type))
         model = pick_model(registry, getattr(params, "model", None), query_model)
-        images = _images_from_npy(_npy_body(await request.body(), "images"), model.image_shape)
+        batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
+        for i, upload in enumerate(uploads):
+            field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
+            data = await upload.read(settings.max_upload_bytes + 1)
+            if len(data) > settings.max_upload_bytes:
+                raise InputError(field, f"file over {settings.max_upload_bytes} bytes", 413)
+            batch[i] = image_from_file(
+                data, field, model.image_shape, model.manifest.input.preprocessing
+            )
+    return params, model, batch
+
+
+def parse_images(
+    call: Call,
+    params_type: type[Params],
+    full_type: type[BaseModel],
+    registry: ModelRegistry,
+    settings: Settings,
+) -> tuple[Params, ModelRuntime, Array]:
+    """Parse an image request (JSON or .npy) for the model it names."""
+    query_model = query_model_name(call)
+    if call.content_type == NPY:
+        fields = {k: v for k, v in call.query.items()}
+        params = _validate(params_type, _coerce_text_fields(fields, params_type))
+        model = pick_model(registry, getattr(params, "model", None), query_model)
+        images = _images_from_npy(_npy_body(call.body, "images"), model.image_shape)
         _check_count(len(images), settings)
         return params, model, images
 
-    body = await _json_body(request, accepts_binary=True)
-    data = _loads(body)
+    _require_json(call, accepts_binary=True)
+    data = _loads(call.body)
     if isinstance(data, dict) and "images" in data:
         rest = {k: v for k, v in data.items() if k != "images"}
         params = _validate(params_type, rest)
@@ -206,7 +236,7 @@ async def read_images(
             return params, model, check_pixels(fast, "images")
     # Slow path: pydantic names the field at fault, then the image checks name the image.
     try:
-        full = full_type.model_validate_json(body)
+        full = full_type.model_validate_json(call.body)
     except ValidationError as exc:
         raise InputError("", describe_errors(exc.errors())) from exc
     params = _validate(params_type, full.model_dump(exclude={"images"}, exclude_unset=True))
@@ -216,27 +246,27 @@ async def read_images(
     return params, model, images_from_lists(raw_images, model.image_shape)
 
 
-async def read_latents(
-    request: Request,
+def parse_latents(
+    call: Call,
     params_type: type[Params],
     full_type: type[BaseModel],
     registry: ModelRegistry,
     settings: Settings,
-    query_model: str | None,
 ) -> tuple[Params, ModelRuntime, Array]:
     """Parse a /decode request: z as JSON lists or as a float32 .npy array."""
-    if content_type(request) == NPY:
-        params = _validate(params_type, dict(request.query_params.items()))
+    query_model = query_model_name(call)
+    if call.content_type == NPY:
+        params = _validate(params_type, dict(call.query.items()))
         model = pick_model(registry, getattr(params, "model", None), query_model)
-        array = _npy_body(await request.body(), "z")
+        array = _npy_body(call.body, "z")
         if array.dtype != np.float32 or array.ndim != 2 or len(array) == 0:
             raise InputError(
                 "z", f"expected a float32 array (N, latent), got {array.dtype} {array.shape}"
             )
         _check_count(len(array), settings, "z")
         return params, model, latents_from_lists(array, model.latent_dim)
-    body = await _json_body(request, accepts_binary=True)
-    data = _loads(body)
+    _require_json(call, accepts_binary=True)
+    data = _loads(call.body)
     if isinstance(data, dict) and "z" in data:
         params = _validate(params_type, {k: v for k, v in data.items() if k != "z"})
         model = pick_model(registry, getattr(params, "model", None), query_model)
@@ -248,7 +278,7 @@ async def read_latents(
             _check_count(len(z), settings, "z")
             return params, model, latents_from_lists(z.astype(np.float32), model.latent_dim)
     try:
-        full = full_type.model_validate_json(body)
+        full = full_type.model_validate_json(call.body)
     except ValidationError as exc:
         raise InputError("", describe_errors(exc.errors())) from exc
     params = _validate(params_type, full.model_dump(exclude={"z"}, exclude_unset=True))
@@ -258,25 +288,32 @@ async def read_latents(
     return params, model, latents_from_lists(raw_z, model.latent_dim)
 
 
-async def read_params(request: Request, params_type: type[Params]) -> Params:
+def parse_params(call: Call, params_type: type[Params]) -> Params:
     """A body of parameters only (/generate): JSON, or nothing at all for the defaults."""
-    body = await _json_body(request, accepts_binary=False)
-    if not body.strip():
+    _require_json(call, accepts_binary=False)
+    if not call.body.strip():
         return _validate(params_type, {})
     try:
-        return params_type.model_validate_json(body)
+        return params_type.model_validate_json(call.body)
     except ValidationError as exc:
         raise InputError("", describe_errors(exc.errors())) from exc
 
 
-async def _json_body(request: Request, accepts_binary: bool) -> bytes:
-    kind = content_type(request)
-    if kind not in ("application/json", ""):
+def query_model_name(call: Call) -> str | None:
+    name = call.query.get("model")
+    if name is not None and not NAME_RE.fullmatch(name):
+        raise InputError("model", f"String should match pattern '{NAME_PATTERN}'")
+    return name
+
+
+def _require_json(call: Call, accepts_binary: bool) -> None:
+    if call.content_type not in ("application/json", ""):
         alternatives = f", {NPY} or multipart/form-data" if accepts_binary else ""
         raise InputError(
-            "content-type", f"{kind!r} is not accepted; send application/json{alternatives}", 415
+            "content-type",
+            f"{call.content_type!r} is not accepted; send application/json{alternatives}",
+            415,
         )
-    return await request.body()
 
 
 def _loads(body: bytes) -> Any:
@@ -295,8 +332,7 @@ def _check_count(count: int, settings: Settings, field: str = "images") -> None:
 # Responses
 
 
-def response_format(request: Request) -> ResponseFormat:
-    accept = request.headers.get("accept", "")
+def response_format(accept: str) -> ResponseFormat:
     if "application/json" in accept or not accept:
         return "json"
     if NPY in accept or NPZ in accept:
