@@ -285,7 +285,7 @@ def main() -> None:
 
     service_env = dict(kv.split("=", 1) for kv in args.service_env.split() if kv)
     service, service_ready = start(
-        [sys.executable, "-m", "service", "--port", "8100", "--log-level", "warning"],
+        [sys.executable, "-m", "service", "--port", "8100"],
         8100,
         service_env,
     )

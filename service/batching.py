@@ -43,6 +43,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_delay_s: float,
         inline_max_rows: int,
+        executor: ThreadPoolExecutor,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -52,7 +53,9 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        # Shared by every graph: each batcher runs one call at a time anyway, and every extra
+        # thread keeps a malloc arena of its own (resident memory).
+        self._executor = executor
 
     async def run(self, rows: Array) -> tuple[Array, ...]:
         """fn(rows), possibly computed together with other requests' rows."""
@@ -125,4 +128,3 @@ class DynamicBatcher:
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError("the service is shutting down"))
         self._queue.clear()
-        self._executor.shutdown(wait=True)

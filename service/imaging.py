@@ -9,17 +9,12 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 Array = NDArray[np.float32]
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
 
-RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+# Pillow is imported where images are decoded or drawn: most requests carry arrays, and the
+# service's resident memory is a budget (see README, "Performance").
 
 
 class InputError(ValueError):
@@ -93,6 +88,8 @@ def image_from_file(
 ) -> Array:
     """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
     grayscale, resize (bilinear by default), pixel / 255, optional inversion."""
+    from PIL import Image
+
     c, h, w = shape
     try:
         with warnings.catch_warnings():
@@ -118,7 +115,8 @@ def image_from_file(
     ) as exc:
         raise InputError(field, f"is not a readable PNG or JPEG image ({exc})") from exc
     if gray.size != (w, h):
-        gray = gray.resize((w, h), RESAMPLING[preprocessing.get("resample", "bilinear")])
+        resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
+        gray = gray.resize((w, h), resample)
     pixels = np.asarray(gray, dtype=np.float32) / 255.0
     if preprocessing.get("invert"):
         pixels = 1.0 - pixels
@@ -127,6 +125,8 @@ def image_from_file(
 
 def png_grid(images: Array) -> bytes:
     """(N, H, W) -> a near-square grid, row-major; (N, K, H, W) -> N rows of K. One 8-bit PNG."""
+    from PIL import Image
+
     if images.ndim == 3:
         n = len(images)
         cols = math.ceil(math.sqrt(n))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,14 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[settings.graph_optimization]
+    options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    options.enable_mem_pattern = settings.mem_pattern
     spinning = "1" if settings.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
@@ -79,7 +88,13 @@ class ModelRuntime:
         return self.manifest.image_shape
 
     @classmethod
-    def load(cls, folder: Path, settings: Settings, providers: list[str]) -> ModelRuntime:
+    def load(
+        cls,
+        folder: Path,
+        settings: Settings,
+        providers: list[str],
+        executor: ThreadPoolExecutor | None = None,
+    ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
         runtime = cls(folder, load_manifest(folder))
         options = session_options(settings)
@@ -92,11 +107,12 @@ class ModelRuntime:
             settings.max_batch_delay_ms / 1000,
             settings.inline_max_rows,
         )
+        executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         runtime._encode_batcher = DynamicBatcher(
-            runtime._encode_rows, f"{runtime.name}-encoder", *batching
+            runtime._encode_rows, f"{runtime.name}-encoder", *batching, executor
         )
         runtime._decode_batcher = DynamicBatcher(
-            runtime._decode_rows, f"{runtime.name}-decoder", *batching
+            runtime._decode_rows, f"{runtime.name}-decoder", *batching, executor
         )
         runtime.ready = True
         return runtime
@@ -208,6 +224,7 @@ class ModelRegistry:
 
     models: dict[str, ModelRuntime]
     default_name: str
+    executor: ThreadPoolExecutor
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -221,9 +238,11 @@ class ModelRegistry:
                 "manifest.json (python -m training export RUN --out DIR/NAME writes one)"
             )
         providers = resolve_providers(settings.providers)
+        # Worker threads for large batches, shared by every graph.
+        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ort")
         models: dict[str, ModelRuntime] = {}
         for folder in folders:
-            runtime = ModelRuntime.load(folder, settings, providers)
+            runtime = ModelRuntime.load(folder, settings, providers, executor)
             if runtime.name in models:
                 raise ModelLoadError(
                     f"model name {runtime.name!r} is used by both {models[runtime.name].folder} "
@@ -247,7 +266,7 @@ class ModelRegistry:
             default = settings.default_model
         else:
             default = DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in models else next(iter(models))
-        return cls(models, default)
+        return cls(models, default, executor)
 
     @property
     def ready(self) -> bool:
@@ -256,3 +275,4 @@ class ModelRegistry:
     async def close(self) -> None:
         for model in self.models.values():
             await model.close()
+        self.executor.shutdown(wait=True)

@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     inline_max_rows: int = Field(16, ge=0)
     """Calls of at most this many rows run on the event loop (tens of microseconds, less than a
     thread hop); larger ones run in a worker thread so the loop stays free."""
+    cpu_mem_arena: bool = True
+    """onnxruntime's CPU memory arena: reuses buffers between calls instead of allocating."""
+    mem_pattern: bool = True
+    """onnxruntime's memory pattern planning: pre-plans buffers for repeated input shapes."""
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """onnxruntime graph optimisation level applied when a session is created."""
+    access_log: bool = False
+    """uvicorn's access log line per request (off: it costs throughput at thousands of req/s)."""
     max_images: int = Field(1024, ge=1)
     """Most images (or latent vectors) one request may carry."""
     max_generate: int = Field(1024, ge=1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from service.batching import DynamicBatcher
 from service.runtime import ModelRegistry
 from service.settings import Settings
+
+EXECUTOR = ThreadPoolExecutor(max_workers=2)
 
 
 class Recorder:
@@ -35,7 +38,9 @@ async def _gather(batcher: DynamicBatcher, inputs: list[np.ndarray]) -> list[obj
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
     fn = Recorder()
-    batcher = DynamicBatcher(fn, "t", max_batch_size=64, max_delay_s=0.0, inline_max_rows=0)
+    batcher = DynamicBatcher(
+        fn, "t", max_batch_size=64, max_delay_s=0.0, inline_max_rows=0, executor=EXECUTOR
+    )
     inputs = [rows(i, n=1 + i % 3) for i in range(20)]
     results = asyncio.run(_gather(batcher, inputs))
     for x, result in zip(inputs, results, strict=True):
@@ -48,7 +53,9 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
 
 def test_batches_respect_the_maximum_size() -> None:
     fn = Recorder()
-    batcher = DynamicBatcher(fn, "t", max_batch_size=4, max_delay_s=0.0, inline_max_rows=16)
+    batcher = DynamicBatcher(
+        fn, "t", max_batch_size=4, max_delay_s=0.0, inline_max_rows=16, executor=EXECUTOR
+    )
     asyncio.run(_gather(batcher, [rows(i) for i in range(10)]))
     assert max(fn.calls) <= 4 and sum(fn.calls) == 10
     # A request larger than the maximum still runs, alone.
@@ -59,7 +66,9 @@ def test_batches_respect_the_maximum_size() -> None:
 
 def test_an_error_reaches_only_the_requests_of_its_batch() -> None:
     fn = Recorder(fail_on=7.0)
-    batcher = DynamicBatcher(fn, "t", max_batch_size=2, max_delay_s=0.0, inline_max_rows=16)
+    batcher = DynamicBatcher(
+        fn, "t", max_batch_size=2, max_delay_s=0.0, inline_max_rows=16, executor=EXECUTOR
+    )
     results = asyncio.run(_gather(batcher, [rows(i) for i in range(10)]))
     failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
     assert 7 in failed and len(failed) <= 2  # request 7 and at most its batch-mate
@@ -68,7 +77,9 @@ def test_an_error_reaches_only_the_requests_of_its_batch() -> None:
 
 def test_a_cancelled_request_is_dropped_and_others_finish() -> None:
     fn = Recorder()
-    batcher = DynamicBatcher(fn, "t", max_batch_size=64, max_delay_s=0.05, inline_max_rows=16)
+    batcher = DynamicBatcher(
+        fn, "t", max_batch_size=64, max_delay_s=0.05, inline_max_rows=16, executor=EXECUTOR
+    )
 
     async def scenario() -> list[object]:
         tasks = [asyncio.create_task(batcher.run(rows(i))) for i in range(5)]
@@ -84,7 +95,9 @@ def test_a_cancelled_request_is_dropped_and_others_finish() -> None:
 
 def test_batching_off_calls_once_per_request() -> None:
     fn = Recorder()
-    batcher = DynamicBatcher(fn, "t", max_batch_size=1, max_delay_s=0.0, inline_max_rows=0)
+    batcher = DynamicBatcher(
+        fn, "t", max_batch_size=1, max_delay_s=0.0, inline_max_rows=0, executor=EXECUTOR
+    )
     asyncio.run(_gather(batcher, [rows(i) for i in range(6)]))
     assert fn.calls == [1] * 6
 
