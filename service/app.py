@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +41,7 @@ from service.payloads import (
     pick_model,
     read_multipart_images,
 )
-from service.runtime import ModelRegistry
+from service.runtime import ModelRegistry, memory_trimmer
 from service.schemas import (
     EXAMPLE_IMAGE,
     DecodeRequest,
@@ -69,6 +70,15 @@ REQUEST_MODELS: list[type[BaseModel]] = [
     GenerateRequest,
     DecodeRequest,
 ]
+
+
+async def _trim_memory(interval_s: float) -> None:
+    trim = memory_trimmer()
+    if trim is None or interval_s <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval_s)
+        await run_in_threadpool(trim)
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
@@ -250,9 +260,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         )
         app.state.registry = loaded
         logger.info("ready: %s (default %s)", ", ".join(loaded.models), loaded.default_name)
+        trimmer = asyncio.create_task(_trim_memory(settings.memory_trim_interval_s))
         try:
             yield
         finally:
+            trimmer.cancel()
             app.state.registry = None
             await loaded.close()
 

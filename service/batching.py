@@ -59,7 +59,9 @@ class DynamicBatcher:
 
     async def run(self, rows: Array) -> tuple[Array, ...]:
         """fn(rows), possibly computed together with other requests' rows."""
-        if self.max_batch_size <= 1:
+        if len(rows) >= self.max_batch_size:
+            # A full batch by itself gains nothing from waiting for others; running it now
+            # lets two large requests use two cores at once.
             return await self._execute(rows)
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,16 @@ def resolve_providers(requested: list[str], available: list[str] | None = None) 
             "CUDA) or set VAE_PROVIDERS=auto."
         )
     return requested
+
+
+def memory_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), where there is one (Linux with glibc; not musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:

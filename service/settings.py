@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     """Threads across independent graph nodes (0: onnxruntime decides)."""
     allow_spinning: bool = False
     """Let idle onnxruntime threads spin: a little throughput under load, a whole core when idle."""
-    max_batch_size: int = Field(256, ge=1)
+    max_batch_size: int = Field(64, ge=1)
     """Dynamic batching: most rows (images or latent vectors) in one onnxruntime call; requests
     for the same model and graph that queue up together share a call. 1 turns batching off."""
     max_batch_delay_ms: float = Field(0.0, ge=0, le=1000)
@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     """onnxruntime's memory pattern planning: pre-plans buffers for repeated input shapes."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """onnxruntime graph optimisation level applied when a session is created."""
+    memory_trim_interval_s: float = Field(10.0, ge=0)
+    """Every this many seconds, hand freed heap memory back to the OS (glibc malloc_trim):
+    large JSON bodies leave freed but resident pages behind. 0 turns it off."""
     access_log: bool = False
     """uvicorn's access log line per request (off: it costs throughput at thousands of req/s)."""
     max_images: int = Field(1024, ge=1)
