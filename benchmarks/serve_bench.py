@@ -60,8 +60,13 @@ def test_images(n: int) -> np.ndarray:
 def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], float]:
     """Images/s of each endpoint's graph work, called back to back, at batch 1 and 256."""
     folder = ROOT / "models" / MODEL
-    enc = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    # onnxruntime's defaults (a thread per core), except spinning: with it on, the encoder's
+    # idle threads spin while the decoder runs and the two sessions fight over the cores.
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    cpu = ["CPUExecutionProvider"]
+    enc = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=cpu)
+    dec = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=cpu)
     rng = np.random.default_rng(0)
 
     def encode(x: np.ndarray) -> None:
