@@ -24,14 +24,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.imaging import InputError
 from service.payloads import (
+    IMAGES,
+    LATENTS,
     Array,
     Call,
     JSONBody,
     images_response,
     npz_response,
-    parse_images,
-    parse_latents,
     parse_params,
+    parse_tensor_request,
     pick_model,
     query_model_name,
     response_format,
@@ -108,19 +109,23 @@ async def decode_core(
 
 
 async def handle_encode(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
-    params, runtime, x = parse_images(call, EncodeParams, EncodeRequest, registry, settings)
+    params, runtime, x = parse_tensor_request(
+        call, IMAGES, EncodeParams, EncodeRequest, registry, settings
+    )
     return await encode_core(params, runtime, x, call.accept, settings)
 
 
 async def handle_reconstruct(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
-    params, runtime, x = parse_images(
-        call, ReconstructParams, ReconstructRequest, registry, settings
+    params, runtime, x = parse_tensor_request(
+        call, IMAGES, ReconstructParams, ReconstructRequest, registry, settings
     )
     return await reconstruct_core(params, runtime, x, call.accept, settings)
 
 
 async def handle_decode(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
-    params, runtime, z = parse_latents(call, DecodeParams, DecodeRequest, registry, settings)
+    params, runtime, z = parse_tensor_request(
+        call, LATENTS, DecodeParams, DecodeRequest, registry, settings
+    )
     return await decode_core(params, runtime, z, call.accept, settings)
 
 

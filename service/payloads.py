@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -207,85 +208,92 @@ async def read_multipart_images(
     return params, model, batch
 
 
-def parse_images(
+@dataclass(frozen=True)
+class TensorField:
+    """How one request field (`images` or `z`) becomes the model's input array."""
+
+    name: str
+    from_npy: Callable[[NDArray[Any], ModelRuntime], Array]
+    from_fast_json: Callable[[Any, ModelRuntime], Array | None]  # None: let pydantic look
+    from_lists: Callable[[Any, ModelRuntime], Array]
+
+
+def _latents_from_npy(array: NDArray[Any], model: ModelRuntime) -> Array:
+    if array.dtype != np.float32 or array.ndim != 2 or len(array) == 0:
+        raise InputError(
+            "z", f"expected a float32 array (N, latent), got {array.dtype} {array.shape}"
+        )
+    return latents_from_lists(array, model.latent_dim)
+
+
+def _fast_latents(raw: Any, model: ModelRuntime) -> Array | None:
+    try:
+        z = np.array(raw)
+    except ValueError:  # ragged lists
+        return None
+    if z.dtype.kind not in "fiu" or z.ndim != 2 or not len(z):
+        return None
+    return latents_from_lists(z.astype(np.float32), model.latent_dim)
+
+
+def _fast_checked_images(raw: Any, model: ModelRuntime) -> Array | None:
+    fast = _fast_images(raw, model.image_shape)
+    return None if fast is None else check_pixels(fast, "images")
+
+
+IMAGES = TensorField(
+    "images",
+    from_npy=lambda array, model: _images_from_npy(array, model.image_shape),
+    from_fast_json=_fast_checked_images,
+    from_lists=lambda raw, model: images_from_lists(raw, model.image_shape),
+)
+LATENTS = TensorField(
+    "z",
+    from_npy=_latents_from_npy,
+    from_fast_json=_fast_latents,
+    from_lists=lambda raw, model: latents_from_lists(raw, model.latent_dim),
+)
+
+
+def parse_tensor_request(
     call: Call,
+    field: TensorField,
     params_type: type[Params],
     full_type: type[BaseModel],
     registry: ModelRegistry,
     settings: Settings,
 ) -> tuple[Params, ModelRuntime, Array]:
-    """Parse an image request (JSON or .npy) for the model it names."""
+    """Parameters, model and input array of a JSON or .npy request.
+
+    .npy: the body is the array, the other fields are query parameters. JSON: orjson and numpy
+    first; when that finds anything off, pydantic validates the body to name the field at fault.
+    """
     query_model = query_model_name(call)
     if call.content_type == NPY:
-        fields = {k: v for k, v in call.query.items()}
-        params = _validate(params_type, _coerce_text_fields(fields, params_type))
+        params = _validate(params_type, _coerce_text_fields(dict(call.query), params_type))
         model = pick_model(registry, getattr(params, "model", None), query_model)
-        images = _images_from_npy(_npy_body(call.body, "images"), model.image_shape)
-        _check_count(len(images), settings)
-        return params, model, images
+        array = field.from_npy(_npy_body(call.body, field.name), model)
+        _check_count(len(array), settings, field.name)
+        return params, model, array
 
     _require_json(call, accepts_binary=True)
     data = _loads(call.body)
-    if isinstance(data, dict) and "images" in data:
-        rest = {k: v for k, v in data.items() if k != "images"}
-        params = _validate(params_type, rest)
+    if isinstance(data, dict) and field.name in data:
+        params = _validate(params_type, {k: v for k, v in data.items() if k != field.name})
         model = pick_model(registry, getattr(params, "model", None), query_model)
-        fast = _fast_images(data["images"], model.image_shape)
+        fast = field.from_fast_json(data[field.name], model)
         if fast is not None:
-            _check_count(len(fast), settings)
-            return params, model, check_pixels(fast, "images")
-    # Slow path: pydantic names the field at fault, then the image checks name the image.
+            _check_count(len(fast), settings, field.name)
+            return params, model, fast
     try:
         full = full_type.model_validate_json(call.body)
     except ValidationError as exc:
         raise InputError("", describe_errors(exc.errors())) from exc
-    params = _validate(params_type, full.model_dump(exclude={"images"}, exclude_unset=True))
+    params = _validate(params_type, full.model_dump(exclude={field.name}, exclude_unset=True))
     model = pick_model(registry, getattr(params, "model", None), query_model)
-    raw_images = full.images  # type: ignore[attr-defined]
-    _check_count(len(raw_images), settings)
-    return params, model, images_from_lists(raw_images, model.image_shape)
-
-
-def parse_latents(
-    call: Call,
-    params_type: type[Params],
-    full_type: type[BaseModel],
-    registry: ModelRegistry,
-    settings: Settings,
-) -> tuple[Params, ModelRuntime, Array]:
-    """Parse a /decode request: z as JSON lists or as a float32 .npy array."""
-    query_model = query_model_name(call)
-    if call.content_type == NPY:
-        params = _validate(params_type, dict(call.query.items()))
-        model = pick_model(registry, getattr(params, "model", None), query_model)
-        array = _npy_body(call.body, "z")
-        if array.dtype != np.float32 or array.ndim != 2 or len(array) == 0:
-            raise InputError(
-                "z", f"expected a float32 array (N, latent), got {array.dtype} {array.shape}"
-            )
-        _check_count(len(array), settings, "z")
-        return params, model, latents_from_lists(array, model.latent_dim)
-    _require_json(call, accepts_binary=True)
-    data = _loads(call.body)
-    if isinstance(data, dict) and "z" in data:
-        params = _validate(params_type, {k: v for k, v in data.items() if k != "z"})
-        model = pick_model(registry, getattr(params, "model", None), query_model)
-        try:
-            z = np.array(data["z"])
-        except ValueError:
-            z = None
-        if z is not None and z.dtype.kind in "fiu" and z.ndim == 2 and len(z):
-            _check_count(len(z), settings, "z")
-            return params, model, latents_from_lists(z.astype(np.float32), model.latent_dim)
-    try:
-        full = full_type.model_validate_json(call.body)
-    except ValidationError as exc:
-        raise InputError("", describe_errors(exc.errors())) from exc
-    params = _validate(params_type, full.model_dump(exclude={"z"}, exclude_unset=True))
-    model = pick_model(registry, getattr(params, "model", None), query_model)
-    raw_z = full.z  # type: ignore[attr-defined]
-    _check_count(len(raw_z), settings, "z")
-    return params, model, latents_from_lists(raw_z, model.latent_dim)
+    raw = getattr(full, field.name)
+    _check_count(len(raw), settings, field.name)
+    return params, model, field.from_lists(raw, model)
 
 
 def parse_params(call: Call, params_type: type[Params]) -> Params:
