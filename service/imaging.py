@@ -27,19 +27,19 @@ class InputError(ValueError):
 
 
 def check_pixels(array: Array, field: str) -> Array:
+    low, high = float(array.min()), float(array.max())  # NaN propagates into both
+    if low >= 0.0 and high <= 1.0:
+        return array
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array).reshape(len(array), -1))[0, 0])
         raise InputError(f"{field}[{bad}]", "NaN or infinity is not a pixel value; use [0, 1]")
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
-        flat = array.reshape(len(array), -1)
-        bad = int(np.argwhere((flat < 0) | (flat > 1))[0, 0])
-        raise InputError(
-            f"{field}[{bad}]",
-            f"pixel values must be in [0, 1] (found {low:.4g} .. {high:.4g}); divide 0-255 "
-            "values by 255",
-        )
-    return array
+    flat = array.reshape(len(array), -1)
+    bad = int(np.argwhere((flat < 0) | (flat > 1))[0, 0])
+    raise InputError(
+        f"{field}[{bad}]",
+        f"pixel values must be in [0, 1] (found {low:.4g} .. {high:.4g}); divide 0-255 "
+        "values by 255",
+    )
 
 
 def images_from_lists(
