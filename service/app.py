@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,7 +62,6 @@ from service.schemas import (
 from service.settings import Settings
 
 logger = logging.getLogger("service")
-RequestModel = TypeVar("RequestModel", bound=BaseModel)
 STATIC = files("service") / "static"
 REQUEST_MODELS: list[type[BaseModel]] = [
     EncodeRequest,
