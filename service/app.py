@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any
@@ -78,6 +78,23 @@ async def _trim_memory(interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         await run_in_threadpool(trim)
+
+
+async def _image_endpoint(
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    query_model: str | None,
+    params_type: type[BaseModel],
+    core: Callable[..., Awaitable[Response]],
+    handler: Callable[[Call, ModelRegistry, Settings], Awaitable[Response]],
+) -> Response:
+    """An image endpoint reached through FastAPI: multipart uploads are parsed here, JSON and
+    .npy bodies the same way as in the fast lane."""
+    if content_type(request) == "multipart/form-data":
+        parsed = await read_multipart_images(request, params_type, registry, settings, query_model)
+        return await core(*parsed, request.headers.get("accept", ""), settings)
+    return await handler(await Call.from_request(request), registry, settings)
 
 
 def _problem(status: int, detail: str) -> JSONResponse:
@@ -319,10 +336,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         """Posterior mean and log-variance of each image. For an AE, `mu` holds the code and
         `logvar` is null. With `Accept: application/x-npy` the answer is an .npz archive holding
         `mu` and (VAE) `logvar`."""
-        if content_type(request) == "multipart/form-data":
-            parsed = await read_multipart_images(request, EncodeParams, registry, settings, model)
-            return await encode_core(*parsed, request.headers.get("accept", ""), settings)
-        return await handle_encode(await Call.from_request(request), registry, settings)
+        return await _image_endpoint(
+            request, registry, settings, model, EncodeParams, encode_core, handle_encode
+        )
 
     @app.post(
         "/reconstruct",
@@ -338,12 +354,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         """`deterministic` decodes mu: the same output on every call. `sampled` decodes
         z = mu + exp(logvar / 2) * eps with eps drawn from `seed` (returned, so any result can be
         reproduced); a VAE's reconstructions differ from draw to draw by design."""
-        if content_type(request) == "multipart/form-data":
-            parsed = await read_multipart_images(
-                request, ReconstructParams, registry, settings, model
-            )
-            return await reconstruct_core(*parsed, request.headers.get("accept", ""), settings)
-        return await handle_reconstruct(await Call.from_request(request), registry, settings)
+        return await _image_endpoint(
+            request,
+            registry,
+            settings,
+            model,
+            ReconstructParams,
+            reconstruct_core,
+            handle_reconstruct,
+        )
 
     @app.post(
         "/generate",
