@@ -131,6 +131,26 @@ def start(
     return proc, time.perf_counter() - started
 
 
+def time_start_ups(cmd: list[str], port: int, env: dict[str, str], samples: int) -> list[float]:
+    """Seconds from process start to /readyz 200, `samples` times."""
+    times = []
+    for _ in range(samples):
+        proc, seconds = start(cmd, port, env)
+        times.append(seconds)
+        proc.terminate()
+        proc.wait(10)
+    return times
+
+
+def median_result(results: list[Result]) -> Result:
+    return Result(
+        statistics.median(r.requests_s for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        sum(r.errors for r in results),
+    )
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -273,6 +293,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="per load")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every load, baseline and service "
+        "alternating, and report medians (the machine's speed drifts)",
+    )
+    parser.add_argument("--ready-samples", type=int, default=3, help="start-ups timed")
     parser.add_argument("--only", help="only loads whose label contains this text")
     parser.add_argument(
         "--service-env", default="", help="extra VAE_ settings, e.g. VAE_MAX_BATCH_SIZE=1"
@@ -289,33 +317,38 @@ def main() -> None:
     limit = in_process(images, args.seconds)
 
     service_env = dict(kv.split("=", 1) for kv in args.service_env.split() if kv)
-    service, service_ready = start(
-        [sys.executable, "-m", "service", "--port", "8100"],
-        8100,
-        service_env,
-    )
-    baseline, baseline_ready = start(
-        [sys.executable, "benchmarks/baseline_server.py", "--port", "8101"], 8101
-    )
+    service_cmd = [sys.executable, "-m", "service", "--port", "8100"]
+    baseline_cmd = [sys.executable, "benchmarks/baseline_server.py", "--port", "8101"]
+    service_ready = time_start_ups(service_cmd, 8100, service_env, args.ready_samples)
+    baseline_ready = time_start_ups(baseline_cmd, 8101, {}, args.ready_samples)
+    service, _ = start(service_cmd, 8100, service_env)
+    baseline, _ = start(baseline_cmd, 8101)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             (workdir / "post.lua").write_text(WRK_SCRIPT)
-            baseline_results = {}
-            for load in loads_for(images, binary=False):
-                if args.only and args.only not in load.label:
-                    continue
-                baseline_results[(load.label, load.images)] = run_wrk(
-                    8101, load, args.seconds, workdir
-                )
-            for load in loads_for(images, binary=True):
-                if args.only and args.only not in load.label:
-                    continue
-                result = run_wrk(8100, load, args.seconds, workdir)
-                base = baseline_results.get((load.label, load.images))
+            json_loads = {(load.label, load.images) for load in loads_for(images, binary=False)}
+            loads = [
+                load
+                for load in loads_for(images, binary=True)
+                if not args.only or args.only in load.label
+            ]
+            samples: dict[tuple[str, int], list[Result]] = {}
+            base_samples: dict[tuple[str, int], list[Result]] = {}
+            for _ in range(args.rounds):
+                for load in loads:
+                    key = (load.label, load.images)
+                    if key in json_loads:
+                        base_samples.setdefault(key, []).append(
+                            run_wrk(8101, load, args.seconds, workdir)
+                        )
+                    samples.setdefault(key, []).append(run_wrk(8100, load, args.seconds, workdir))
+            for load in loads:
+                key = (load.label, load.images)
+                base = median_result(base_samples[key]) if key in base_samples else None
                 op = load.endpoint.split("?")[0].strip("/")
-                rows.append((load, result, base, limit[(op, load.images)]))
+                rows.append((load, median_result(samples[key]), base, limit[(op, load.images)]))
             one = Load(
                 "/encode",
                 "/encode, JSON, 1 connection",
@@ -325,8 +358,12 @@ def main() -> None:
                 1,
                 1,
             )
-            single = run_wrk(8100, one, args.seconds, workdir)
-            single_base = run_wrk(8101, one, args.seconds, workdir)
+            single = median_result(
+                [run_wrk(8100, one, args.seconds, workdir) for _ in range(args.rounds)]
+            )
+            single_base = median_result(
+                [run_wrk(8101, one, args.seconds, workdir) for _ in range(args.rounds)]
+            )
         service_rss, baseline_rss = rss_mib(service.pid), rss_mib(baseline.pid)
     finally:
         for proc in (service, baseline):
@@ -375,9 +412,12 @@ def main() -> None:
         f"-> service overhead {single.p50_ms - lat:.3f} ms"
     )
     print(
-        f"start to ready: service {service_ready:.2f} s (4 models), "
-        f"baseline {baseline_ready:.2f} s (1 model)"
+        f"start to ready, median (max) of {args.ready_samples}: service "
+        f"{statistics.median(service_ready):.2f} s ({max(service_ready):.2f}) with 4 models, "
+        f"baseline {statistics.median(baseline_ready):.2f} s ({max(baseline_ready):.2f}) with 1"
     )
+    if args.rounds > 1:
+        print(f"each load ran {args.rounds} times, alternating servers; medians shown")
     print(f"RSS after load: service {service_rss:.0f} MiB, baseline {baseline_rss:.0f} MiB")
 
 
