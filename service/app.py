@@ -38,8 +38,10 @@ from service.payloads import (
     Call,
     content_type,
     describe_errors,
+    error_response,
     pick_model,
     read_multipart_images,
+    ready_registry,
 )
 from service.runtime import ModelRegistry, memory_trimmer
 from service.schemas import (
@@ -97,19 +99,12 @@ async def _image_endpoint(
     return await handler(await Call.from_request(request), registry, settings)
 
 
-def _problem(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
-
-
 # ---------------------------------------------------------------------------------------------
 # Dependencies (Annotated aliases, so tests can override them)
 
 
 def get_registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry | None = getattr(request.app.state, "registry", None)
-    if registry is None or not registry.ready:
-        raise InputError("service", "models are still loading; retry shortly", 503)
-    return registry
+    return ready_registry(getattr(request.app.state, "registry", None))
 
 
 def get_settings(request: Request) -> Settings:
@@ -308,7 +303,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-        return _problem(exc.status, str(exc))
+        return error_response(exc)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
@@ -318,7 +313,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problem(422, describe_errors(list(exc.errors())))
+        return error_response(InputError("", describe_errors(list(exc.errors()))))
 
     # --- inference -----------------------------------------------------------------------
 

@@ -39,14 +39,12 @@ class DynamicBatcher:
     def __init__(
         self,
         fn: GraphFn,
-        name: str,
         max_batch_size: int,
         max_delay_s: float,
         inline_max_rows: int,
         executor: ThreadPoolExecutor,
     ) -> None:
         self.fn = fn
-        self.name = name
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.inline_max_rows = inline_max_rows

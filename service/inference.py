@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.imaging import InputError
@@ -29,12 +29,14 @@ from service.payloads import (
     Array,
     Call,
     JSONBody,
+    error_response,
     images_response,
     npz_response,
     parse_params,
     parse_tensor_request,
     pick_model,
     query_model_name,
+    ready_registry,
     response_format,
 )
 from service.runtime import ModelRegistry, ModelRuntime
@@ -179,7 +181,6 @@ class FastLane:
         if body is None:
             return  # the client hung up: nobody to answer
         state: Any = self.owner.state
-        registry: ModelRegistry | None = state.registry
         call = Call(
             body,
             media_type.decode("latin-1"),
@@ -187,11 +188,9 @@ class FastLane:
             dict(parse_qsl(scope["query_string"].decode("latin-1"))),
         )
         try:
-            if registry is None or not registry.ready:
-                raise InputError("service", "models are still loading; retry shortly", 503)
-            response = await handler(call, registry, state.settings)
+            response = await handler(call, ready_registry(state.registry), state.settings)
         except InputError as exc:
-            response = JSONResponse({"detail": str(exc)}, status_code=exc.status)
+            response = error_response(exc)
         await response(scope, receive, send)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import orjson
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
@@ -64,6 +64,17 @@ def describe_errors(errors: list[Any]) -> str:
             parts.append(text)
     more = f" (and {len(parts) - 5} more)" if len(parts) > 5 else ""
     return "; ".join(parts[:5]) + more
+
+
+def ready_registry(registry: ModelRegistry | None) -> ModelRegistry:
+    """The registry, once every model is loaded and warmed up; a 503 before that."""
+    if registry is None or not registry.ready:
+        raise InputError("service", "models are still loading; retry shortly", 503)
+    return registry
+
+
+def error_response(exc: InputError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
 
 def _validate(model_type: type[Params], values: dict[str, Any]) -> Params:
@@ -143,16 +154,22 @@ def _images_from_npy(array: NDArray[Any], shape: tuple[int, int, int]) -> Array:
     return check_pixels(np.ascontiguousarray(images, dtype=np.float32), "images")
 
 
-def _fast_images(raw: Any, shape: tuple[int, int, int]) -> Array | None:
-    """The JSON image lists as one array, or None when anything is off (then the slow path
-    finds and names it)."""
+def _numbers(raw: Any) -> NDArray[Any] | None:
+    """Non-empty JSON lists of numbers as one array in one numpy call; None for anything else
+    (ragged lists, strings, booleans, nulls), which the slow path then finds and names."""
     if not isinstance(raw, list) or not raw:
         return None
     try:
         array = np.array(raw)
     except ValueError:  # ragged lists
         return None
-    if array.dtype.kind not in "fiu":  # strings, booleans, nulls, objects
+    return array if array.dtype.kind in "fiu" else None
+
+
+def _fast_images(raw: Any, shape: tuple[int, int, int]) -> Array | None:
+    """The JSON image lists as one (N, C, H, W) array, or None when anything is off."""
+    array = _numbers(raw)
+    if array is None:
         return None
     c, h, w = shape
     if (array.ndim == 2 and array.shape[1] == c * h * w) or (c == 1 and array.shape[1:] == (h, w)):
@@ -191,8 +208,7 @@ async def read_multipart_images(
         uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
         if not uploads:
             raise InputError("images", "multipart requests carry image files as `images` parts")
-        if len(uploads) > settings.max_images:
-            raise InputError("images", f"{len(uploads)} images; at most {settings.max_images}")
+        _check_count(len(uploads), settings)
         fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
         params = _validate(params_type, _coerce_text_fields(fields, params_type))
         model = pick_model(registry, getattr(params, "model", None), query_model)
@@ -227,11 +243,8 @@ def _latents_from_npy(array: NDArray[Any], model: ModelRuntime) -> Array:
 
 
 def _fast_latents(raw: Any, model: ModelRuntime) -> Array | None:
-    try:
-        z = np.array(raw)
-    except ValueError:  # ragged lists
-        return None
-    if z.dtype.kind not in "fiu" or z.ndim != 2 or not len(z):
+    z = _numbers(raw)
+    if z is None or z.ndim != 2:
         return None
     return latents_from_lists(z.astype(np.float32), model.latent_dim)
 

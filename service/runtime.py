@@ -106,7 +106,7 @@ class ModelRuntime:
         folder: Path,
         settings: Settings,
         providers: list[str],
-        executor: ThreadPoolExecutor | None = None,
+        executor: ThreadPoolExecutor,
     ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
         runtime = cls(folder, load_manifest(folder))
@@ -120,13 +120,8 @@ class ModelRuntime:
             settings.max_batch_delay_ms / 1000,
             settings.inline_max_rows,
         )
-        executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
-        runtime._encode_batcher = DynamicBatcher(
-            runtime._encode_rows, f"{runtime.name}-encoder", *batching, executor
-        )
-        runtime._decode_batcher = DynamicBatcher(
-            runtime._decode_rows, f"{runtime.name}-decoder", *batching, executor
-        )
+        runtime._encode_batcher = DynamicBatcher(runtime._encode_rows, *batching, executor)
+        runtime._decode_batcher = DynamicBatcher(runtime._decode_rows, *batching, executor)
         runtime.ready = True
         return runtime
 

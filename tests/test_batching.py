@@ -39,7 +39,7 @@ async def _gather(batcher: DynamicBatcher, inputs: list[np.ndarray]) -> list[obj
 def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
     fn = Recorder()
     batcher = DynamicBatcher(
-        fn, "t", max_batch_size=64, max_delay_s=0.0, inline_max_rows=0, executor=EXECUTOR
+        fn, max_batch_size=64, max_delay_s=0.0, inline_max_rows=0, executor=EXECUTOR
     )
     inputs = [rows(i, n=1 + i % 3) for i in range(20)]
     results = asyncio.run(_gather(batcher, inputs))
@@ -54,7 +54,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
 def test_batches_respect_the_maximum_size() -> None:
     fn = Recorder()
     batcher = DynamicBatcher(
-        fn, "t", max_batch_size=4, max_delay_s=0.0, inline_max_rows=16, executor=EXECUTOR
+        fn, max_batch_size=4, max_delay_s=0.0, inline_max_rows=16, executor=EXECUTOR
     )
     asyncio.run(_gather(batcher, [rows(i) for i in range(10)]))
     assert max(fn.calls) <= 4 and sum(fn.calls) == 10
@@ -67,7 +67,7 @@ def test_batches_respect_the_maximum_size() -> None:
 def test_an_error_reaches_only_the_requests_of_its_batch() -> None:
     fn = Recorder(fail_on=7.0)
     batcher = DynamicBatcher(
-        fn, "t", max_batch_size=2, max_delay_s=0.0, inline_max_rows=16, executor=EXECUTOR
+        fn, max_batch_size=2, max_delay_s=0.0, inline_max_rows=16, executor=EXECUTOR
     )
     results = asyncio.run(_gather(batcher, [rows(i) for i in range(10)]))
     failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
@@ -78,7 +78,7 @@ def test_an_error_reaches_only_the_requests_of_its_batch() -> None:
 def test_a_cancelled_request_is_dropped_and_others_finish() -> None:
     fn = Recorder()
     batcher = DynamicBatcher(
-        fn, "t", max_batch_size=64, max_delay_s=0.05, inline_max_rows=16, executor=EXECUTOR
+        fn, max_batch_size=64, max_delay_s=0.05, inline_max_rows=16, executor=EXECUTOR
     )
 
     async def scenario() -> list[object]:
@@ -96,7 +96,7 @@ def test_a_cancelled_request_is_dropped_and_others_finish() -> None:
 def test_batching_off_calls_once_per_request() -> None:
     fn = Recorder()
     batcher = DynamicBatcher(
-        fn, "t", max_batch_size=1, max_delay_s=0.0, inline_max_rows=0, executor=EXECUTOR
+        fn, max_batch_size=1, max_delay_s=0.0, inline_max_rows=0, executor=EXECUTOR
     )
     asyncio.run(_gather(batcher, [rows(i) for i in range(6)]))
     assert fn.calls == [1] * 6
