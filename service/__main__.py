@@ -9,11 +9,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.manifest import ModelLoadError
 from service.runtime import ModelRegistry
 from service.settings import Settings
@@ -43,13 +42,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        # Load (check, open, warm up) before binding the port: a broken model stops the start
-        # with one clear message instead of a server that never becomes ready.
-        registry = ModelRegistry.load(settings)
-    except ModelLoadError as exc:
-        print(f"error: cannot start: {exc}", file=sys.stderr)
-        return 1
+    # Load (check, open, warm up) before binding the port: a broken model stops the start with
+    # one clear message instead of a server that never becomes ready. Hashing and opening the
+    # ONNX files release the GIL, so they run in a thread while the web stack (FastAPI, uvicorn:
+    # about half of the start-up time) is imported here; measured ~0.1 s less to ready.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as loader:
+        loading = loader.submit(ModelRegistry.load, settings)
+        import uvicorn
+
+        from service.app import create_app
+
+        try:
+            registry = loading.result()
+        except ModelLoadError as exc:
+            print(f"error: cannot start: {exc}", file=sys.stderr)
+            return 1
     app = create_app(settings, registry=registry)
     uvicorn.run(
         app,
