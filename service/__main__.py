@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -36,8 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors():
-            name = "VAE_" + "_".join(str(p) for p in error["loc"][:1]).upper()
-            print(f"error: {name}: {error['msg']} (got {error['input']!r})", file=sys.stderr)
+            if not error["loc"]:  # a rule across settings: its message names them
+                print(f"error: {error['msg']}", file=sys.stderr)
+                continue
+            field = str(error["loc"][0])
+            got = "<hidden>" if field == "api_keys" else repr(error["input"])
+            print(f"error: VAE_{field.upper()}: {error['msg']} (got {got})", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -50,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loading = loader.submit(ModelRegistry.load, settings)
         import uvicorn
 
-        from service.app import create_app
+        from service.app import begin_shutdown, create_app
 
         try:
             registry = loading.result()
@@ -58,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
     app = create_app(settings, registry=registry)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -66,7 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=settings.access_log,
         loop="uvloop",  # the fastest event loop and HTTP parser uvicorn offers
         http="httptools",
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            begin_shutdown(app)  # readiness 503 and new requests refused, before anything else
+            super().handle_exit(sig, frame)
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # handler that would end the process as "killed by SIGTERM" after a clean drain. A no-op
+    # handler underneath lets a graceful shutdown exit 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    Server(config).run()
     return 0
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -21,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from service import __version__
+from service.guards import Guard
 from service.imaging import InputError
 from service.inference import (
     FastLane,
@@ -31,7 +34,7 @@ from service.inference import (
     handle_reconstruct,
     reconstruct_core,
 )
-from service.manifest import NAME_PATTERN
+from service.manifest import NAME_PATTERN, ModelLoadError
 from service.payloads import (
     NPY,
     NPZ,
@@ -99,6 +102,30 @@ async def _image_endpoint(
     return await handler(await Call.from_request(request), registry, settings)
 
 
+def begin_shutdown(app: FastAPI) -> None:
+    """From now on readiness answers 503 and new requests are refused (503); requests already
+    accepted run to the end. Called on SIGTERM, before uvicorn starts its graceful shutdown."""
+    app.state.draining = True
+
+
+def _add_signal_handler(
+    loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Callable[[], None]
+) -> bool:
+    try:
+        loop.add_signal_handler(sig, handler)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+        return False
+    return True
+
+
+async def _reload_all(registry: ModelRegistry) -> None:
+    for name in list(registry.models):
+        try:
+            await registry.reload(name)
+        except ModelLoadError as exc:
+            logger.error("reload of %s refused, the previous version keeps serving: %s", name, exc)
+
+
 # ---------------------------------------------------------------------------------------------
 # Dependencies (Annotated aliases, so tests can override them)
 
@@ -113,6 +140,7 @@ def get_settings(request: Request) -> Settings:
 
 
 Registry = Annotated[ModelRegistry, Depends(get_registry)]
+ModelName = Annotated[str, Path(description="Model name, as listed by /models")]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 ModelQuery = Annotated[
     str | None,
@@ -215,11 +243,23 @@ def _responses(example: Any, binary: str, png: bool = False) -> dict[int | str, 
         200: {"description": "Success", "content": content},
         400: {"model": ErrorResponse, "description": "Unreadable .npy body"},
         404: {"model": ErrorResponse, "description": "Unknown model"},
-        413: {"model": ErrorResponse, "description": "Uploaded file too large"},
+        413: {"model": ErrorResponse, "description": "Body or uploaded file too large"},
         415: {"model": ErrorResponse, "description": "Unsupported content type or image format"},
         422: {"model": ErrorResponse, "description": "Invalid input; the message names the field"},
-        503: {"model": ErrorResponse, "description": "Models still loading"},
+        **GUARD_RESPONSES,
     }
+
+
+# What the guard (service.guards) may answer on any protected endpoint.
+GUARD_RESPONSES: dict[int | str, Any] = {
+    401: {"model": ErrorResponse, "description": "API key missing or wrong (when keys are set)"},
+    503: {
+        "model": ErrorResponse,
+        "description": "Models still loading, service at capacity or shutting down; see "
+        "Retry-After",
+    },
+    504: {"model": ErrorResponse, "description": "Not answered within VAE_REQUEST_TIMEOUT_S"},
+}
 
 
 _IMG = [[0.0] * 28] * 28
@@ -272,9 +312,20 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.state.registry = loaded
         logger.info("ready: %s (default %s)", ", ".join(loaded.models), loaded.default_name)
         trimmer = asyncio.create_task(_trim_memory(settings.memory_trim_interval_s))
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_sighup() -> None:  # `kill -HUP`: reload every model from its folder
+            task = loop.create_task(_reload_all(loaded))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        hangup = _add_signal_handler(loop, signal.SIGHUP, on_sighup)
         try:
             yield
         finally:
+            if hangup:
+                loop.remove_signal_handler(signal.SIGHUP)
             trimmer.cancel()
             app.state.registry = None
             await loaded.close()
@@ -298,7 +349,19 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     app.state.settings = settings
     app.state.registry = None
+    app.state.draining = False  # set by begin_shutdown() on SIGTERM
+    # Middleware added last runs first: CORS (answers browser preflights), then the guard
+    # (keys, limits, timeouts), then the fast lane, then FastAPI's routes.
     app.add_middleware(FastLane, owner=app)
+    app.add_middleware(Guard, owner=app, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
+            expose_headers=["X-Seed", "Retry-After"],
+        )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.exception_handler(InputError)
@@ -391,7 +454,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     # --- metadata and health ----------------------------------------------------------------
 
-    @app.get("/models", response_model=ModelList, tags=["models"], summary="Every loaded model")
+    @app.get(
+        "/models",
+        response_model=ModelList,
+        tags=["models"],
+        summary="Every loaded model",
+        responses=GUARD_RESPONSES,
+    )
     async def list_models(registry: Registry) -> ModelList:
         return ModelList(
             default=registry.default_name,
@@ -406,10 +475,38 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         response_model=ModelInfo,
         tags=["models"],
         summary="One model: manifest, providers in use",
-        responses={404: {"model": ErrorResponse}},
+        responses={404: {"model": ErrorResponse}, **GUARD_RESPONSES},
     )
-    async def get_model(name: str, registry: Registry) -> ModelInfo:
+    async def get_model(name: ModelName, registry: Registry) -> ModelInfo:
         runtime = pick_model(registry, None, name)
+        return ModelInfo(**runtime.describe(runtime.name == registry.default_name))
+
+    @app.post(
+        "/models/{name}/reload",
+        response_model=ModelInfo,
+        tags=["models"],
+        summary="Load a model again from its folder (a new version); a bad one is refused",
+        responses={
+            404: {"model": ErrorResponse, "description": "Unknown model"},
+            409: {
+                "model": ErrorResponse,
+                "description": "The files now in the folder fail a check; the previous version "
+                "keeps serving",
+            },
+            **GUARD_RESPONSES,
+        },
+    )
+    async def reload_model(name: ModelName, registry: Registry) -> ModelInfo:
+        """Re-read the model's folder (manifest, checksums, shapes), open and warm up the new
+        sessions, then swap them in; requests already running finish on the old version. The
+        same happens for every model on SIGHUP."""
+        pick_model(registry, None, name)  # 404 for an unknown name
+        try:
+            runtime = await registry.reload(name)
+        except ModelLoadError as exc:
+            raise InputError(
+                "name", f"reload refused, the previous version keeps serving: {exc}", 409
+            ) from exc
         return ModelInfo(**runtime.describe(runtime.name == registry.default_name))
 
     @app.get("/healthz", response_model=Health, tags=["health"], summary="Liveness")
@@ -425,6 +522,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     async def readyz(request: Request) -> JSONResponse:
         registry: ModelRegistry | None = request.app.state.registry
+        if request.app.state.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
         if registry is not None and registry.ready:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "not ready"}, status_code=503)

@@ -74,8 +74,18 @@ class DynamicBatcher:
 
     async def _execute(self, rows: Array) -> tuple[Array, ...]:
         if len(rows) <= self.inline_max_rows:
+            return self._chunked(rows)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._chunked, rows)
+
+    def _chunked(self, rows: Array) -> tuple[Array, ...]:
+        """fn over at most max_batch_size rows at a time. onnxruntime keeps buffers and memory
+        plans per input shape, so capping the batch dimension caps the shapes it ever sees and
+        with them its memory (measured: no throughput lost at 4 x 64 against 1 x 256 rows)."""
+        if len(rows) <= self.max_batch_size:
             return self.fn(rows)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, rows)
+        step = self.max_batch_size
+        parts = [self.fn(rows[start : start + step]) for start in range(0, len(rows), step)]
+        return tuple(np.concatenate(outputs) for outputs in zip(*parts, strict=True))
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []

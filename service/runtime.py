@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -233,6 +234,9 @@ class ModelRegistry:
     models: dict[str, ModelRuntime]
     default_name: str
     executor: ThreadPoolExecutor
+    providers: list[str]
+    settings: Settings
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -274,13 +278,50 @@ class ModelRegistry:
             default = settings.default_model
         else:
             default = DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in models else next(iter(models))
-        return cls(models, default, executor)
+        return cls(models, default, executor, providers, settings)
+
+    async def reload(self, name: str) -> ModelRuntime:
+        """Load `name` again from its folder (a new version put there) and swap it in. A new
+        version that fails any check raises ModelLoadError and the old one keeps serving."""
+        old = self.models[name]
+        loop = asyncio.get_running_loop()
+        new = await loop.run_in_executor(
+            self.executor,
+            ModelRuntime.load,
+            old.folder,
+            self.settings,
+            self.providers,
+            self.executor,
+        )
+        if new.name != name:
+            await new.close()
+            raise ModelLoadError(
+                f"{old.folder}/manifest.json now names the model {new.name!r}, not {name!r}; "
+                "a reload cannot rename a model (restart the service instead)"
+            )
+        self.models[name] = new
+        # Requests that picked the old version finish on it; none outlives the request
+        # timeout, so it is closed after that.
+        retire = loop.create_task(self._close_later(old, self.settings.request_timeout_s))
+        self._retiring.add(retire)
+        retire.add_done_callback(self._retiring.discard)
+        logger.info(
+            "reloaded model %s: version %s -> %s", name, old.manifest.version, new.manifest.version
+        )
+        return new
+
+    @staticmethod
+    async def _close_later(runtime: ModelRuntime, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await runtime.close()
 
     @property
     def ready(self) -> bool:
         return bool(self.models) and all(m.ready for m in self.models.values())
 
     async def close(self) -> None:
+        for retire in list(self._retiring):
+            retire.cancel()
         for model in self.models.values():
             await model.close()
         self.executor.shutdown(wait=True)

@@ -5,10 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "mnist-vae"
+
+
+def read_key_file(path: Path) -> list[str]:
+    """One key per line; blank lines and `#` comments skipped. [] when unreadable."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 class Settings(BaseSettings):
@@ -61,8 +70,61 @@ class Settings(BaseSettings):
     """Largest `samples` (reconstructions per input) for sampled /reconstruct."""
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest image file accepted in a multipart upload."""
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    """Largest request body; a larger one gets 413 before the rest of it is read."""
+    max_concurrent_requests: int = Field(128, ge=1)
+    """Requests in flight or queued at once (probes and docs not counted); the next one gets
+    503 with Retry-After at once instead of waiting in an unbounded queue."""
+    request_timeout_s: float = Field(10.0, gt=0)
+    """A request not answered within this many seconds gets 504 and frees its slot."""
+    retry_after_s: int = Field(1, ge=0)
+    """The Retry-After (seconds) sent with 503 when the service is full or shutting down."""
+    shutdown_grace_s: int = Field(15, ge=0)
+    """On SIGTERM: readiness turns 503 and new requests are refused at once; requests already
+    accepted get this many seconds to finish, then the process exits 0."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Comma-separated API keys. When set (here or in VAE_API_KEYS_FILE), every inference and
+    model endpoint needs `Authorization: Bearer <key>` or `X-API-Key: <key>`; probes and docs
+    stay open. Never logged."""
+    api_keys_file: Path | None = None
+    """A file with one API key per line (blank lines and `#` comments skipped), such as a
+    mounted Kubernetes or Docker secret; adds to VAE_API_KEYS."""
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Comma-separated origins allowed to call the API from a browser (CORS), e.g.
+    `https://app.example.com`; `*` for any. Empty: CORS off."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _readable_keys(cls, value: Path | None) -> Path | None:
+        if value is not None and not read_key_file(value):
+            raise ValueError(f"{value} is not a readable file holding at least one key")
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_within_grace(self) -> Settings:
+        if self.request_timeout_s > self.shutdown_grace_s > 0:
+            raise ValueError(
+                f"VAE_REQUEST_TIMEOUT_S ({self.request_timeout_s}) is longer than "
+                f"VAE_SHUTDOWN_GRACE_S ({self.shutdown_grace_s}): requests accepted before a "
+                "shutdown could be cut off; raise the grace or lower the timeout"
+            )
+        return self
+
+    def api_key_list(self) -> list[str]:
+        """Every accepted API key, from VAE_API_KEYS and VAE_API_KEYS_FILE."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            keys += read_key_file(self.api_keys_file)
+        return keys
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -58,10 +58,15 @@ def test_batches_respect_the_maximum_size() -> None:
     )
     asyncio.run(_gather(batcher, [rows(i) for i in range(10)]))
     assert max(fn.calls) <= 4 and sum(fn.calls) == 10
-    # A request larger than the maximum still runs, alone.
+    # A request larger than the maximum runs alone, in calls of at most the maximum (so the
+    # graph only ever sees a bounded set of batch shapes), and its rows come back in order.
     fn.calls.clear()
-    asyncio.run(_gather(batcher, [rows(1, n=9)]))
-    assert fn.calls == [9]
+    big = np.arange(27, dtype=np.float32).reshape(9, 3)
+    (result,) = asyncio.run(_gather(batcher, [big]))
+    assert fn.calls == [4, 4, 1]
+    assert isinstance(result, tuple)
+    np.testing.assert_array_equal(result[0], big * 2)
+    np.testing.assert_array_equal(result[1], big.sum(axis=1, keepdims=True))
 
 
 def test_an_error_reaches_only_the_requests_of_its_batch() -> None:

@@ -1,0 +1,213 @@
+"""The service's outer guard: API keys, shutdown, backpressure, body size, timeouts, crashes.
+
+One ASGI middleware in front of everything else (the fast lane and FastAPI alike), so every
+request meets the same rules before any of its body is read:
+
+1. Probes (`/healthz`, `/readyz`, `/metrics`) and the docs pass untouched: an orchestrator must
+   always be able to ask, even when the service is full or shutting down.
+2. With API keys configured, a request without a valid key gets 401.
+3. While the service shuts down (SIGTERM), new requests get 503.
+4. At most `VAE_MAX_CONCURRENT_REQUESTS` requests are in flight or queued; the next one gets 503
+   with `Retry-After` at once instead of waiting in a queue without end.
+5. A body over `VAE_MAX_BODY_BYTES` gets 413: at once when Content-Length says so, or as soon as
+   the bytes read pass the limit (the rest is never read).
+6. A request still unanswered after `VAE_REQUEST_TIMEOUT_S` gets 504 and frees its slot.
+7. An unexpected exception fails that request alone, as a JSON 500, and is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/favicon.ico"})
+OPEN_PREFIXES = ("/static/", "/v2/health/")
+
+
+class BodyTooLarge(Exception):
+    """Raised from `receive` once a body passes the limit."""
+
+
+def is_open(path: str) -> bool:
+    """Paths every client may reach at any time: probes, docs and their static files."""
+    return path in PROBES or path in OPEN or path.startswith(OPEN_PREFIXES)
+
+
+class KeyCheck:
+    """Constant-time API key check: keys are kept as SHA-256 digests and a candidate is compared
+    with every one of them, so neither timing nor early exit tells how much of a key matched."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def matches(self, candidate: str) -> bool:
+        digest = hashlib.sha256(candidate.encode()).digest()
+        found = False
+        for known in self._digests:
+            found |= hmac.compare_digest(digest, known)
+        return found
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, if any."""
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    api_key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return api_key or None
+
+
+async def send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(
+        scope, receive, send
+    )
+
+
+class Guard:
+    """See the module docstring. `owner.state.draining` turns true when shutdown begins."""
+
+    def __init__(self, app: ASGIApp, owner: Any, settings: Settings) -> None:
+        self.app = app
+        self.owner = owner
+        self.settings = settings
+        self.keys = KeyCheck(settings.api_key_list())
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        settings = self.settings
+        headers = dict(scope["headers"])
+        if self.keys.enabled:
+            key = presented_key(headers)
+            if key is None or not self.keys.matches(key):
+                problem = "missing" if key is None else "invalid"
+                await send_error(
+                    scope,
+                    receive,
+                    send,
+                    401,
+                    f"{problem} API key: send it as `Authorization: Bearer <key>` or "
+                    "`X-API-Key: <key>`",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                return
+        if self.owner.state.draining:
+            await send_error(
+                scope,
+                receive,
+                send,
+                503,
+                "the service is shutting down; retry on another replica",
+                {"Connection": "close", "Retry-After": str(settings.retry_after_s)},
+            )
+            return
+        if self.in_flight >= settings.max_concurrent_requests:
+            await send_error(
+                scope,
+                receive,
+                send,
+                503,
+                f"the service is at capacity ({settings.max_concurrent_requests} requests in "
+                f"flight, VAE_MAX_CONCURRENT_REQUESTS); retry after {settings.retry_after_s} s",
+                {"Retry-After": str(settings.retry_after_s)},
+            )
+            return
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            await send_error(scope, receive, send, 413, self._too_large(), {"Connection": "close"})
+            return
+        self.in_flight += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _too_large(self) -> str:
+        limit = self.settings.max_body_bytes
+        size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit / 2**10:g} KiB"
+        return (
+            f"request body larger than {limit} bytes ({size}, VAE_MAX_BODY_BYTES): send fewer "
+            "images per request, or application/x-npy uint8"
+        )
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.settings.max_body_bytes
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)  # answered in time; a slow reader is not a timeout
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s) as deadline:
+                await self.app(scope, limited_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await send_error(
+                    scope, receive, send, 413, self._too_large(), {"Connection": "close"}
+                )
+        except TimeoutError:
+            logger.warning(
+                "%s %s timed out after %s s",
+                scope["method"],
+                scope["path"],
+                self.settings.request_timeout_s,
+            )
+            if not started:
+                await send_error(
+                    scope,
+                    receive,
+                    send,
+                    504,
+                    f"no answer within {self.settings.request_timeout_s} s "
+                    "(VAE_REQUEST_TIMEOUT_S); send fewer images per request or retry",
+                )
+        except Exception:
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            if not started:
+                await send_error(
+                    scope,
+                    receive,
+                    send,
+                    500,
+                    "internal error while serving this request; it is logged, and other "
+                    "requests are unaffected",
+                )
