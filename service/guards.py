@@ -179,6 +179,14 @@ class Guard:
         try:
             async with asyncio.timeout(self.settings.request_timeout_s) as deadline:
                 await self.app(scope, limited_receive, tracked_send)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request: when the shutdown grace ran out before it finished.
+            logger.error(
+                "%s %s cut off by shutdown: not finished within VAE_SHUTDOWN_GRACE_S",
+                scope["method"],
+                scope["path"],
+            )
+            raise
         except BodyTooLarge:
             if not started:
                 await send_error(
