@@ -1,7 +1,9 @@
 """The service's outer guard: API keys, shutdown, backpressure, body size, timeouts, crashes.
 
 One ASGI middleware in front of everything else (the fast lane and FastAPI alike), so every
-request meets the same rules before any of its body is read:
+request meets the same rules before any of its body is read. (Starlette's own body limit
+answers a bare "Content Too Large" in plain text; clients here get JSON naming the limit and
+the setting, like every other error of this service.)
 
 1. Probes (`/healthz`, `/readyz`, `/metrics`) and the docs pass untouched: an orchestrator must
    always be able to ask, even when the service is full or shutting down.
