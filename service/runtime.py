@@ -237,6 +237,7 @@ class ModelRegistry:
     providers: list[str]
     settings: Settings
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -283,6 +284,10 @@ class ModelRegistry:
     async def reload(self, name: str) -> ModelRuntime:
         """Load `name` again from its folder (a new version put there) and swap it in. A new
         version that fails any check raises ModelLoadError and the old one keeps serving."""
+        async with self._reloading:  # one at a time: each swap must see the one before it
+            return await self._reload(name)
+
+    async def _reload(self, name: str) -> ModelRuntime:
         old = self.models[name]
         loop = asyncio.get_running_loop()
         new = await loop.run_in_executor(
