@@ -6,6 +6,8 @@ Flags override the matching VAE_ environment variables (see README, "Service set
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -77,8 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            begin_shutdown(app)  # readiness 503 and new requests refused, before anything else
-            super().handle_exit(sig, frame)
+            if app.state.draining or settings.shutdown_drain_s == 0:
+                super().handle_exit(sig, frame)  # a second signal: stop draining now
+                return
+            # Readiness 503 and new requests refused (503, Connection: close) at once; only
+            # after the drain window does uvicorn close idle keep-alive connections, which
+            # would otherwise reset a request a client is sending on one at that moment.
+            begin_shutdown(app)
+            loop = asyncio.get_event_loop()
+            stop = functools.partial(super().handle_exit, sig, frame)
+            loop.call_soon_threadsafe(loop.call_later, settings.shutdown_drain_s, stop)
 
     # uvicorn re-raises the signal that stopped it once it has shut down; with the default
     # handler that would end the process as "killed by SIGTERM" after a clean drain. A no-op

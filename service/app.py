@@ -12,6 +12,7 @@ from importlib.resources import files
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -20,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from service import __version__
@@ -241,18 +243,20 @@ def _responses(example: Any, binary: str, png: bool = False) -> dict[int | str, 
         }
     return {
         200: {"description": "Success", "content": content},
-        400: {"model": ErrorResponse, "description": "Unreadable .npy body"},
+        400: {"model": ErrorResponse, "description": "Unreadable .npy or multipart body"},
         404: {"model": ErrorResponse, "description": "Unknown model"},
-        413: {"model": ErrorResponse, "description": "Body or uploaded file too large"},
         415: {"model": ErrorResponse, "description": "Unsupported content type or image format"},
         422: {"model": ErrorResponse, "description": "Invalid input; the message names the field"},
         **GUARD_RESPONSES,
+        # Replaces the guard's 413: here an uploaded file can be too large as well.
+        413: {"model": ErrorResponse, "description": "Body or uploaded file too large"},
     }
 
 
 # What the guard (service.guards) may answer on any protected endpoint.
 GUARD_RESPONSES: dict[int | str, Any] = {
     401: {"model": ErrorResponse, "description": "API key missing or wrong (when keys are set)"},
+    413: {"model": ErrorResponse, "description": "Request body over VAE_MAX_BODY_BYTES"},
     503: {
         "model": ErrorResponse,
         "description": "Models still loading, service at capacity or shutting down; see "
@@ -373,6 +377,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # The client hung up before sending its whole body: nobody is left to answer, and it
         # is not the service's error. 499 is what nginx logs for this.
         return Response(status_code=499)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:  # no route: say which path, and where the list is
+            detail = f"no endpoint at {request.url.path!r}; /docs lists them"
+            return JSONResponse({"detail": detail}, status_code=404)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[np.float32]
+Numbers = TypeVar("Numbers", bound=NDArray[Any])
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
+# Latent values are O(1) (the prior is N(0, I), AE codes are of the same order); far larger ones
+# overflow the decoder's float32 arithmetic into NaN images (3.4e38 does on the bundled models).
+MAX_LATENT = 1e6
 
 # Pillow is imported where images are decoded or drawn: most requests carry arrays, and the
 # service's resident memory is a budget (see README, "Performance").
@@ -26,7 +30,8 @@ class InputError(ValueError):
         self.status = status
 
 
-def check_pixels(array: Array, field: str) -> Array:
+def check_pixels(array: Numbers, field: str) -> Numbers:
+    """Checked before any cast to float32, which would turn a huge number into infinity."""
     low, high = float(array.min()), float(array.max())  # NaN propagates into both
     if low >= 0.0 and high <= 1.0:
         return array
@@ -48,7 +53,7 @@ def images_from_lists(
     """JSON images (each flat C*H*W numbers or H rows of W) -> float32 (N, C, H, W)."""
     c, h, w = shape
     flat_size = c * h * w
-    batch = np.empty((len(images), c, h, w), dtype=np.float32)
+    batch = np.empty((len(images), c, h, w), dtype=np.float64)  # float32 after the range check
     for i, image in enumerate(images):
         nested = bool(image) and isinstance(image[0], list)
         if nested and c == 1 and (len(image) != h or any(len(row) != w for row in image)):
@@ -62,13 +67,13 @@ def images_from_lists(
                 f"{field}[{i}]",
                 f"expected {flat_size} numbers (or {h} rows of {w}), got {len(image)}",
             )
-        batch[i] = np.asarray(image, dtype=np.float32).reshape(c, h, w)
-    return check_pixels(batch, field)
+        batch[i] = np.asarray(image, dtype=np.float64).reshape(c, h, w)
+    return check_pixels(batch, field).astype(np.float32)
 
 
-def latents_from_lists(z: list[list[float]] | Array, latent_dim: int) -> Array:
+def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> Array:
     if isinstance(z, np.ndarray) and z.ndim == 2 and z.shape[1] == latent_dim:
-        array = z.astype(np.float32, copy=False)
+        array = z
     else:
         for i, vector in enumerate(z):
             if len(vector) != latent_dim:
@@ -76,11 +81,17 @@ def latents_from_lists(z: list[list[float]] | Array, latent_dim: int) -> Array:
                     f"z[{i}]",
                     f"has {len(vector)} numbers but this model's latent size is {latent_dim}",
                 )
-        array = np.asarray(z, dtype=np.float32)
+        array = np.asarray(z, dtype=np.float64)
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0, 0])
         raise InputError(f"z[{bad}]", "NaN or infinity is not a latent value")
-    return array
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > MAX_LATENT:
+        bad = int(np.argwhere(np.abs(array) > MAX_LATENT)[0, 0])
+        raise InputError(
+            f"z[{bad}]", f"latent values must be within +-{MAX_LATENT:g} (found {largest:.4g})"
+        )
+    return array.astype(np.float32, copy=False)
 
 
 def image_from_file(
@@ -98,21 +109,16 @@ def image_from_file(
                 if img.format not in ("PNG", "JPEG"):
                     raise InputError(field, f"is a {img.format} file; send PNG or JPEG", 415)
                 if img.width * img.height > MAX_UPLOAD_PIXELS:
-                    raise InputError(
-                        field,
-                        f"is {img.width}x{img.height} pixels; at most {MAX_UPLOAD_PIXELS} pixels "
-                        "are accepted",
-                        413,
-                    )
+                    raise _too_many_pixels(field, f"is {img.width}x{img.height} pixels")
                 gray = img.convert("L")
     except InputError:
         raise
-    except (
-        OSError,
-        ValueError,
-        Image.DecompressionBombWarning,
-        Image.DecompressionBombError,
-    ) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        # Pillow's own, larger limits, hit while opening: the same refusal as above.
+        raise _too_many_pixels(field, "claims far too many pixels") from exc
+    except Image.UnidentifiedImageError as exc:  # its message is the repr of a BytesIO
+        raise InputError(field, "is not a readable PNG or JPEG image (unknown format)") from exc
+    except (OSError, ValueError) as exc:
         raise InputError(field, f"is not a readable PNG or JPEG image ({exc})") from exc
     if gray.size != (w, h):
         resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
@@ -121,6 +127,10 @@ def image_from_file(
     if preprocessing.get("invert"):
         pixels = 1.0 - pixels
     return np.broadcast_to(pixels, (c, h, w)).copy()
+
+
+def _too_many_pixels(field: str, what: str) -> InputError:
+    return InputError(field, f"{what}; at most {MAX_UPLOAD_PIXELS} pixels are accepted", 413)
 
 
 def png_grid(images: Array) -> bytes:

@@ -8,6 +8,7 @@ that fast path finds something wrong does pydantic validate the body, to name th
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from python_multipart.multipart import parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from service.imaging import (
     InputError,
@@ -40,6 +44,8 @@ NPZ = "application/x-npz"
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 ResponseFormat = Literal["json", "npy", "png"]
 NAME_RE = re.compile(NAME_PATTERN)
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class JSONBody(Response):
@@ -122,13 +128,39 @@ def _coerce_text_fields(fields: dict[str, Any], model_type: type[BaseModel]) -> 
 
 
 def _npy_body(body: bytes, field: str) -> NDArray[Any]:
+    if body.startswith(ZIP_MAGIC):
+        raise InputError(field, "send one .npy array, not an .npz archive", 400)
+    if not body.startswith(NPY_MAGIC):  # numpy would call anything else pickled data
+        raise InputError(
+            field,
+            "the body is not a readable .npy array (it does not start with \\x93NUMPY); write it "
+            "with np.save",
+            400,
+        )
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        stream = io.BytesIO(body)
+        version = np.lib.format.read_magic(stream)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran_order, dtype = read_header(stream)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted; send float32 or uint8")
+        # Not np.load: it allocates the whole array the header declares before reading any data,
+        # so a 100-byte body claiming (10**12, 784) was a MemoryError, a 500. The data is read in
+        # place instead (read-only), once its size matches the header.
+        count, offset = math.prod(shape), stream.tell()
+        if count * dtype.itemsize != len(body) - offset:
+            raise ValueError(
+                f"the header declares {dtype} {shape} but {len(body) - offset} bytes of data "
+                "follow it"
+            )
+        data = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+        return data.reshape(shape[::-1]).T if fortran_order else data.reshape(shape)
     except (ValueError, OSError, EOFError) as exc:
         raise InputError(field, f"the body is not a readable .npy array ({exc})", 400) from exc
-    if not isinstance(array, np.ndarray):
-        raise InputError(field, "send one .npy array, not an .npz archive", 400)
-    return array
 
 
 def _images_from_npy(array: NDArray[Any], shape: tuple[int, int, int]) -> Array:
@@ -166,14 +198,15 @@ def _numbers(raw: Any) -> NDArray[Any] | None:
     return array if array.dtype.kind in "fiu" else None
 
 
-def _fast_images(raw: Any, shape: tuple[int, int, int]) -> Array | None:
-    """The JSON image lists as one (N, C, H, W) array, or None when anything is off."""
+def _fast_images(raw: Any, shape: tuple[int, int, int]) -> NDArray[Any] | None:
+    """The JSON image lists as one (N, C, H, W) array, or None when anything is off. Not yet
+    float32: the pixel check comes first, as a cast would turn 1e300 into infinity."""
     array = _numbers(raw)
     if array is None:
         return None
     c, h, w = shape
     if (array.ndim == 2 and array.shape[1] == c * h * w) or (c == 1 and array.shape[1:] == (h, w)):
-        return array.astype(np.float32, copy=False).reshape(len(array), c, h, w)
+        return array.reshape(len(array), c, h, w)
     return None
 
 
@@ -204,7 +237,8 @@ async def read_multipart_images(
     query_model: str | None,
 ) -> tuple[Params, ModelRuntime, Array]:
     """Image files as repeated `images` parts, the other fields as form fields."""
-    async with request.form(max_files=settings.max_images, max_fields=32) as form:
+    form = await _read_form(request, settings)
+    try:
         uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
         if not uploads:
             raise InputError("images", "multipart requests carry image files as `images` parts")
@@ -218,10 +252,38 @@ async def read_multipart_images(
             data = await upload.read(settings.max_upload_bytes + 1)
             if len(data) > settings.max_upload_bytes:
                 raise InputError(field, f"file over {settings.max_upload_bytes} bytes", 413)
-            batch[i] = image_from_file(
-                data, field, model.image_shape, model.manifest.input.preprocessing
+            # In a worker thread: a 16 kB PNG of 4096 x 4096 pixels takes ~70 ms to decode, and a
+            # body full of them would hold the event loop (every other request, the timeout) for
+            # a minute.
+            batch[i] = await run_in_threadpool(
+                image_from_file, data, field, model.image_shape, model.manifest.input.preprocessing
             )
+    finally:
+        await form.close()
     return params, model, batch
+
+
+async def _read_form(request: Request, settings: Settings) -> FormData:
+    # The whole body first (at most VAE_MAX_BODY_BYTES, the guard sees to it; the form parser
+    # then reads it from memory): a body cut short would otherwise lose its last parts silently.
+    body = await request.body()
+    boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:
+        raise InputError(
+            "body", "the multipart body ends before its closing boundary (truncated upload?)", 400
+        )
+    try:
+        return await request.form(max_files=settings.max_images, max_fields=32)
+    except HTTPException as exc:  # starlette's words for a malformed body or too many parts
+        if str(exc.detail).startswith("Too many files"):
+            raise InputError(
+                "images",
+                f"more than {settings.max_images} image files; at most {settings.max_images} per "
+                "request",
+            ) from exc
+        raise InputError(
+            "body", f"not a readable multipart/form-data body ({exc.detail})", 400
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -246,12 +308,12 @@ def _fast_latents(raw: Any, model: ModelRuntime) -> Array | None:
     z = _numbers(raw)
     if z is None or z.ndim != 2:
         return None
-    return latents_from_lists(z.astype(np.float32), model.latent_dim)
+    return latents_from_lists(z, model.latent_dim)
 
 
 def _fast_checked_images(raw: Any, model: ModelRuntime) -> Array | None:
     fast = _fast_images(raw, model.image_shape)
-    return None if fast is None else check_pixels(fast, "images")
+    return None if fast is None else check_pixels(fast, "images").astype(np.float32, copy=False)
 
 
 IMAGES = TensorField(
@@ -292,16 +354,21 @@ def parse_tensor_request(
     _require_json(call, accepts_binary=True)
     data = _loads(call.body)
     if isinstance(data, dict) and field.name in data:
-        params = _validate(params_type, {k: v for k, v in data.items() if k != field.name})
-        model = pick_model(registry, getattr(params, "model", None), query_model)
-        fast = field.from_fast_json(data[field.name], model)
-        if fast is not None:
-            _check_count(len(fast), settings, field.name)
-            return params, model, fast
+        fields = {k: v for k, v in data.items() if k != field.name}
+        try:
+            fast_params: Params | None = params_type.model_validate(fields)
+        except ValidationError:  # pydantic on the raw body words it (orjson reads 10**30 as 1e30)
+            fast_params = None
+        if fast_params is not None:
+            model = pick_model(registry, getattr(fast_params, "model", None), query_model)
+            fast = field.from_fast_json(data[field.name], model)
+            if fast is not None:
+                _check_count(len(fast), settings, field.name)
+                return fast_params, model, fast
     try:
         full = full_type.model_validate_json(call.body)
     except ValidationError as exc:
-        raise InputError("", describe_errors(exc.errors())) from exc
+        raise _json_error(call, exc) from exc
     params = _validate(params_type, full.model_dump(exclude={field.name}, exclude_unset=True))
     model = pick_model(registry, getattr(params, "model", None), query_model)
     raw = getattr(full, field.name)
@@ -317,7 +384,14 @@ def parse_params(call: Call, params_type: type[Params]) -> Params:
     try:
         return params_type.model_validate_json(call.body)
     except ValidationError as exc:
-        raise InputError("", describe_errors(exc.errors())) from exc
+        raise _json_error(call, exc) from exc
+
+
+def _json_error(call: Call, exc: ValidationError) -> InputError:
+    message = describe_errors(exc.errors())
+    if not call.content_type and "Invalid JSON" in message:
+        message += " (the request has no Content-Type, so its body was read as JSON)"
+    return InputError("", message)
 
 
 def query_model_name(call: Call) -> str | None:
@@ -346,7 +420,8 @@ def _loads(body: bytes) -> Any:
 
 def _check_count(count: int, settings: Settings, field: str = "images") -> None:
     if count > settings.max_images:
-        raise InputError(field, f"{count} {field}; at most {settings.max_images} per request")
+        what = "latent vectors" if field == "z" else field  # not "65 z"
+        raise InputError(field, f"{count} {what}; at most {settings.max_images} per request")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class GenerateRequest(_Request):
         1.0,
         gt=0,
         le=10,
+        allow_inf_nan=False,  # else NaN (a JSON literal pydantic reads) fails as "<= 10"
         description="Scale of the prior: z = temperature * eps, eps ~ N(0, I). Below 1 gives "
         "more typical, less varied images.",
     )

@@ -81,7 +81,12 @@ class Settings(BaseSettings):
     """The Retry-After (seconds) sent with 503 when the service is full or shutting down."""
     shutdown_grace_s: int = Field(15, ge=0)
     """On SIGTERM: readiness turns 503 and new requests are refused at once; requests already
-    accepted get this many seconds to finish, then the process exits 0."""
+    accepted get this many seconds (after VAE_SHUTDOWN_DRAIN_S) to finish, then the process
+    exits 0."""
+    shutdown_drain_s: float = Field(1.0, ge=0, le=60)
+    """On SIGTERM, how long the service goes on answering new requests with 503 and
+    `Connection: close` before it closes idle connections: clients on keep-alive connections get
+    an answer rather than a reset. A second SIGTERM ends the window at once."""
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Comma-separated API keys. When set (here or in VAE_API_KEYS_FILE), every inference and
     model endpoint needs `Authorization: Bearer <key>` or `X-API-Key: <key>`; probes and docs
