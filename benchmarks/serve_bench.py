@@ -125,7 +125,9 @@ def start(
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # Not a pipe: nobody reads it while the load runs, and a full pipe would block the
+        # server's log writes (one line per request with VAE_ACCESS_LOG on).
+        stderr=subprocess.DEVNULL,
     )
     wait_ready(f"http://127.0.0.1:{port}/readyz")
     return proc, time.perf_counter() - started

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,8 @@ from types import FrameType
 from pydantic import ValidationError
 
 from service.manifest import ModelLoadError
-from service.runtime import ModelRegistry
+from service.metrics import configure_logging
+from service.runtime import ModelRegistry, limit_malloc_arenas
 from service.settings import Settings
 
 
@@ -47,9 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             got = "<hidden>" if field == "api_keys" else repr(error["input"])
             print(f"error: VAE_{field.upper()}: {error['msg']} (got {got})", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
+    limit_malloc_arenas()  # before any worker thread starts
     # Load (check, open, warm up) before binding the port: a broken model stops the start with
     # one clear message instead of a server that never becomes ready. Hashing and opening the
     # ONNX files release the GIL, so they run in a thread while the web stack (FastAPI, uvicorn:
@@ -71,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.access_log,
+        access_log=False,  # the guard writes one line per request (VAE_ACCESS_LOG) instead
+        log_config=None,  # keep the handlers configure_logging set up
         loop="uvloop",  # the fastest event loop and HTTP parser uvicorn offers
         http="httptools",
         timeout_graceful_shutdown=settings.shutdown_grace_s,

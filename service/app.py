@@ -16,8 +16,9 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +38,8 @@ from service.inference import (
     reconstruct_core,
 )
 from service.manifest import NAME_PATTERN, ModelLoadError
+from service.metrics import AccessLog, Metrics
+from service.oip import OIPError, build_router, oip_error_response
 from service.payloads import (
     NPY,
     NPZ,
@@ -85,6 +88,12 @@ async def _trim_memory(interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         await run_in_threadpool(trim)
+
+
+async def _flush_access_log(access_log: AccessLog | None) -> None:
+    while access_log is not None:
+        await asyncio.sleep(0.25)
+        access_log.flush()
 
 
 async def _image_endpoint(
@@ -313,9 +322,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             if registry is not None
             else await run_in_threadpool(ModelRegistry.load, settings)
         )
+        loaded.attach(app.state.metrics)
         app.state.registry = loaded
         logger.info("ready: %s (default %s)", ", ".join(loaded.models), loaded.default_name)
         trimmer = asyncio.create_task(_trim_memory(settings.memory_trim_interval_s))
+        flusher = asyncio.create_task(_flush_access_log(app.state.access_log))
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[None]] = set()
 
@@ -331,6 +342,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             if hangup:
                 loop.remove_signal_handler(signal.SIGHUP)
             trimmer.cancel()
+            flusher.cancel()
+            if app.state.access_log is not None:
+                app.state.access_log.flush()
             app.state.registry = None
             await loaded.close()
 
@@ -354,6 +368,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.registry = None
     app.state.draining = False  # set by begin_shutdown() on SIGTERM
+    app.state.metrics = Metrics()
+    app.state.access_log = AccessLog(settings.log_format) if settings.access_log else None
     # Middleware added last runs first: CORS (answers browser preflights), then the guard
     # (keys, limits, timeouts), then the fast lane, then FastAPI's routes.
     app.add_middleware(FastLane, owner=app)
@@ -380,14 +396,25 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = str(exc.detail)
         if exc.status_code == 404:  # no route: say which path, and where the list is
             detail = f"no endpoint at {request.url.path!r}; /docs lists them"
+        if request.url.path.startswith("/v2/"):  # the Open Inference Protocol's error shape
+            return oip_error_response(OIPError(detail, exc.status_code))
+        if exc.status_code == 404:
             return JSONResponse({"detail": detail}, status_code=404)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InputError("", describe_errors(list(exc.errors()))))
+        message = describe_errors(list(exc.errors()))
+        if request.url.path.startswith("/v2/"):  # the Open Inference Protocol's error shape
+            return oip_error_response(OIPError(message))
+        return error_response(InputError("", message))
+
+    @app.exception_handler(OIPError)
+    async def _oip_error(request: Request, exc: OIPError) -> JSONResponse:
+        return oip_error_response(exc)
 
     # --- inference -----------------------------------------------------------------------
 
@@ -538,6 +565,22 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         if registry is not None and registry.ready:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "not ready"}, status_code=503)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics (text exposition format)",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Requests by endpoint, model and status; latency of whole requests, of the queue
+        before a batch and of each onnxruntime call; batch sizes; requests in flight; loaded
+        model versions. Never refused, never needs a key."""
+        registry = request.app.state.metrics.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(build_router(GUARD_RESPONSES))
 
     # --- docs, served without internet ---------------------------------------------------------
 

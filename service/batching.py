@@ -15,22 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from service.metrics import RequestInfo, current_request
+
 Array = NDArray[np.float32]
 GraphFn = Callable[[Array], tuple[Array, ...]]
+
+
+class Observer(Protocol):
+    def call(self, rows: int, seconds: float) -> None: ...
+    def waited(self, seconds: float) -> None: ...
 
 
 @dataclass
 class _Pending:
     rows: Array
     future: asyncio.Future[tuple[Array, ...]]
+    enqueued: float
+    request: RequestInfo | None  # the request's own, captured while its context is current
 
 
 class DynamicBatcher:
@@ -54,12 +65,14 @@ class DynamicBatcher:
         # Shared by every graph: each batcher runs one call at a time anyway, and every extra
         # thread keeps a malloc arena of its own (resident memory).
         self._executor = executor
+        self.observer: Observer | None = None  # metrics, attached by the app
 
     async def run(self, rows: Array) -> tuple[Array, ...]:
         """fn(rows), possibly computed together with other requests' rows."""
         if len(rows) >= self.max_batch_size:
             # A full batch by itself gains nothing from waiting for others; running it now
             # lets two large requests use two cores at once.
+            self._note_batch(current_request.get(), len(rows), 0.0)
             return await self._execute(rows)
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
@@ -67,7 +80,7 @@ class DynamicBatcher:
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._work())
         future: asyncio.Future[tuple[Array, ...]] = loop.create_future()
-        self._queue.append(_Pending(rows, future))
+        self._queue.append(_Pending(rows, future, time.perf_counter(), current_request.get()))
         assert self._wakeup is not None
         self._wakeup.set()
         return await future
@@ -77,14 +90,28 @@ class DynamicBatcher:
             return self._chunked(rows)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._chunked, rows)
 
+    def _note_batch(self, request: RequestInfo | None, rows: int, waited_s: float) -> None:
+        if request is not None:
+            request.batch_size = max(request.batch_size, min(rows, self.max_batch_size))
+        if self.observer is not None:
+            self.observer.waited(waited_s)
+
+    def _call(self, rows: Array) -> tuple[Array, ...]:
+        if self.observer is None:
+            return self.fn(rows)
+        start = time.perf_counter()
+        outputs = self.fn(rows)
+        self.observer.call(len(rows), time.perf_counter() - start)
+        return outputs
+
     def _chunked(self, rows: Array) -> tuple[Array, ...]:
         """fn over at most max_batch_size rows at a time. onnxruntime keeps buffers and memory
         plans per input shape, so capping the batch dimension caps the shapes it ever sees and
         with them its memory (measured: no throughput lost at 4 x 64 against 1 x 256 rows)."""
         if len(rows) <= self.max_batch_size:
-            return self.fn(rows)
+            return self._call(rows)
         step = self.max_batch_size
-        parts = [self.fn(rows[start : start + step]) for start in range(0, len(rows), step)]
+        parts = [self._call(rows[start : start + step]) for start in range(0, len(rows), step)]
         return tuple(np.concatenate(outputs) for outputs in zip(*parts, strict=True))
 
     def _take_batch(self) -> list[_Pending]:
@@ -114,6 +141,9 @@ class DynamicBatcher:
                 if not batch:
                     continue
                 rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+                now = time.perf_counter()
+                for pending in batch:
+                    self._note_batch(pending.request, len(rows), now - pending.enqueued)
                 try:
                     outputs = await self._execute(rows)
                 except Exception as exc:  # reaches exactly the requests of this batch

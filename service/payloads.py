@@ -34,6 +34,7 @@ from service.imaging import (
     png_grid,
 )
 from service.manifest import NAME_PATTERN
+from service.metrics import note_model
 from service.runtime import ModelRegistry, ModelRuntime
 from service.settings import Settings
 
@@ -101,6 +102,7 @@ def pick_model(
         raise InputError(
             "model", f"no model named {name!r}; available: {', '.join(registry.models)}", 404
         )
+    note_model(name)  # for the request's log line and metrics
     return model
 
 

@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from service.batching import DynamicBatcher
 from service.manifest import GraphSpec, Manifest, ModelLoadError, load_manifest
+from service.metrics import Metrics
 from service.settings import DEFAULT_MODEL_NAME, Settings
 
 logger = logging.getLogger("service")
@@ -42,6 +43,17 @@ def resolve_providers(requested: list[str], available: list[str] | None = None) 
             "CUDA) or set VAE_PROVIDERS=auto."
         )
     return requested
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc gives every thread that allocates its own heap arena, and keeps their freed pages
+    resident; the worker threads that parse large bodies and run large batches would each keep
+    one. Two arenas for the whole process is plenty for an event loop and a few workers."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, arenas))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
 
 
 def memory_trimmer() -> Callable[[], object] | None:
@@ -219,6 +231,15 @@ class ModelRuntime:
             "manifest": self.manifest.model_dump(mode="json"),
         }
 
+    def attach(self, metrics: Metrics) -> None:
+        """Record this model's batches in `metrics`."""
+        for graph, batcher in (
+            ("encoder", self._encode_batcher),
+            ("decoder", self._decode_batcher),
+        ):
+            if batcher is not None:
+                batcher.observer = metrics.batch_observer(self.name, graph)
+
     async def close(self) -> None:
         self.ready = False
         for batcher in (self._encode_batcher, self._decode_batcher):
@@ -238,6 +259,14 @@ class ModelRegistry:
     settings: Settings
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    metrics: Metrics | None = None
+
+    def attach(self, metrics: Metrics) -> None:
+        """Record every model's batches, and which versions are loaded, in `metrics`."""
+        self.metrics = metrics
+        for runtime in self.models.values():
+            runtime.attach(metrics)
+            metrics.describe_model(runtime)
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -304,6 +333,9 @@ class ModelRegistry:
                 f"{old.folder}/manifest.json now names the model {new.name!r}, not {name!r}; "
                 "a reload cannot rename a model (restart the service instead)"
             )
+        if self.metrics is not None:
+            new.attach(self.metrics)
+            self.metrics.describe_model(new, previous=old)
         self.models[name] = new
         # Requests that picked the old version finish on it; none outlives the request
         # timeout, so it is closed after that.

@@ -148,4 +148,4 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "not ready"]
+    status: Literal["ok", "loading", "not ready", "shutting down"]

@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     memory_trim_interval_s: float = Field(10.0, ge=0)
     """Every this many seconds, hand freed heap memory back to the OS (glibc malloc_trim):
     large JSON bodies leave freed but resident pages behind. 0 turns it off."""
-    access_log: bool = False
-    """uvicorn's access log line per request (off: it costs throughput at thousands of req/s)."""
+    access_log: bool = True
+    """One log line per request (request id, endpoint, model, status, latency, batch size);
+    probes and docs are not logged."""
     max_images: int = Field(1024, ge=1)
     """Most images (or latent vectors) one request may carry."""
     max_generate: int = Field(1024, ge=1)
@@ -99,6 +100,8 @@ class Settings(BaseSettings):
     `https://app.example.com`; `*` for any. Empty: CORS off."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level of the service and of uvicorn."""
+    log_format: Literal["text", "json"] = "text"
+    """`text` for people, `json` (one object per line) for log collectors."""
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

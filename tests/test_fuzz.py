@@ -89,6 +89,15 @@ def map_case(context: Any, case: schemathesis.Case) -> schemathesis.Case:
     """Model names in the path, the query and the body pass through `_served`."""
     if isinstance(case.path_parameters, dict) and "name" in case.path_parameters:
         case.path_parameters["name"] = _served(case.path_parameters["name"])
+    if isinstance(case.path_parameters, dict) and "model_name" in case.path_parameters:
+        # Open Inference Protocol names: "<model>-encoder" or "<model>-decoder".
+        name = case.path_parameters["model_name"]
+        served = _served(name)
+        if served in SERVED:
+            graph = "decoder" if len(str(name)) % 3 else "encoder"
+            case.path_parameters["model_name"] = f"{served}-{graph}"
+        if "model_version" in case.path_parameters and len(str(name)) % 2:
+            case.path_parameters["model_version"] = "1"
     for fields in (case.query, case.body):
         if isinstance(fields, dict) and "model" in fields:
             fields["model"] = _served(fields["model"])

@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.app import begin_shutdown, create_app
 from service.guards import Guard, KeyCheck, presented_key
+from service.metrics import Metrics
 from service.settings import Settings
 
 KEY = "k3y-for-tests-0123456789"
@@ -162,10 +163,12 @@ def test_body_over_the_limit_is_413_with_the_limit(model_dir: Path) -> None:
 
 
 class Owner:
-    """Stands in for the FastAPI app: the guard reads `state.draining` from it."""
+    """Stands in for the FastAPI app: the guard reads its `state` (draining, metrics, log)."""
 
     class state:  # mirrors app.state
         draining = False
+        metrics = Metrics()
+        access_log = None
 
 
 def http_scope(path: str = "/encode", headers: list[tuple[bytes, bytes]] | None = None) -> Scope:

@@ -1,0 +1,356 @@
+"""Operations: Prometheus metrics, request ids, the per-request log line, and the Open Inference
+Protocol (KServe v2) REST API, with requests shaped as the protocol's documents show them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import begin_shutdown, create_app
+from service.metrics import JSONFormatter, endpoint_label
+from service.runtime import ModelRuntime
+from service.settings import Settings
+
+IMAGES = np.random.default_rng(0).uniform(0, 1, size=(3, 784)).round(3)
+
+
+@pytest.fixture
+def client(model_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(model_dir=model_dir, default_model="tiny-vae")
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics by (name, labels)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_batches_and_models(client: TestClient) -> None:
+    before = samples(client)
+    assert value(before, "vae_model_info", model="tiny-vae", version="1", kind="vae",
+                 providers="CPUExecutionProvider") == 1  # fmt: skip
+    assert client.post("/encode", json={"images": IMAGES.tolist()}).status_code == 200
+    assert client.post("/encode?model=nope", json={"images": IMAGES.tolist()}).status_code == 404
+    assert client.post("/generate", json={"n": 5, "seed": 1}).status_code == 200
+    assert client.get("/models/tiny-vae").status_code == 200
+    after = samples(client)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("vae_requests_total", endpoint="/encode", model="tiny-vae", status="200") == 1
+    assert grew("vae_requests_total", endpoint="/encode", model="", status="404") == 1
+    assert grew("vae_requests_total", endpoint="/generate", model="tiny-vae", status="200") == 1
+    assert (
+        grew("vae_requests_total", endpoint="/models/{name}", model="tiny-vae", status="200") == 1
+    )
+    assert grew("vae_request_duration_seconds_count", endpoint="/encode") == 2
+    # One onnxruntime call of 3 rows for the encoder, one of 5 for the decoder.
+    assert grew("vae_batch_size_count", model="tiny-vae", graph="encoder") == 1
+    assert grew("vae_batch_size_sum", model="tiny-vae", graph="encoder") == 3
+    assert grew("vae_batch_size_sum", model="tiny-vae", graph="decoder") == 5
+    assert grew("vae_inference_duration_seconds_count", model="tiny-vae", graph="decoder") == 1
+    assert grew("vae_batch_queue_wait_seconds_count", model="tiny-vae", graph="encoder") == 1
+    assert value(after, "vae_requests_in_flight") == 0
+    # Probes and the metrics themselves are not counted.
+    client.get("/healthz")
+    assert not any(
+        dict(labels).get("endpoint") in ("/healthz", "/metrics")
+        for name, labels in samples(client)
+        if name == "vae_requests_total"
+    )
+
+
+def test_metrics_stay_open_with_keys_and_while_shutting_down(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, api_keys="a-key-for-metrics-tests")  # type: ignore[arg-type]
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert client.post("/encode", json={"images": IMAGES.tolist()}).status_code == 401
+        begin_shutdown(app)
+        found = samples(client)
+        assert value(found, "vae_requests_total", endpoint="/encode", model="", status="401") == 1
+
+
+def test_model_info_follows_a_reload(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    own = tmp_path / "models"
+    shutil.copytree(model_dir, own)
+    manifest_path = own / "tiny-ae" / "manifest.json"
+    with TestClient(create_app(Settings(model_dir=own, request_timeout_s=0.1))) as client:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["version"] = "2"
+        manifest_path.write_text(json.dumps(manifest))
+        assert client.post("/models/tiny-ae/reload").status_code == 200
+        info = {
+            dict(labels)["version"]
+            for name, labels in samples(client)
+            if name == "vae_model_info" and dict(labels)["model"] == "tiny-ae"
+        }
+        assert info == {"2"}
+        # The new version's batches are recorded too.
+        before = samples(client)
+        client.post("/encode?model=tiny-ae", json={"images": IMAGES.tolist()})
+        after = samples(client)
+        key = ("vae_batch_size_count", frozenset({"model": "tiny-ae", "graph": "encoder"}.items()))
+        assert after[key] == before[key] + 1
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        ("/encode", "/encode"),
+        ("/models/anything", "/models/{name}"),
+        ("/models/x/reload", "/models/{name}/reload"),
+        ("/v2/models/m-encoder/infer", "/v2/models/{model}/infer"),
+        ("/v2/models/m-encoder/versions/1/infer", "/v2/models/{model}/infer"),
+        ("/no/such/path/../x", "other"),
+    ],
+)
+def test_endpoint_labels_are_bounded(path: str, label: str) -> None:
+    assert endpoint_label(path) == label
+
+
+# --- request ids and the log line ---------------------------------------------------------------
+
+
+def test_request_id_is_echoed_or_made(client: TestClient) -> None:
+    given = client.post(
+        "/encode", json={"images": IMAGES.tolist()}, headers={"X-Request-ID": "req-42"}
+    )
+    assert given.headers["x-request-id"] == "req-42"
+    made = client.post("/encode", json={"images": "bad"})
+    assert made.status_code == 422 and len(made.headers["x-request-id"]) == 32
+    hostile = client.post("/decode", json={"z": [[0, 0]]}, headers={"X-Request-ID": "a\tb" * 100})
+    assert hostile.headers["x-request-id"] != "a\tb" * 100  # not echoed into logs or headers
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_one_log_line_per_request(model_dir: Path, log_format: str) -> None:
+    settings = Settings(model_dir=model_dir, default_model="tiny-vae", log_format=log_format)  # type: ignore[arg-type]
+    app = create_app(settings)
+    written = io.StringIO()
+    app.state.access_log.stream = written
+    with TestClient(app) as client:
+        client.post("/encode", json={"images": IMAGES.tolist()}, headers={"X-Request-ID": "log-me"})
+        client.get("/healthz")  # probes are not logged
+        client.post("/generate?model=tiny-ae", json={"n": 1})
+    lines = written.getvalue().splitlines()  # flushed at shutdown at the latest
+    assert len(lines) == 2
+    if log_format == "text":
+        assert "INFO service.access: POST /encode 200" in lines[0]
+        assert "request_id=log-me" in lines[0] and "batch_size=3" in lines[0]
+        return
+    first, second = (json.loads(line) for line in lines)
+    assert first["level"] == "info" and first["logger"] == "service.access"
+    assert first["message"].startswith("POST /encode 200")
+    assert first["request_id"] == "log-me" and first["endpoint"] == "/encode"
+    assert first["model"] == "tiny-vae" and first["status"] == 200 and first["batch_size"] == 3
+    assert first["latency_ms"] > 0 and first["time"].endswith("Z")
+    assert second["status"] == 422 and second["model"] == "tiny-ae"
+    assert second["batch_size"] is None and len(second["request_id"]) == 32
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_path_cannot_forge_log_lines(model_dir: Path, log_format: str) -> None:
+    app = create_app(Settings(model_dir=model_dir, log_format=log_format))  # type: ignore[arg-type]
+    written = io.StringIO()
+    app.state.access_log.stream = written
+    with TestClient(app) as client:
+        assert client.get("/x%0A2026-01-01 INFO service.access: GET /admin 200").status_code == 404
+    (line,) = written.getvalue().splitlines()
+    assert "404" in line and "\\n2026" in line  # escaped, still one line
+
+
+def test_access_log_can_be_turned_off(model_dir: Path) -> None:
+    assert create_app(Settings(model_dir=model_dir, access_log=False)).state.access_log is None
+
+
+def test_json_formatter_for_the_other_logs() -> None:
+    record = logging.LogRecord("service", logging.ERROR, __file__, 1, "boom %s", ("x",), None)
+    line = json.loads(JSONFormatter().format(record))
+    assert line["level"] == "error" and line["message"] == "boom x" and line["logger"] == "service"
+
+
+def test_log_format_is_a_setting(model_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--model-dir", str(model_dir / "nowhere")],
+        env={"VAE_LOG_FORMAT": "yaml", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        done.returncode == 2
+        and "VAE_LOG_FORMAT" in done.stderr
+        and "'text' or 'json'" in done.stderr
+    )
+
+
+# --- Open Inference Protocol ----------------------------------------------------------------------
+
+
+def test_oip_server_endpoints(client: TestClient) -> None:
+    assert client.get("/v2").json() == {
+        "name": "vae-serving",
+        "version": client.get("/v2").json()["version"],
+        "extensions": [],
+    }
+    assert client.get("/v2/health/live").json() == {"live": True}
+    ready = client.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+    begin_shutdown(client.app)  # type: ignore[arg-type]
+    assert client.get("/v2/health/ready").status_code == 400  # "4xx indicating false"
+
+
+def test_oip_model_metadata_from_the_manifest(client: TestClient, model_dir: Path) -> None:
+    encoder = client.get("/v2/models/tiny-vae-encoder").json()
+    assert encoder == {
+        "name": "tiny-vae-encoder",
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [
+            {"name": "mu", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "logvar", "datatype": "FP32", "shape": [-1, 2]},
+        ],
+    }
+    decoder = client.get("/v2/models/tiny-ae-decoder/versions/1").json()
+    assert decoder["inputs"] == [{"name": "z", "datatype": "FP32", "shape": [-1, 4]}]
+    assert client.get("/v2/models/tiny-ae-decoder/ready").json() == {
+        "name": "tiny-ae-decoder",
+        "ready": True,
+    }
+
+
+def runtime(client: TestClient, name: str) -> ModelRuntime:
+    found: ModelRuntime = client.app.state.registry.models[name]  # type: ignore[attr-defined]
+    return found
+
+
+def test_oip_infer_encoder_as_the_protocol_document_shows(client: TestClient) -> None:
+    # The protocol's example request: an id, named inputs with shape, datatype and flat data,
+    # and the outputs wanted.
+    request = {
+        "id": "42",
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [3, 1, 28, 28],
+                "datatype": "FP32",
+                "data": IMAGES.ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": "mu"}, {"name": "logvar"}],
+    }
+    response = client.post("/v2/models/tiny-vae-encoder/infer", json=request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["id"] == "42" and body["model_name"] == "tiny-vae-encoder"
+    assert body["model_version"] == "1"
+    mu, logvar = runtime(client, "tiny-vae").encode(IMAGES.reshape(3, 1, 28, 28).astype(np.float32))
+    assert [o["name"] for o in body["outputs"]] == ["mu", "logvar"]
+    for output, expected in zip(body["outputs"], [mu, logvar], strict=True):
+        assert output["shape"] == [3, 2] and output["datatype"] == "FP32"
+        np.testing.assert_allclose(np.array(output["data"]).reshape(3, 2), expected, rtol=1e-6)
+    # Nested data, N x 784, only one output, versioned path: the same numbers.
+    nested = {
+        "inputs": [{"name": "x", "shape": [3, 784], "datatype": "FP64", "data": IMAGES.tolist()}],
+        "outputs": [{"name": "mu"}],
+    }
+    again = client.post("/v2/models/tiny-vae-encoder/versions/1/infer", json=nested).json()
+    assert "id" not in again and [o["name"] for o in again["outputs"]] == ["mu"]
+    np.testing.assert_allclose(np.array(again["outputs"][0]["data"]).reshape(3, 2), mu, rtol=1e-6)
+
+
+def test_oip_infer_decoder(client: TestClient) -> None:
+    z = [[0.0, 0.0, 0.5, -0.5]]
+    request = {"inputs": [{"name": "z", "shape": [1, 4], "datatype": "FP32", "data": z}]}
+    body = client.post("/v2/models/tiny-ae-decoder/infer", json=request).json()
+    (output,) = body["outputs"]
+    assert output["name"] == "x_mean" and output["shape"] == [1, 1, 28, 28]
+    expected = runtime(client, "tiny-ae").decode(np.array(z, dtype=np.float32))
+    np.testing.assert_allclose(np.array(output["data"]).reshape(1, 1, 28, 28), expected, rtol=1e-6)
+
+
+def oip_input(**overrides: Any) -> dict[str, Any]:
+    tensor = {"name": "x", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}
+    return {"inputs": [{**tensor, **overrides}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v2/models/nope-encoder/infer", oip_input(), 404, "unknown model 'nope-encoder'"),
+        ("/v2/models/tiny-vae/infer", oip_input(), 404, "known: tiny-ae-encoder"),
+        ("/v2/models/tiny-vae-encoder/versions/9/infer", oip_input(), 404, "not '9'"),
+        ("/v2/models/tiny-vae-encoder/infer", {"inputs": []}, 400, "at least 1 item"),
+        ("/v2/models/tiny-vae-encoder/infer", {"id": 1}, 400, "inputs: Field required"),
+        ("/v2/models/tiny-vae-encoder/infer", oip_input(name="z"), 400, "one tensor named 'x'"),
+        ("/v2/models/tiny-vae-encoder/infer", oip_input(datatype="BYTES"), 400, "'BYTES' is not"),
+        ("/v2/models/tiny-vae-encoder/infer", oip_input(shape=[2, 784]), 400, "holds 1568 values"),
+        ("/v2/models/tiny-vae-encoder/infer", oip_input(shape=[784]), 400, "does not fit x"),
+        ("/v2/models/tiny-vae-encoder/infer", oip_input(data=["a"] * 784), 400, "expected numbers"),
+        ("/v2/models/tiny-vae-encoder/infer", oip_input(data=[2.0] * 784), 400, "[0, 1]"),
+        (
+            "/v2/models/tiny-vae-decoder/infer",
+            {"inputs": [{"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [1e30, 0]}]},
+            400,
+            "within +-1e+06",
+        ),
+        (
+            "/v2/models/tiny-vae-encoder/infer",
+            {**oip_input(), "outputs": [{"name": "sigma"}]},
+            400,
+            "['sigma'] not among",
+        ),
+    ],
+)
+def test_oip_errors(client: TestClient, path: str, body: Any, status: int, message: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"} and message in response.json()["error"]
+
+
+def test_dashboard_and_readme_use_only_exported_metrics(client: TestClient) -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    client.post("/encode", json={"images": IMAGES.tolist()})  # labelled series appear on use
+    exported = {name for name, _ in samples(client)}
+    dashboard = (root / "deploy/grafana/dashboards/vae-serving.json").read_text()
+    used = set(re.findall(r"\bvae_[a-z_]+", dashboard))
+    assert used and used <= exported, used - exported
+    readme = (root / "README.md").read_text()
+    families = {re.sub(r"_(bucket|sum|count|total|created)$", "", n) for n in exported}
+    for family in families:
+        assert f"`{family}" in readme, family
