@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -63,6 +64,7 @@ from service.schemas import (
     GenerateRequest,
     GenerateResponse,
     Health,
+    LatentMapResponse,
     ModelInfo,
     ModelList,
     ReconstructParams,
@@ -73,6 +75,19 @@ from service.settings import Settings
 
 logger = logging.getLogger("service")
 STATIC = files("service") / "static"
+PLAYGROUND_PAGE = (STATIC / "playground" / "index.html").read_text()
+# ReDoc's sidebar footer shows a logo fetched from Redocly's CDN, the one request of /redoc that
+# would leave the machine. The vendored file stays as released; it is served with that address
+# emptied, and ReDoc hides an image that fails to load.
+REDOC_LOGO_URL = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@functools.cache
+def redoc_offline_script() -> bytes:
+    script = (STATIC / "redoc" / "redoc.standalone.js").read_text()
+    return script.replace(REDOC_LOGO_URL, "").encode()
+
+
 REQUEST_MODELS: list[type[BaseModel]] = [
     EncodeRequest,
     ReconstructRequest,
@@ -380,8 +395,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
-            expose_headers=["X-Seed", "Retry-After"],
+            expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After"],
         )
+
+    @app.get("/static/redoc/redoc.standalone.js", include_in_schema=False)
+    async def redoc_script() -> Response:
+        return Response(redoc_offline_script(), media_type="text/javascript")
+
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.exception_handler(InputError)
@@ -519,6 +539,39 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         runtime = pick_model(registry, None, name)
         return ModelInfo(**runtime.describe(runtime.name == registry.default_name))
 
+    @app.get(
+        "/models/{name}/latent-map",
+        response_model=LatentMapResponse,
+        tags=["models"],
+        summary="The test set's latent means and labels, for a scatter (2-D models)",
+        responses={
+            404: {
+                "model": ErrorResponse,
+                "description": "Unknown model, or a model without a latent map",
+            },
+            **GUARD_RESPONSES,
+        },
+    )
+    async def get_latent_map(name: ModelName, registry: Registry) -> Response:
+        """The latent means mu (an AE: its codes) of every test image, with their labels, as
+        exported beside the model: one point per image, to draw coloured by label. Only models
+        with a 2-D latent space exported with their dataset have one (`latent_map` in
+        GET /models says which)."""
+        runtime = pick_model(registry, None, name)
+        if runtime.latent_map_body is None:
+            why = (
+                "it was exported without its dataset"
+                if runtime.latent_dim == 2
+                else f"its latent_dim is {runtime.latent_dim}"
+            )
+            raise InputError(
+                "",
+                f"model {runtime.name!r} has no latent map: only models with a 2-D latent space "
+                f"exported with their dataset have one ({why})",
+                404,
+            )
+        return Response(runtime.latent_map_body, media_type="application/json")
+
     @app.post(
         "/models/{name}/reload",
         response_model=ModelInfo,
@@ -583,6 +636,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(build_router(GUARD_RESPONSES))
 
     # --- docs, served without internet ---------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        """The playground web page (service/static/playground): draw, reconstruct, explore."""
+        return HTMLResponse(PLAYGROUND_PAGE)
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

@@ -65,7 +65,8 @@ async def encode_core(
 ) -> Response:
     mu, logvar = await runtime.encode_batched(x)
     if response_format(accept) == "npy":
-        return npz_response({"mu": mu} if logvar is None else {"mu": mu, "logvar": logvar})
+        arrays = {"mu": mu} if logvar is None else {"mu": mu, "logvar": logvar}
+        return npz_response(arrays, {"X-Model": runtime.name})
     return JSONBody(
         {"model": runtime.name, "latent_dim": runtime.latent_dim, "mu": mu, "logvar": logvar}
     )

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -59,6 +67,35 @@ class LatentSpec(BaseModel):
     logvar_output: str | None = None
 
 
+class LatentMapSpec(BaseModel):
+    """The manifest's entry for latent_map.json (latent_dim 2 only)."""
+
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.json$")  # a plain file name: no path tricks
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    split: Literal["test"] = "test"
+    points: int = Field(ge=1)
+
+
+class LatentMap(BaseModel):
+    """latent_map.json: the latent means (an AE: its codes) of a split, with their labels."""
+
+    split: Literal["test"]
+    dataset: str
+    points: int = Field(ge=1)
+    label_names: list[str]
+    mu: list[Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]]
+    labels: list[StrictInt]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LatentMap:
+        if len(self.mu) != self.points or len(self.labels) != self.points:
+            raise ValueError(
+                f"points is {self.points}, but mu holds {len(self.mu)} points and labels "
+                f"{len(self.labels)}"
+            )
+        return self
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -74,6 +111,7 @@ class Manifest(BaseModel):
     opset: int
     dataset: dict[str, Any] = {}
     metrics: dict[str, Any] | None = None
+    latent_map: LatentMapSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -89,6 +127,8 @@ class Manifest(BaseModel):
                 f"decoder input shape {self.decoder.inputs[0].shape} does not end in "
                 f"latent_dim {self.latent_dim}"
             )
+        if self.latent_map is not None and self.latent_dim != 2:
+            raise ValueError(f"a latent map is for latent_dim 2, not {self.latent_dim}")
         return self
 
     @property
@@ -104,6 +144,12 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _problems(exc: ValidationError, what: str) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()
+    )
+
+
 def load_manifest(folder: Path) -> Manifest:
     """Parse and check `folder/manifest.json` and the sha256 of the files it names."""
     path = folder / "manifest.json"
@@ -112,12 +158,15 @@ def load_manifest(folder: Path) -> Manifest:
     except OSError as exc:
         raise ModelLoadError(f"model folder {folder}: cannot read {path}: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = _problems(exc, "manifest")
         raise ModelLoadError(f"model folder {folder}: {path} is invalid: {problems}") from exc
-    for part in ("encoder", "decoder"):
-        spec: GraphSpec = getattr(manifest, part)
+    files: list[tuple[str, GraphSpec | LatentMapSpec]] = [
+        ("encoder", manifest.encoder),
+        ("decoder", manifest.decoder),
+    ]
+    if manifest.latent_map is not None:
+        files.append(("latent map", manifest.latent_map))
+    for part, spec in files:
         file = folder / spec.file
         if not file.is_file():
             raise ModelLoadError(f"model {manifest.name!r}: {part} file {file} is missing")
@@ -128,3 +177,26 @@ def load_manifest(folder: Path) -> Manifest:
                 f"{spec.sha256}; the file is corrupt or was replaced after export"
             )
     return manifest
+
+
+def load_latent_map(folder: Path, manifest: Manifest) -> LatentMap | None:
+    """Read and check the latent map the manifest names (its sha256 was checked by
+    `load_manifest`): N points of 2 finite numbers, N labels, N as the manifest says."""
+    spec = manifest.latent_map
+    if spec is None:
+        return None
+    path = folder / spec.file
+    try:
+        latent_map = LatentMap.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ModelLoadError(f"model {manifest.name!r}: cannot read {path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ModelLoadError(
+            f"model {manifest.name!r}: {path} is invalid: {_problems(exc, 'latent map')}"
+        ) from exc
+    if latent_map.points != spec.points or latent_map.split != spec.split:
+        raise ModelLoadError(
+            f"model {manifest.name!r}: {path} holds {latent_map.points} points of the "
+            f"{latent_map.split} split, the manifest says {spec.points} of the {spec.split} split"
+        )
+    return latent_map

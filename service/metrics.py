@@ -46,6 +46,7 @@ ENDPOINTS = [
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"), "/v2/models/{model}/ready"),
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?$"), "/v2/models/{model}"),
     (re.compile(r"^/models/[^/]+/reload$"), "/models/{name}/reload"),
+    (re.compile(r"^/models/[^/]+/latent-map$"), "/models/{name}/latent-map"),
     (re.compile(r"^/models/[^/]+$"), "/models/{name}"),
 ]
 FIXED_ENDPOINTS = frozenset(

@@ -38,7 +38,8 @@ class OIPError(Exception):
 
 
 def oip_error_response(exc: OIPError) -> JSONResponse:
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    headers = {"Retry-After": "1"} if exc.status == 503 else None  # models still loading
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
 
 # --- schemas (the protocol's JSON objects) ----------------------------------------------------

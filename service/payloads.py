@@ -80,8 +80,13 @@ def ready_registry(registry: ModelRegistry | None) -> ModelRegistry:
     return registry
 
 
+# A 503 here means "still loading": the model warm-up takes well under a second.
+LOADING_HEADERS = {"Retry-After": "1"}
+
+
 def error_response(exc: InputError) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    headers = LOADING_HEADERS if exc.status == 503 else None
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
 def _validate(model_type: type[Params], values: dict[str, Any]) -> Params:
@@ -456,9 +461,12 @@ def npz_response(arrays: dict[str, Array], headers: dict[str, str] | None = None
 def images_response(
     fmt: ResponseFormat, images: Array, fields: dict[str, Any], seed: int | None = None
 ) -> Response:
-    """Images (…, 1, H, W) in the asked-for format. JSON drops the channel axis."""
+    """Images (…, 1, H, W) in the asked-for format. JSON drops the channel axis; PNG and .npy
+    carry the model and the seed in headers."""
     pixels = images.squeeze(-3)
-    headers = {"X-Seed": str(seed)} if seed is not None else None
+    headers = {"X-Model": fields["model"]}
+    if seed is not None:
+        headers["X-Seed"] = str(seed)
     if fmt == "png":
         return Response(png_grid(pixels), media_type="image/png", headers=headers)
     if fmt == "npy":

@@ -15,10 +15,18 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 from numpy.typing import NDArray
 
 from service.batching import DynamicBatcher
-from service.manifest import GraphSpec, Manifest, ModelLoadError, load_manifest
+from service.manifest import (
+    GraphSpec,
+    LatentMap,
+    Manifest,
+    ModelLoadError,
+    load_latent_map,
+    load_manifest,
+)
 from service.metrics import Metrics
 from service.settings import DEFAULT_MODEL_NAME, Settings
 
@@ -86,12 +94,15 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 
 @dataclass
 class ModelRuntime:
-    """One exported model: its manifest and its encoder and decoder sessions."""
+    """One exported model: its manifest, its encoder and decoder sessions and, for a 2-D model
+    exported with its dataset, its latent map."""
 
     folder: Path
     manifest: Manifest
     providers: list[str] = field(default_factory=list)
     ready: bool = False
+    latent_map: LatentMap | None = None
+    latent_map_body: bytes | None = None  # GET /models/{name}/latent-map's answer, serialised once
     _encoder: ort.InferenceSession | None = None
     _decoder: ort.InferenceSession | None = None
     _encode_batcher: DynamicBatcher | None = None
@@ -123,6 +134,8 @@ class ModelRuntime:
     ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
         runtime = cls(folder, load_manifest(folder))
+        runtime.latent_map = load_latent_map(folder, runtime.manifest)
+        runtime.latent_map_body = runtime._latent_map_body()
         options = session_options(settings)
         runtime._encoder = runtime._open(runtime.manifest.encoder, options, providers)
         runtime._decoder = runtime._open(runtime.manifest.decoder, options, providers)
@@ -137,6 +150,23 @@ class ModelRuntime:
         runtime._decode_batcher = DynamicBatcher(runtime._decode_rows, *batching, executor)
         runtime.ready = True
         return runtime
+
+    def _latent_map_body(self) -> bytes | None:
+        latent_map = self.latent_map
+        if latent_map is None:
+            return None
+        return orjson.dumps(
+            {
+                "model": self.name,
+                "version": self.manifest.version,
+                "split": latent_map.split,
+                "dataset": latent_map.dataset,
+                "label_names": latent_map.label_names,
+                "points": latent_map.points,
+                "mu": latent_map.mu,
+                "labels": latent_map.labels,
+            }
+        )
 
     def _open(
         self, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]
@@ -228,6 +258,7 @@ class ModelRuntime:
             "default": default,
             "ready": self.ready,
             "providers": self.providers,
+            "latent_map": self.latent_map is not None,
             "manifest": self.manifest.model_dump(mode="json"),
         }
 

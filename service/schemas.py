@@ -77,11 +77,11 @@ class GenerateRequest(_Request):
     seed: StrictInt | None = SeedField
     temperature: StrictFloat = Field(
         1.0,
-        gt=0,
+        ge=0,
         le=10,
         allow_inf_nan=False,  # else NaN (a JSON literal pydantic reads) fails as "<= 10"
         description="Scale of the prior: z = temperature * eps, eps ~ N(0, I). Below 1 gives "
-        "more typical, less varied images.",
+        "more typical, less varied images; 0 decodes the prior's mean, z = 0.",
     )
 
 
@@ -135,7 +135,25 @@ class ModelInfo(BaseModel):
     default: bool
     ready: bool
     providers: list[str] = Field(description="onnxruntime execution providers in use, in order.")
+    latent_map: bool = Field(
+        description="Whether GET /models/{name}/latent-map has a scatter of the test set's "
+        "latent means to show (2-D models exported with their dataset)."
+    )
     manifest: dict[str, Any]
+
+
+class LatentMapResponse(BaseModel):
+    model: str
+    version: str
+    split: Literal["test"] = Field(description="The dataset split the points come from.")
+    dataset: str
+    label_names: list[str] = Field(description="Names of the labels 0, 1, ...; -1 is unlabelled.")
+    points: int = Field(description="How many points: the length of `mu` and of `labels`.")
+    mu: list[list[float]] = Field(
+        description="Latent means [z0, z1] of each test image (an AE: its codes), rounded to 3 "
+        "decimals."
+    )
+    labels: list[int] = Field(description="Label of each point, an index into `label_names`.")
 
 
 class ModelList(BaseModel):

@@ -24,6 +24,7 @@ def test_exported_files_are_self_contained_and_described(exported_vae: Path) -> 
     assert sorted(p.name for p in exported_vae.iterdir()) == [
         "decoder.onnx",
         "encoder.onnx",
+        "latent_map.json",  # latent_dim 2: see test_latent_map.py
         "manifest.json",
     ]
     manifest = read_manifest(exported_vae)

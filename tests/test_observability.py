@@ -128,6 +128,7 @@ def test_model_info_follows_a_reload(model_dir: Path, tmp_path: Path) -> None:
         ("/encode", "/encode"),
         ("/models/anything", "/models/{name}"),
         ("/models/x/reload", "/models/{name}/reload"),
+        ("/models/x/latent-map", "/models/{name}/latent-map"),
         ("/v2/models/m-encoder/infer", "/v2/models/{model}/infer"),
         ("/v2/models/m-encoder/versions/1/infer", "/v2/models/{model}/infer"),
         ("/no/such/path/../x", "other"),

@@ -143,6 +143,8 @@ def test_generate(client: TestClient) -> None:
         post(client, "/decode", {"z": a["z"]})["images"], a["images"], atol=1e-6
     )
     assert post(client, "/generate", {"n": 5, "seed": 4})["z"] != a["z"]
+    mean = post(client, "/generate", {"n": 2, "temperature": 0})  # the prior's mean, z = 0
+    assert np.array(mean["z"]).tolist() == [[0.0, 0.0], [0.0, 0.0]]
     unseeded = post(client, "/generate", {})
     assert len(unseeded["images"]) == 1 and isinstance(unseeded["seed"], int)
 
@@ -227,6 +229,10 @@ def test_not_ready_before_the_models_are_loaded(settings: Settings) -> None:
     assert bare.get("/readyz").status_code == 503
     refused = bare.post("/encode", json={"images": digits(1).tolist()})
     assert refused.status_code == 503 and "loading" in refused.json()["detail"]
+    assert refused.headers["retry-after"] == "1"  # clients know when to come back
+    z = {"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 0.0]}
+    oip = bare.post("/v2/models/tiny-vae-decoder/infer", json={"inputs": [z]})
+    assert oip.status_code == 503 and oip.headers["retry-after"] == "1"
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -288,7 +294,12 @@ IMG = digits(1).tolist()
         ("/generate", {"n": 0}, 422, "n: Input should be greater than or equal to 1"),
         ("/generate", {"n": 33}, 422, "n: 33; at most 32"),
         ("/generate", {"n": "3"}, 422, "n: Input should be a valid integer"),
-        ("/generate", {"temperature": 0}, 422, "temperature: Input should be greater than 0"),
+        (
+            "/generate",
+            {"temperature": -1},
+            422,
+            "temperature: Input should be greater than or equal to 0",
+        ),
         ("/generate", {"model": "tiny-ae"}, 422, "nothing made its codes follow N(0, I)"),
         (
             "/decode",

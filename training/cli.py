@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1", help="model version recorded in the manifest")
     p.add_argument("--description", default="")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--data-dir", help="dataset folder for a 2-D model's latent_map.json (default: the run's)"
+    )
     return parser
 
 
@@ -173,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 version=args.version,
                 checkpoint=args.checkpoint,
                 description=args.description,
+                data_dir=args.data_dir,
             )
             parity = manifest["parity"]
             worst = max(

@@ -1,9 +1,12 @@
-"""Export a trained run as two ONNX files and a manifest that describes them.
+"""Export a trained run as two ONNX files and a manifest that describes them (and a latent map).
 
-  encoder.onnx   x (N, 1, 28, 28) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
-                 x (N, 1, 28, 28) float32 in [0, 1] -> z (N, latent)            [AE]
-  decoder.onnx   z (N, latent) float32 -> x_mean (N, 1, 28, 28) float32 in [0, 1]
-  manifest.json  everything the service needs to load, check and describe them
+  encoder.onnx     x (N, 1, 28, 28) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
+                   x (N, 1, 28, 28) float32 in [0, 1] -> z (N, latent)            [AE]
+  decoder.onnx     z (N, latent) float32 -> x_mean (N, 1, 28, 28) float32 in [0, 1]
+  manifest.json    everything the service needs to load, check and describe them
+  latent_map.json  latent_dim 2 only: the test split's latent means (AE: codes) and labels, for
+                   a scatter of the latent space; left out, with a warning, when the run's
+                   dataset cannot be read at export time
 
 Neither graph holds a random operator: sampling z = mu + exp(logvar / 2) * eps is the service's
 job, so that it can be seeded per request. Each file is self-contained (no external-data side
@@ -32,9 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from training import __version__
-from training.data import IDX_DATASETS, PREPROCESSING
+from training.config import TrainConfig
+from training.data import IDX_DATASETS, PREPROCESSING, DatasetError, load_splits
+from training.evaluate import test_images
 from training.model import AutoEncoder
 from training.train import load_run
+
+logger = logging.getLogger(__name__)
 
 OPSET = 18
 PARITY_BATCH_SIZES = (1, 2, 7, 64)
@@ -48,6 +55,8 @@ RANDOM_OPS = {
     "Bernoulli",
 }
 MANIFEST_VERSION = 1
+LATENT_MAP_FILE = "latent_map.json"
+LATENT_MAP_DECIMALS = 3  # 10,000 MNIST test points in about 170 KB
 
 
 class ExportError(RuntimeError):
@@ -161,6 +170,43 @@ def _tensor_spec(name: str, shape: list[int | str]) -> dict[str, Any]:
     return {"name": name, "dtype": "float32", "shape": shape}
 
 
+def write_latent_map(
+    model: AutoEncoder, cfg: TrainConfig, path: Path, data_dir: str | None = None
+) -> dict[str, Any] | None:
+    """Write the test split's latent means (an AE: its codes) and labels to `path`, for a model
+    with a 2-D latent space; returns the manifest's `latent_map` entry. None, with a warning
+    that says why, when the run's dataset cannot be read (nothing is downloaded here)."""
+    try:
+        splits = load_splits(
+            cfg.dataset, data_dir or cfg.data_dir, cfg.val_size, invert=cfg.invert, download=False
+        )
+    except DatasetError as exc:
+        logger.warning(
+            "no %s written: the dataset %r cannot be loaded at export time (%s)",
+            path.name,
+            cfg.dataset,
+            exc,
+        )
+        return None
+    # The images as report.py's latent scatter sees them (binarised once for binarised runs).
+    x = test_images(cfg, splits, torch.device("cpu"))
+    with torch.no_grad():
+        mu = torch.cat([model.encode(xb)[0] for xb in x.split(1000)]).numpy()
+    if mu.shape != (len(splits.test), 2) or not np.isfinite(mu).all():
+        raise ExportError(f"{path.name}: test-set latents of shape {mu.shape} are not finite N x 2")
+    points = [[round(float(a), LATENT_MAP_DECIMALS) + 0.0 for a in row] for row in mu]  # no -0.0
+    content = {
+        "split": "test",
+        "dataset": splits.name,
+        "points": len(points),
+        "label_names": list(splits.label_names),
+        "mu": points,
+        "labels": [int(label) for label in splits.test.labels],
+    }
+    path.write_text(json.dumps(content, separators=(",", ":")) + "\n")
+    return {"file": path.name, "sha256": sha256sum(path), "split": "test", "points": len(points)}
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path,
@@ -168,8 +214,11 @@ def export_run(
     version: str = "1",
     checkpoint: str = "best",
     description: str = "",
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write encoder.onnx, decoder.onnx and manifest.json for a run into `out_dir`.
+    """Write encoder.onnx, decoder.onnx and manifest.json for a run into `out_dir`, and for a
+    2-D latent space latent_map.json from the run's test split (`data_dir` overrides the data
+    folder recorded in the run).
 
     Files are built in a temporary folder and moved into place only once every check passed, so
     a failed export never leaves a half model where the service would load it.
@@ -207,6 +256,11 @@ def export_run(
                 decoder, tmp / "decoder.onnx", latents, "z", atol=PARITY_ATOL
             ),
         }
+        latent_map = (
+            write_latent_map(model, cfg, tmp / LATENT_MAP_FILE, data_dir)
+            if mcfg.latent_dim == 2
+            else None
+        )
         evaluation_path = Path(run_dir) / "evaluation.json"
         metrics = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else None
         dataset = run.dataset
@@ -249,6 +303,7 @@ def export_run(
                 "sigma": "exp(logvar / 2)" if model.is_vae else None,
                 "prior": "standard normal N(0, I)" if model.is_vae else None,
             },
+            **({"latent_map": latent_map} if latent_map is not None else {}),
             "opset": OPSET,
             "parity": parity,
             "dataset": {**dataset, "binarized": cfg.binarize},
@@ -268,7 +323,8 @@ def export_run(
 
 
 def read_manifest(model_dir: Path, verify_files: bool = True) -> dict[str, Any]:
-    """Load `model_dir/manifest.json`; with `verify_files`, check each ONNX file's sha256."""
+    """Load `model_dir/manifest.json`; with `verify_files`, check the sha256 of each file it
+    names (the ONNX graphs and, where there is one, the latent map)."""
     model_dir = Path(model_dir)
     path = model_dir / "manifest.json"
     try:
@@ -282,7 +338,9 @@ def read_manifest(model_dir: Path, verify_files: bool = True) -> dict[str, Any]:
     if missing:
         raise ManifestError(f"{path}: missing {', '.join(missing)}")
     if verify_files:
-        for part in ("encoder", "decoder"):
+        for part in ("encoder", "decoder", "latent_map"):
+            if part not in manifest:  # only 2-D models exported with their data have a map
+                continue
             file = model_dir / manifest[part]["file"]
             if not file.exists():
                 raise ManifestError(f"{path}: {part} file {file} is missing")

@@ -1,0 +1,747 @@
+// The playground: plain JavaScript on the service's public REST API, nothing from the internet.
+"use strict";
+
+const SIDE = 28; // the models' input is 1 x 28 x 28 (from the manifest: see modelSide())
+const SAMPLES = 6; // sampled reconstructions shown per drawing
+// Tableau 10: the colours matplotlib uses for the report's latent scatter.
+const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                 "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  models: [],
+  model: null,        // the picked ModelInfo from GET /models
+  input: null,        // Float32Array(784): the drawing as the model sees it, or null when empty
+  code: null,         // {mu, sigma} of the drawing
+  map: null,          // the latent map of a 2-D model: {mu, labels, label_names}
+  view: null,         // latent-map axes: {cx, cy, scale}: centre and pixels per latent unit
+  scatter: null,      // the test points, drawn once per model onto an offscreen canvas
+  pointer: null,      // [x, y] in latent space under the pointer / keyboard cursor
+  slots: {a: null, b: null},
+};
+
+// Per interaction, how long the service took to answer (ms), shown in the footer; `busy` counts
+// work under way (requests, file decoding). Both are read by the browser tests.
+window.playground = {timings: [], ready: false, busy: 0};
+
+// Counts `promise` as work under way until it settles.
+async function track(promise) {
+  window.playground.busy++;
+  try {
+    return await promise;
+  } finally {
+    window.playground.busy--;
+  }
+}
+
+// --- the API -------------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, body) {
+  const headers = {"Accept": "application/json"};
+  const key = $("api-key").value.trim();
+  if (key) headers["X-API-Key"] = key;
+  const init = {headers};
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!response.ok) {
+    const message = (data && (data.detail || data.error)) || `${response.status} ${response.statusText}`;
+    throw new ApiError(response.status, typeof message === "string" ? message : JSON.stringify(message));
+  }
+  return data;
+}
+
+// Runs `work` (which calls the API) and reports how long it took, or what went wrong.
+async function timed(what, work) {
+  const start = performance.now();
+  try {
+    const result = await work();
+    const ms = performance.now() - start;
+    window.playground.timings.push({what, ms});
+    $("timing").textContent = `${what}: answered in ${ms.toFixed(1)} ms`;
+    setStatus("");
+    return result;
+  } catch (error) {
+    reportError(error);
+    return undefined;
+  }
+}
+
+function setStatus(message, isError = false) {
+  const status = $("status");
+  status.textContent = message;
+  status.classList.toggle("error", isError);
+}
+
+function reportError(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    $("key-box").open = true;
+    $("api-key").focus();
+  }
+  setStatus(error instanceof ApiError ? `${error.status}: ${error.message}` : String(error), true);
+}
+
+// Keeps one request of a kind in flight: while it runs, later calls only mark it to run once
+// more with the newest state, so pointer moves never pile up requests.
+function latest(task) {
+  let running = false;
+  let again = false;
+  async function loop() {
+    try {
+      do { again = false; await task(); } while (again);
+    } finally {
+      running = false;
+    }
+  }
+  return function run() {
+    if (running) { again = true; return Promise.resolve(); }
+    running = true;
+    return track(loop());
+  };
+}
+
+// --- pixels --------------------------------------------------------------------------------------
+
+// Paints one image (nested rows or flat, values in [0, 1]) into a canvas at (dx, dy).
+function paint(canvas, image, dx = 0, dy = 0) {
+  const flat = Array.isArray(image[0]) ? image.flat() : image;
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.createImageData(SIDE, SIDE);
+  for (let i = 0; i < SIDE * SIDE; i++) {
+    const v = Math.round(Math.min(1, Math.max(0, flat[i])) * 255);
+    pixels.data[4 * i] = pixels.data[4 * i + 1] = pixels.data[4 * i + 2] = v;
+    pixels.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(pixels, dx, dy);
+}
+
+function paintGrid(canvas, images, columns) {
+  const rows = Math.ceil(images.length / columns);
+  canvas.width = columns * SIDE;
+  canvas.height = rows * SIDE;
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  images.forEach((image, i) => paint(canvas, image, (i % columns) * SIDE, Math.floor(i / columns) * SIDE));
+}
+
+function clearCanvas(canvas) {
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+}
+
+// MNIST's own preparation (LeCun et al.): the digit's bounding box scaled to fit 20 x 20, then
+// placed in 28 x 28 with its centre of mass at the centre. Without it a drawing that is small or
+// off-centre looks like nothing the model was trained on.
+function toModelInput(source) {
+  const w = source.width, h = source.height;
+  const data = source.getContext("2d").getImageData(0, 0, w, h).data;
+  let x0 = w, y0 = h, x1 = -1, y1 = -1;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (data[4 * (y * w + x)] > 24) {
+        if (x < x0) x0 = x;
+        if (x > x1) x1 = x;
+        if (y < y0) y0 = y;
+        if (y > y1) y1 = y;
+      }
+    }
+  }
+  if (x1 < 0) return null; // nothing drawn
+  const bw = x1 - x0 + 1, bh = y1 - y0 + 1;
+  const scale = 20 / Math.max(bw, bh);
+  const sw = Math.max(1, Math.round(bw * scale)), sh = Math.max(1, Math.round(bh * scale));
+  const small = document.createElement("canvas");
+  small.width = sw;
+  small.height = sh;
+  const sctx = small.getContext("2d", {willReadFrequently: true});
+  sctx.imageSmoothingEnabled = true;
+  sctx.imageSmoothingQuality = "high";
+  sctx.drawImage(source, x0, y0, bw, bh, 0, 0, sw, sh);
+  const sdata = sctx.getImageData(0, 0, sw, sh).data;
+  let mass = 0, cx = 0, cy = 0;
+  for (let y = 0; y < sh; y++) {
+    for (let x = 0; x < sw; x++) {
+      const v = sdata[4 * (y * sw + x)] / 255;
+      mass += v; cx += v * x; cy += v * y;
+    }
+  }
+  cx = mass ? cx / mass : sw / 2;
+  cy = mass ? cy / mass : sh / 2;
+  const ox = Math.min(SIDE - sw, Math.max(0, Math.round(SIDE / 2 - 0.5 - cx)));
+  const oy = Math.min(SIDE - sh, Math.max(0, Math.round(SIDE / 2 - 0.5 - cy)));
+  const input = new Float32Array(SIDE * SIDE);
+  for (let y = 0; y < sh; y++) {
+    for (let x = 0; x < sw; x++) {
+      input[(y + oy) * SIDE + x + ox] = sdata[4 * (y * sw + x)] / 255;
+    }
+  }
+  return input;
+}
+
+// Draws an image file onto a canvas, fitted and centred, grey; dark ink on light paper (a photo
+// or a scan) is inverted to MNIST's bright-on-dark.
+async function drawFile(file, canvas) {
+  const bitmap = await createImageBitmap(file);
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  clearCanvas(canvas);
+  const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
+  const w = bitmap.width * scale, h = bitmap.height * scale;
+  ctx.drawImage(bitmap, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  bitmap.close();
+  const image = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const d = image.data;
+  let total = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    d[i] = d[i + 1] = d[i + 2] = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+    total += d[i];
+  }
+  if (total / (d.length / 4) > 127) {
+    for (let i = 0; i < d.length; i += 4) d[i] = d[i + 1] = d[i + 2] = 255 - d[i];
+  }
+  ctx.putImageData(image, 0, 0);
+}
+
+// --- models --------------------------------------------------------------------------------------
+
+function describeModel(info) {
+  const m = info.manifest || {};
+  const dataset = (m.dataset && m.dataset.name) || "unknown data";
+  const metrics = m.metrics || {};
+  const parts = [`${info.kind.toUpperCase()}`, `latent size ${info.latent_dim}`, `trained on ${dataset}`];
+  if (metrics.iwae && metrics.iwae.nll !== undefined) {
+    parts.push(`test NLL ≈ ${metrics.iwae.nll.toFixed(1)} nats (IWAE, k=${metrics.iwae.k})`);
+  } else if (metrics.negative_elbo !== undefined) {
+    parts.push(`test −ELBO ${metrics.negative_elbo.toFixed(1)} nats`);
+  }
+  const recon = metrics.deterministic_reconstruction;
+  if (recon && recon.mse_per_pixel !== undefined) {
+    parts.push(`reconstruction MSE ${recon.mse_per_pixel.toFixed(4)} per pixel`);
+  }
+  parts.push(`version ${info.version}`, `on ${info.providers.join(", ")}`);
+  return parts.join(" · ");
+}
+
+async function loadModels() {
+  const list = await timed("models", () => api("/models"));
+  if (!list) {
+    $("model-info").textContent = "Could not list the models (see the message above).";
+    return;
+  }
+  state.models = list.models;
+  const select = $("model-select");
+  select.replaceChildren(...list.models.map((m) => {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = `${m.name} (${m.kind}, ${m.latent_dim}-d)`;
+    return option;
+  }));
+  const wanted = new URLSearchParams(location.search).get("model");
+  const first = list.models.find((m) => m.name === wanted)
+    || list.models.find((m) => m.name === list.default) || list.models[0];
+  select.value = first.name;
+  await pickModel(first.name);
+}
+
+async function pickModel(name) {
+  state.model = state.models.find((m) => m.name === name);
+  const vae = state.model.kind === "vae";
+  $("model-info").textContent = describeModel(state.model);
+  $("sampled-block").hidden = !vae;
+  $("ae-note").hidden = vae;
+  $("generate-note").hidden = vae;
+  for (const id of ["gen-n", "gen-seed", "gen-temp", "gen-btn"]) $(id).disabled = !vae;
+  $("bars-legend").textContent = vae
+    ? "Bars: mu of each dimension; whiskers: ± sigma = exp(logvar / 2)."
+    : "Bars: the autoencoder's code (no sigma: an AE has no posterior variance).";
+  await loadMap();
+  const work = [refreshDrawing(), interpolate()];
+  if (vae) work.push(generate());
+  else clearCanvas($("gen-canvas"));
+  await Promise.all(work);
+}
+
+// --- draw or drop --------------------------------------------------------------------------------
+
+function setupDrawing() {
+  const canvas = $("draw-canvas");
+  const ctx = canvas.getContext("2d", {willReadFrequently: true});
+  clearCanvas(canvas);
+  let last = null;
+  const at = (event) => {
+    const r = canvas.getBoundingClientRect();
+    return [(event.clientX - r.left) * canvas.width / r.width,
+            (event.clientY - r.top) * canvas.height / r.height];
+  };
+  const stroke = (from, to) => {
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 22; // about MNIST's stroke once the digit is scaled to 20 px
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(...from);
+    ctx.lineTo(...to);
+    ctx.stroke();
+  };
+  canvas.addEventListener("pointerdown", (event) => {
+    canvas.setPointerCapture(event.pointerId);
+    last = at(event);
+    stroke(last, last);
+    refreshDrawing();
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (last === null) return;
+    const point = at(event);
+    stroke(last, point);
+    last = point;
+    refreshDrawing(); // live while drawing; `latest` keeps one request in flight
+  });
+  const end = () => {
+    if (last !== null) { last = null; refreshDrawing(); }
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+  canvas.addEventListener("keydown", (event) => {
+    if (event.key === "Delete" || event.key === "Backspace") { event.preventDefault(); clearDrawing(); }
+  });
+  $("clear-btn").addEventListener("click", clearDrawing);
+  $("upload-input").addEventListener("change", async (event) => {
+    const file = event.target.files[0];
+    if (file) await loadFile(file);
+    event.target.value = "";
+  });
+  canvas.addEventListener("dragover", (event) => { event.preventDefault(); canvas.classList.add("dragging"); });
+  canvas.addEventListener("dragleave", () => canvas.classList.remove("dragging"));
+  canvas.addEventListener("drop", async (event) => {
+    event.preventDefault();
+    canvas.classList.remove("dragging");
+    const file = event.dataTransfer.files[0];
+    if (file) await loadFile(file);
+  });
+  $("resample-btn").addEventListener("click", () => {
+    const seed = $("seed-input");
+    seed.value = String((parseInt(seed.value, 10) || 0) + 1);
+    refreshSamples();
+  });
+  $("seed-input").addEventListener("change", () => refreshSamples());
+}
+
+function loadFile(file) {
+  return track(drawAndRefresh(file));
+}
+
+async function drawAndRefresh(file) {
+  try {
+    await drawFile(file, $("draw-canvas"));
+  } catch (error) {
+    setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
+    return;
+  }
+  await refreshDrawing();
+}
+
+function clearDrawing() {
+  clearCanvas($("draw-canvas"));
+  refreshDrawing();
+}
+
+function seedValue(id) {
+  const value = parseInt($(id).value, 10);
+  return Number.isFinite(value) && value >= 0 ? value : 0;
+}
+
+const refreshDrawing = latest(async () => {
+  state.input = toModelInput($("draw-canvas"));
+  const input = state.input || new Float32Array(SIDE * SIDE);
+  paint($("input-canvas"), input);
+  if (!state.model) return;
+  if (!state.input) {
+    clearCanvas($("recon-canvas"));
+    $("samples").replaceChildren();
+    state.code = null;
+    drawBars();
+    drawMap();
+    return;
+  }
+  const images = [Array.from(input)];
+  const model = state.model.name;
+  const vae = state.model.kind === "vae";
+  await timed("reconstruct", async () => {
+    const calls = [
+      api("/encode", {model, images}),
+      api("/reconstruct", {model, images, mode: "deterministic"}),
+    ];
+    if (vae) calls.push(api("/reconstruct", {model, images, mode: "sampled", seed: seedValue("seed-input"), samples: SAMPLES}));
+    const [code, recon, sampled] = await Promise.all(calls);
+    paint($("recon-canvas"), recon.images[0]);
+    if (sampled) showSamples(sampled.images[0]);
+    const mu = code.mu[0];
+    state.code = {mu, sigma: code.logvar ? code.logvar[0].map((v) => Math.exp(v / 2)) : null};
+    drawBars();
+    drawMap();
+  });
+});
+
+const refreshSamples = latest(async () => {
+  if (!state.input || !state.model || state.model.kind !== "vae") return;
+  await timed("resample", async () => {
+    const body = {model: state.model.name, images: [Array.from(state.input)], mode: "sampled",
+                  seed: seedValue("seed-input"), samples: SAMPLES};
+    showSamples((await api("/reconstruct", body)).images[0]);
+  });
+});
+
+function showSamples(images) {
+  const strip = $("samples");
+  while (strip.children.length < images.length) {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = SIDE;
+    canvas.className = "digit";
+    strip.append(canvas);
+  }
+  while (strip.children.length > images.length) strip.lastChild.remove();
+  images.forEach((image, i) => {
+    strip.children[i].setAttribute("aria-label", `sample ${i + 1}`);
+    paint(strip.children[i], image);
+  });
+}
+
+// mu of each dimension as a bar, sigma as whiskers, on a fixed scale of -4..4 (the prior's
+// mass is within +-3).
+function drawBars() {
+  const canvas = $("latent-bars");
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height;
+  ctx.clearRect(0, 0, w, h);
+  const mid = h / 2, unit = (h / 2 - 8) / 4;
+  ctx.strokeStyle = "#ccc";
+  ctx.lineWidth = 1;
+  for (const v of [-3, -2, -1, 0, 1, 2, 3]) {
+    ctx.beginPath();
+    ctx.moveTo(24, mid - v * unit);
+    ctx.lineTo(w, mid - v * unit);
+    ctx.stroke();
+  }
+  ctx.fillStyle = "#666";
+  ctx.font = "10px system-ui, sans-serif";
+  for (const v of [-3, 0, 3]) ctx.fillText(String(v), 2, mid - v * unit + 3);
+  if (!state.code) {
+    ctx.fillText("draw something to see its latent code", 32, 14);
+    return;
+  }
+  const {mu, sigma} = state.code;
+  const step = (w - 28) / mu.length;
+  const clamp = (v) => Math.max(-4, Math.min(4, v));
+  mu.forEach((m, i) => {
+    const x = 28 + i * step;
+    ctx.fillStyle = COLOURS[0];
+    const top = mid - clamp(m) * unit;
+    ctx.fillRect(x + step * 0.2, Math.min(top, mid), step * 0.6, Math.max(1, Math.abs(top - mid)));
+    if (sigma) {
+      ctx.strokeStyle = "#222";
+      ctx.beginPath();
+      ctx.moveTo(x + step / 2, mid - clamp(m + sigma[i]) * unit);
+      ctx.lineTo(x + step / 2, mid - clamp(m - sigma[i]) * unit);
+      ctx.stroke();
+    }
+  });
+}
+
+// --- the latent map ------------------------------------------------------------------------------
+
+async function loadMap() {
+  state.map = null;
+  state.view = null;
+  state.pointer = null;
+  const model = state.model;
+  const note = $("map-note");
+  if (model.latent_dim !== 2) {
+    note.textContent = `The latent map needs a model with a 2-D latent space (such as ` +
+      `mnist-vae-2d); ${model.name} has ${model.latent_dim} dimensions.`;
+    note.hidden = false;
+    $("map-block").hidden = true;
+    return;
+  }
+  $("map-block").hidden = false;
+  note.hidden = true;
+  if (model.latent_map) {
+    state.map = await timed("latent map", () => api(`/models/${encodeURIComponent(model.name)}/latent-map`)) || null;
+  }
+  if (!state.map) {
+    note.textContent = "No latent map was exported with this model: the map shows the prior's " +
+      "range only. Point anywhere to decode it.";
+    note.hidden = false;
+  }
+  fitView();
+  drawLegend();
+  drawMap();
+}
+
+// Axes: the middle 99 % of the test points (or the prior's +-3), square, with a margin.
+function fitView() {
+  let lo = [-3, -3], hi = [3, 3];
+  if (state.map && state.map.mu.length) {
+    const q = (values, p) => values[Math.min(values.length - 1, Math.floor(p * values.length))];
+    const xs = state.map.mu.map((p) => p[0]).sort((a, b) => a - b);
+    const ys = state.map.mu.map((p) => p[1]).sort((a, b) => a - b);
+    lo = [q(xs, 0.005), q(ys, 0.005)];
+    hi = [q(xs, 0.995), q(ys, 0.995)];
+  }
+  const span = Math.max(hi[0] - lo[0], hi[1] - lo[1]) * 1.1 || 6;
+  const canvas = $("map-canvas");
+  state.view = {
+    cx: (lo[0] + hi[0]) / 2,
+    cy: (lo[1] + hi[1]) / 2,
+    scale: canvas.width / span, // pixels per latent unit
+  };
+  state.scatter = renderScatter();
+}
+
+function toScreen([x, y]) {
+  const {cx, cy, scale} = state.view;
+  const c = $("map-canvas");
+  return [c.width / 2 + (x - cx) * scale, c.height / 2 - (y - cy) * scale];
+}
+
+function toLatent([px, py]) {
+  const {cx, cy, scale} = state.view;
+  const c = $("map-canvas");
+  return [cx + (px - c.width / 2) / scale, cy - (py - c.height / 2) / scale];
+}
+
+function renderScatter() {
+  const canvas = $("map-canvas");
+  const layer = document.createElement("canvas");
+  layer.width = canvas.width;
+  layer.height = canvas.height;
+  const ctx = layer.getContext("2d");
+  ctx.fillStyle = "#fafafa";
+  ctx.fillRect(0, 0, layer.width, layer.height);
+  // Grid lines at every whole latent unit, the axes darker.
+  const [x0, y1] = toLatent([0, 0]);
+  const [x1, y0] = toLatent([layer.width, layer.height]);
+  ctx.lineWidth = 1;
+  for (let v = Math.ceil(x0); v <= x1; v++) {
+    ctx.strokeStyle = v === 0 ? "#999" : "#e3e3e3";
+    const [px] = toScreen([v, 0]);
+    ctx.beginPath(); ctx.moveTo(px, 0); ctx.lineTo(px, layer.height); ctx.stroke();
+  }
+  for (let v = Math.ceil(y0); v <= y1; v++) {
+    ctx.strokeStyle = v === 0 ? "#999" : "#e3e3e3";
+    const [, py] = toScreen([0, v]);
+    ctx.beginPath(); ctx.moveTo(0, py); ctx.lineTo(layer.width, py); ctx.stroke();
+  }
+  if (state.map) {
+    ctx.globalAlpha = 0.55;
+    state.map.mu.forEach((point, i) => {
+      const [px, py] = toScreen(point);
+      ctx.fillStyle = COLOURS[state.map.labels[i] % COLOURS.length];
+      ctx.fillRect(px - 1, py - 1, 2, 2);
+    });
+    ctx.globalAlpha = 1;
+  }
+  return layer;
+}
+
+function drawLegend() {
+  const legend = $("map-legend");
+  const names = state.map ? state.map.label_names : [];
+  legend.replaceChildren(...names.map((name, i) => {
+    const item = document.createElement("li");
+    const dot = document.createElement("span");
+    dot.style.background = COLOURS[i % COLOURS.length];
+    item.append(dot, name);
+    return item;
+  }));
+}
+
+function drawMap() {
+  if (!state.view || !state.scatter) return;
+  const canvas = $("map-canvas");
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(state.scatter, 0, 0);
+  if (state.pointer) {
+    const [px, py] = toScreen(state.pointer);
+    ctx.strokeStyle = "#000";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(px - 8, py); ctx.lineTo(px + 8, py);
+    ctx.moveTo(px, py - 8); ctx.lineTo(px, py + 8);
+    ctx.stroke();
+  }
+  if (state.code && state.model && state.model.latent_dim === 2) {
+    // The drawing's mu as a marker, its sigma as an ellipse.
+    const [px, py] = toScreen(state.code.mu);
+    ctx.fillStyle = "#000";
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    ctx.arc(px, py, 6, 0, 2 * Math.PI);
+    ctx.fill();
+    ctx.stroke();
+    if (state.code.sigma) {
+      ctx.strokeStyle = "#000";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.ellipse(px, py, state.code.sigma[0] * state.view.scale, state.code.sigma[1] * state.view.scale, 0, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
+  }
+}
+
+const decodePointer = latest(async () => {
+  if (!state.pointer || !state.model) return;
+  const z = state.pointer.map((v) => Number(v.toFixed(4)));
+  await timed("decode", async () => {
+    const result = await api("/decode", {model: state.model.name, z: [z]});
+    paint($("map-preview"), result.images[0]);
+    $("map-z").textContent = `decode(z = [${z[0].toFixed(2)}, ${z[1].toFixed(2)}])`;
+  });
+});
+
+function setupMap() {
+  const canvas = $("map-canvas");
+  const move = (event) => {
+    if (!state.view) return;
+    const r = canvas.getBoundingClientRect();
+    state.pointer = toLatent([(event.clientX - r.left) * canvas.width / r.width,
+                              (event.clientY - r.top) * canvas.height / r.height]);
+    drawMap();
+    decodePointer();
+  };
+  canvas.addEventListener("pointermove", move);
+  canvas.addEventListener("pointerdown", move);
+  canvas.addEventListener("keydown", (event) => {
+    const steps = {ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1]};
+    if (!(event.key in steps) || !state.view) return;
+    event.preventDefault();
+    const step = 8 / state.view.scale; // 8 px per key press
+    const [dx, dy] = steps[event.key];
+    const [x, y] = state.pointer || [state.view.cx, state.view.cy];
+    state.pointer = [x + dx * step, y + dy * step];
+    drawMap();
+    decodePointer();
+  });
+}
+
+// --- generate ------------------------------------------------------------------------------------
+
+const generate = latest(async () => {
+  if (!state.model || state.model.kind !== "vae") return;
+  const n = parseInt($("gen-n").value, 10);
+  await timed("generate", async () => {
+    const body = {model: state.model.name, n, seed: seedValue("gen-seed"),
+                  temperature: parseFloat($("gen-temp").value)};
+    const result = await api("/generate", body);
+    paintGrid($("gen-canvas"), result.images, Math.ceil(Math.sqrt(n)));
+  });
+});
+
+function setupGenerate() {
+  $("gen-btn").addEventListener("click", generate);
+  $("gen-n").addEventListener("change", generate);
+  $("gen-seed").addEventListener("change", generate);
+  $("gen-temp").addEventListener("input", () => {
+    $("gen-temp-value").textContent = parseFloat($("gen-temp").value).toFixed(1);
+    generate();
+  });
+}
+
+// --- interpolate ---------------------------------------------------------------------------------
+
+function setSlot(which, input) {
+  state.slots[which] = input;
+  const canvas = $(`interp-${which}`);
+  if (input) paint(canvas, input); else clearCanvas(canvas);
+  $("interp-btn").disabled = !(state.slots.a && state.slots.b);
+  if (state.slots.a && state.slots.b) interpolate();
+}
+
+const interpolate = latest(async () => {
+  const {a, b} = state.slots;
+  if (!a || !b || !state.model) return;
+  const steps = Math.min(24, Math.max(2, parseInt($("interp-steps").value, 10) || 10));
+  const model = state.model.name;
+  await timed("interpolate", async () => {
+    // Between the two posterior means, in a straight line.
+    const code = await api("/encode", {model, images: [Array.from(a), Array.from(b)]});
+    const [za, zb] = code.mu;
+    const z = Array.from({length: steps}, (_, i) => {
+      const t = i / (steps - 1);
+      return za.map((v, d) => (1 - t) * v + t * zb[d]);
+    });
+    const result = await api("/decode", {model, z});
+    paintGrid($("interp-canvas"), result.images, steps);
+  });
+});
+
+async function slotFromFile(which, file) {
+  const scratch = document.createElement("canvas");
+  scratch.width = scratch.height = 280;
+  try {
+    await drawFile(file, scratch);
+  } catch (error) {
+    setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
+    return;
+  }
+  const input = toModelInput(scratch);
+  if (!input) { setStatus(`${file.name} looks blank.`, true); return; }
+  setSlot(which, input);
+}
+
+function setupInterpolate() {
+  for (const which of ["a", "b"]) {
+    $(`interp-set-${which}`).addEventListener("click", () => {
+      if (!state.input) { setStatus("Draw a digit first, then set it as " + which.toUpperCase() + ".", true); return; }
+      setSlot(which, state.input.slice());
+    });
+    $(`interp-file-${which}`).addEventListener("change", (event) => {
+      const file = event.target.files[0];
+      event.target.value = "";
+      if (file) track(slotFromFile(which, file));
+    });
+  }
+  $("interp-btn").addEventListener("click", interpolate);
+  $("interp-steps").addEventListener("change", interpolate);
+  clearCanvas($("interp-a"));
+  clearCanvas($("interp-b"));
+  clearCanvas($("interp-canvas"));
+}
+
+// --- start ---------------------------------------------------------------------------------------
+
+async function start() {
+  $("api-key").value = sessionStorage.getItem("vae-api-key") || "";
+  $("api-key").addEventListener("change", () => {
+    sessionStorage.setItem("vae-api-key", $("api-key").value.trim());
+    loadModels();
+  });
+  $("model-select").addEventListener("change", (event) => pickModel(event.target.value));
+  setupDrawing();
+  setupMap();
+  setupGenerate();
+  setupInterpolate();
+  clearCanvas($("input-canvas"));
+  clearCanvas($("recon-canvas"));
+  clearCanvas($("map-preview"));
+  drawBars();
+  await loadModels();
+  window.playground.ready = true;
+  document.body.dataset.ready = "true";
+}
+
+start();
