@@ -40,7 +40,7 @@ from service.inference import (
 )
 from service.manifest import NAME_PATTERN, ModelLoadError
 from service.metrics import AccessLog, Metrics
-from service.oip import OIPError, build_router, oip_error_response
+from service.oip import ErrorBody, OIPError, build_router, oip_error_response
 from service.payloads import (
     NPY,
     NPZ,
@@ -70,6 +70,7 @@ from service.schemas import (
     ReconstructParams,
     ReconstructRequest,
     ReconstructResponse,
+    error_doc,
 )
 from service.settings import Settings
 
@@ -267,26 +268,22 @@ def _responses(example: Any, binary: str, png: bool = False) -> dict[int | str, 
         }
     return {
         200: {"description": "Success", "content": content},
-        400: {"model": ErrorResponse, "description": "Unreadable .npy or multipart body"},
-        404: {"model": ErrorResponse, "description": "Unknown model"},
-        415: {"model": ErrorResponse, "description": "Unsupported content type or image format"},
-        422: {"model": ErrorResponse, "description": "Invalid input; the message names the field"},
+        400: error_doc("Unreadable .npy or multipart body"),
+        404: error_doc("Unknown model"),
+        415: error_doc("Unsupported content type or image format"),
+        422: error_doc("Invalid input; the message names the field"),
         **GUARD_RESPONSES,
         # Replaces the guard's 413: here an uploaded file can be too large as well.
-        413: {"model": ErrorResponse, "description": "Body or uploaded file too large"},
+        413: error_doc("Body or uploaded file too large"),
     }
 
 
 # What the guard (service.guards) may answer on any protected endpoint.
 GUARD_RESPONSES: dict[int | str, Any] = {
-    401: {"model": ErrorResponse, "description": "API key missing or wrong (when keys are set)"},
-    413: {"model": ErrorResponse, "description": "Request body over VAE_MAX_BODY_BYTES"},
-    503: {
-        "model": ErrorResponse,
-        "description": "Models still loading, service at capacity or shutting down; see "
-        "Retry-After",
-    },
-    504: {"model": ErrorResponse, "description": "Not answered within VAE_REQUEST_TIMEOUT_S"},
+    401: error_doc("API key missing or wrong (when keys are set)"),
+    413: error_doc("Request body over VAE_MAX_BODY_BYTES"),
+    503: error_doc("Models still loading, service at capacity or shutting down; see Retry-After"),
+    504: error_doc("Not answered within VAE_REQUEST_TIMEOUT_S"),
 }
 
 
@@ -533,7 +530,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         response_model=ModelInfo,
         tags=["models"],
         summary="One model: manifest, providers in use",
-        responses={404: {"model": ErrorResponse}, **GUARD_RESPONSES},
+        responses={404: error_doc("Unknown model"), **GUARD_RESPONSES},
     )
     async def get_model(name: ModelName, registry: Registry) -> ModelInfo:
         runtime = pick_model(registry, None, name)
@@ -545,10 +542,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         tags=["models"],
         summary="The test set's latent means and labels, for a scatter (2-D models)",
         responses={
-            404: {
-                "model": ErrorResponse,
-                "description": "Unknown model, or a model without a latent map",
-            },
+            404: error_doc("Unknown model, or a model without a latent map"),
             **GUARD_RESPONSES,
         },
     )
@@ -578,12 +572,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         tags=["models"],
         summary="Load a model again from its folder (a new version); a bad one is refused",
         responses={
-            404: {"model": ErrorResponse, "description": "Unknown model"},
-            409: {
-                "model": ErrorResponse,
-                "description": "The files now in the folder fail a check; the previous version "
-                "keeps serving",
-            },
+            404: error_doc("Unknown model"),
+            409: error_doc(
+                "The files now in the folder fail a check; the previous version keeps serving"
+            ),
             **GUARD_RESPONSES,
         },
     )
@@ -667,9 +659,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = base_openapi()
-            # Request bodies are parsed by hand (JSON or multipart), so add their schemas here.
+            # Request bodies are parsed by hand (JSON or multipart), so add their schemas here,
+            # and those of the errors (see schemas.error_doc).
             _, defs = models_json_schema(
-                [(m, "validation") for m in REQUEST_MODELS],
+                [(m, "validation") for m in [*REQUEST_MODELS, ErrorResponse, ErrorBody]],
                 ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])

@@ -23,6 +23,7 @@ from service.manifest import TensorSpec
 from service.metrics import note_model
 from service.payloads import JSONBody
 from service.runtime import ModelRegistry, ModelRuntime
+from service.schemas import error_doc
 
 GRAPHS = ("encoder", "decoder")
 # OIP datatypes accepted for inputs; all are converted to float32, what the graphs take.
@@ -257,8 +258,8 @@ async def _infer(
 ModelPath = Annotated[str, Path(description="`<model>-encoder` or `<model>-decoder`")]
 VersionPath = Annotated[str, Path(description="The model's version, as in its manifest")]
 ERRORS: dict[int | str, Any] = {
-    400: {"model": ErrorBody, "description": "Invalid request"},
-    404: {"model": ErrorBody, "description": "Unknown model or version"},
+    400: error_doc("Invalid request", "ErrorBody"),
+    404: error_doc("Unknown model or version", "ErrorBody"),
 }
 
 
