@@ -95,6 +95,8 @@ REQUEST_MODELS: list[type[BaseModel]] = [
     GenerateRequest,
     DecodeRequest,
 ]
+# Schemas the OpenAPI document gets by hand: the request bodies and the errors.
+DOCUMENTED_MODELS: list[type[BaseModel]] = [*REQUEST_MODELS, ErrorResponse, ErrorBody]
 
 
 async def _trim_memory(interval_s: float) -> None:
@@ -662,7 +664,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             # Request bodies are parsed by hand (JSON or multipart), so add their schemas here,
             # and those of the errors (see schemas.error_doc).
             _, defs = models_json_schema(
-                [(m, "validation") for m in [*REQUEST_MODELS, ErrorResponse, ErrorBody]],
+                [(m, "validation") for m in DOCUMENTED_MODELS],
                 ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
