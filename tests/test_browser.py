@@ -296,6 +296,7 @@ def test_playground_explains_what_an_ae_cannot_do(
     assert page.is_visible("#ae-note") and not page.is_visible("#sampled-block")
     assert page.is_visible("#generate-note") and page.is_disabled("#gen-btn")
     assert "2-D latent space" in page.inner_text("#map-note")
+    assert not page.is_visible("#map-canvas")  # no empty map for a 4-D or 16-D latent space
     draw(page, ONE)
     assert brightness(page, "#recon-canvas") > 10
     assert page.locator("#latent-bars").is_visible()
