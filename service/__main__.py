@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # handler that would end the process as "killed by SIGTERM" after a clean drain. A no-op
     # handler underneath lets a graceful shutdown exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    # Opening the ONNX files and importing leave freed heap behind: ~6 MiB handed back here.
+    # Opening the ONNX files and importing leave freed heap behind: hand it back before serving
+    # (RSS at ready measured 1.5 MiB lower here).
     trim = memory_trimmer()
     if trim is not None:
         trim()

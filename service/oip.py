@@ -21,7 +21,7 @@ from service import __version__
 from service.imaging import MAX_LATENT, InputError, check_pixels
 from service.manifest import TensorSpec
 from service.metrics import note_model
-from service.payloads import JSONBody
+from service.payloads import LOADING_HEADERS, JSONBody
 from service.runtime import ModelRegistry, ModelRuntime
 from service.schemas import error_doc
 
@@ -39,7 +39,7 @@ class OIPError(Exception):
 
 
 def oip_error_response(exc: OIPError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None  # models still loading
+    headers = LOADING_HEADERS if exc.status == 503 else None
     return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
 

@@ -464,11 +464,11 @@ def images_response(
     """Images (…, 1, H, W) in the asked-for format. JSON drops the channel axis; PNG and .npy
     carry the model and the seed in headers."""
     pixels = images.squeeze(-3)
+    if fmt == "json":
+        return JSONBody({**fields, "images": pixels})
     headers = {"X-Model": fields["model"]}
     if seed is not None:
         headers["X-Seed"] = str(seed)
     if fmt == "png":
         return Response(png_grid(pixels), media_type="image/png", headers=headers)
-    if fmt == "npy":
-        return npy_response(pixels, headers)
-    return JSONBody({**fields, "images": pixels})
+    return npy_response(pixels, headers)

@@ -195,9 +195,16 @@ function toModelInput(source) {
 }
 
 // Draws an image file onto a canvas, fitted and centred, grey; dark ink on light paper (a photo
-// or a scan) is inverted to MNIST's bright-on-dark.
+// or a scan) is inverted to MNIST's bright-on-dark. False, with the reason shown, when the file
+// is not an image the browser can read.
 async function drawFile(file, canvas) {
-  const bitmap = await createImageBitmap(file);
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (error) {
+    setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
+    return false;
+  }
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   clearCanvas(canvas);
   const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
@@ -215,6 +222,7 @@ async function drawFile(file, canvas) {
     for (let i = 0; i < d.length; i += 4) d[i] = d[i + 1] = d[i + 2] = 255 - d[i];
   }
   ctx.putImageData(image, 0, 0);
+  return true;
 }
 
 // --- models --------------------------------------------------------------------------------------
@@ -345,13 +353,7 @@ function loadFile(file) {
 }
 
 async function drawAndRefresh(file) {
-  try {
-    await drawFile(file, $("draw-canvas"));
-  } catch (error) {
-    setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
-    return;
-  }
-  await refreshDrawing();
+  if (await drawFile(file, $("draw-canvas"))) await refreshDrawing();
 }
 
 function clearDrawing() {
@@ -692,12 +694,7 @@ const interpolate = latest(async () => {
 async function slotFromFile(which, file) {
   const scratch = document.createElement("canvas");
   scratch.width = scratch.height = 280;
-  try {
-    await drawFile(file, scratch);
-  } catch (error) {
-    setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
-    return;
-  }
+  if (!(await drawFile(file, scratch))) return;
   const input = toModelInput(scratch);
   if (!input) { setStatus(`${file.name} looks blank.`, true); return; }
   setSlot(which, input);
