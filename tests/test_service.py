@@ -324,6 +324,11 @@ def test_bad_json_input(
         ('{"images": [[NaN' + ", 0" * 783 + "]]}", "images[0]: NaN or infinity"),
         ('{"images": [[Infinity' + ", 0" * 783 + "]]}", "images[0]: NaN or infinity"),
         ('{"z": [[NaN, 0]]}', "z[0]: NaN or infinity"),
+        # a list where a number belongs, with the right count of numbers when flattened
+        (
+            '{"images": [[[0.5]' + ", 0" * 783 + "]]}",
+            "images[0][0]: Input should be a valid number",
+        ),
         ('{"images": [[0.1, ', "Invalid JSON"),
         ('"just a string"', "Input should be an object"),
     ],

@@ -1,0 +1,92 @@
+"""The simdjson fast path for JSON tensors: the same numbers as a plain JSON parser when the body
+is regular, and a refusal (None, so pydantic words the error) for anything else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.payloads import json_tensor_body
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "value"),
+    [
+        ("images", RNG.random((3, 784)).tolist()),
+        ("images", RNG.random((2, 28, 28)).tolist()),
+        ("images", [[0, 1, 0.5, 1e-7, -0.0]]),  # integers and floats mixed
+        ("z", RNG.normal(size=(5, 2)).tolist()),
+        ("z", [[1]]),
+    ],
+)
+def test_regular_tensors_read_exactly(tensor: str, value: list[Any]) -> None:
+    body = json.dumps({"model": "tiny-vae", tensor: value, "seed": 7, "mode": "sampled"}).encode()
+    parsed = json_tensor_body(body, tensor)
+    assert parsed is not None
+    assert {k: v for k, v in parsed.items() if k != tensor} == {
+        "model": "tiny-vae",
+        "seed": 7,
+        "mode": "sampled",
+    }
+    expected = np.array(value, dtype=np.float64)
+    assert parsed[tensor].dtype == np.float64 and parsed[tensor].shape == expected.shape
+    assert np.array_equal(parsed[tensor], expected)  # bit for bit: both parse correctly rounded
+
+
+def row(n: int, value: str = "0.5") -> str:
+    return "[" + ", ".join([value] * n) + "]"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("{" + f'"images": [{row(784)}, {row(783)}]' + "}", id="ragged"),
+        # as_buffer flattens lists: each of these has the right number of numbers in all
+        pytest.param(
+            '{"images": [[[0.5], ' + ", ".join(["0.5"] * 783) + "]]}", id="one-number-list"
+        ),
+        pytest.param(
+            '{"images": [[[], '
+            + ", ".join(["0.5"] * 782)
+            + "], [[0.5, 0.5], "
+            + ", ".join(["0.5"] * 782)
+            + "]]}",
+            id="lists-that-even-out",
+        ),
+        pytest.param(
+            '{"images": [' + ", ".join([row(28)] * 27) + ", " + row(27) + ", " + row(29) + "]]}",
+            id="ragged-2d",
+        ),
+        pytest.param('{"images": [' + row(784) + ', "0.5"]}', id="string-row"),
+        pytest.param('{"images": [[' + '"0.5", ' * 783 + "0.5]]}", id="strings"),
+        pytest.param('{"images": [[true' + ", 0" * 783 + "]]}", id="boolean"),
+        pytest.param('{"images": [[null' + ", 0" * 783 + "]]}", id="null"),
+        pytest.param('{"images": [[NaN' + ", 0" * 783 + "]]}", id="nan"),
+        pytest.param('{"images": [[1e400' + ", 0" * 783 + "]]}", id="overflow"),
+        pytest.param('{"images": [[' + "0, " * 783 + "99999999999999999999999]]}", id="huge-int"),
+        pytest.param('{"images": [' + row(784) + "]", id="truncated"),
+        pytest.param('{"images": [' + row(784) + "]} trailing", id="trailing"),
+        pytest.param('{"images": []}', id="empty"),
+        pytest.param('{"images": [[]]}', id="empty-row"),
+        pytest.param('{"images": ' + row(784) + "}", id="one-level"),
+        pytest.param('{"images": [{"a": 1}]}', id="object-row"),
+        pytest.param('{"pixels": [' + row(784) + "]}", id="no-field"),
+        pytest.param('{"images": [' + row(784) + '], "images": [' + row(784) + "]}", id="twice"),
+        pytest.param('{"images": [' + row(784) + '], "model": ["a"]}', id="list-param"),
+        pytest.param('{"images": [' + row(784) + '], "model": {"a": 1}}', id="object-param"),
+        pytest.param("[" + row(784) + "]", id="not-an-object"),
+        pytest.param("", id="no-body"),
+    ],
+)
+def test_anything_irregular_is_left_to_pydantic(raw: str) -> None:
+    assert json_tensor_body(raw.encode(), "images") is None
+
+
+def test_a_bracket_inside_a_string_only_turns_the_fast_path_down() -> None:
+    body = ('{"images": [' + row(784) + '], "mode": "sampled["}').encode()
+    assert json_tensor_body(body, "images") is None
