@@ -25,9 +25,10 @@ from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
-from service.guards import Guard
+from service.guards import INTERNAL_ERROR, BodyTooLarge, Guard
 from service.imaging import InputError
 from service.inference import (
     FastLane,
@@ -324,7 +325,25 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+class ServiceApp(FastAPI):
+    """FastAPI with the service's own layers (CORS, the guard, the fast lane) in front of the
+    middleware FastAPI wraps around every request (error page, telemetry, body limit) instead
+    of inside it. Inference requests the fast lane answers skip those layers: at one image per
+    request they took 19 % of the event loop's time. The guard answers an unexpected exception
+    with the 500 FastAPI's error page would have sent."""
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def create_app(
+    settings: Settings | None = None, registry: ModelRegistry | None = None
+) -> ServiceApp:
     """The service. With `registry` given (already loaded), the app takes it over; otherwise the
     lifespan loads every model from `settings.model_dir` before the app accepts requests."""
     settings = settings or Settings()
@@ -362,7 +381,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             app.state.registry = None
             await loaded.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="VAE serving",
         version=__version__,
         summary="Encode, reconstruct, generate and decode with exported AEs and VAEs.",
@@ -384,13 +403,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.draining = False  # set by begin_shutdown() on SIGTERM
     app.state.metrics = Metrics()
     app.state.access_log = AccessLog(settings.log_format) if settings.access_log else None
-    # Middleware added last runs first: CORS (answers browser preflights), then the guard
-    # (keys, limits, timeouts), then the fast lane, then FastAPI's routes.
-    app.add_middleware(FastLane, owner=app)
-    app.add_middleware(Guard, owner=app, settings=settings)
+    # CORS first (it answers browser preflights), then the guard (keys, limits, timeouts), then
+    # the fast lane, then FastAPI.
+    app.front = Guard(FastLane(app.fastapi, owner=app), owner=app, settings=settings)
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
+        app.front = CORSMiddleware(
+            app.front,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
@@ -406,6 +424,16 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return error_response(exc)
+
+    # Raised inside FastAPI (a multipart body read by a route), these would meet FastAPI's
+    # plain-text error page before the guard: the same JSON answers the guard gives.
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 413, {"Connection": "close"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": INTERNAL_ERROR}, 500)  # the guard logs it
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:

@@ -45,8 +45,13 @@ OPEN = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/", "/v2/health/")
 
 
+INTERNAL_ERROR = (
+    "internal error while serving this request; it is logged, and other requests are unaffected"
+)
+
+
 class BodyTooLarge(Exception):
-    """Raised from `receive` once a body passes the limit."""
+    """Raised from `receive` once a body passes the limit; the message says what to do."""
 
 
 def is_open(path: str) -> bool:
@@ -241,7 +246,7 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self._too_large())
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -278,21 +283,12 @@ class Guard:
                     f"no answer within {self.settings.request_timeout_s} s "
                     "(VAE_REQUEST_TIMEOUT_S); send fewer images per request or retry",
                 )
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
             if not started:
-                await send_error(
-                    scope, receive, send, 413, self._too_large(), {"Connection": "close"}
-                )
+                await send_error(scope, receive, send, 413, str(exc), {"Connection": "close"})
         except Exception:
             logger.exception("%s %s failed", scope["method"], scope["path"])
             if not started:
-                await send_error(
-                    scope,
-                    receive,
-                    send,
-                    500,
-                    "internal error while serving this request; it is logged, and other "
-                    "requests are unaffected",
-                )
+                await send_error(scope, receive, send, 500, INTERNAL_ERROR)
         finally:
             deadline.cancel()

@@ -5,6 +5,7 @@ middleware where a test needs a downstream that hangs or fails on purpose."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from starlette.types import Message, Receive, Scope, Send
 
 from service.app import begin_shutdown, create_app
@@ -290,6 +292,12 @@ def test_a_failing_graph_fails_its_batch_and_the_service_goes_on(
         monkeypatch.setattr(runtime._encode_batcher, "fn", broken)
         failed = client.post("/encode", json={"images": IMAGE})
         assert failed.status_code == 500 and "internal error" in failed.json()["detail"]
+        # an upload goes through FastAPI's routes rather than the fast lane: the same answer
+        png = io.BytesIO()
+        Image.new("L", (28, 28)).save(png, format="PNG")
+        upload = client.post("/encode", files={"images": ("zero.png", png.getvalue())})
+        assert upload.status_code == 500 and "internal error" in upload.json()["detail"]
+        assert upload.headers["x-request-id"]
         assert client.get("/healthz").status_code == 200
         monkeypatch.setattr(runtime._encode_batcher, "fn", healthy)
         assert client.post("/encode", json={"images": IMAGE}).status_code == 200
