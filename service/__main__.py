@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import signal
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # handler that would end the process as "killed by SIGTERM" after a clean drain. A no-op
     # handler underneath lets a graceful shutdown exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
+    # What start-up made (modules, routes, schemas, sessions: about 80,000 objects) lives as long
+    # as the process. Frozen, it is no longer scanned by the garbage collector's full passes,
+    # which otherwise took ~50 ms each, about once a second under load: the p99 latency.
+    gc.collect()
+    gc.freeze()
     # Opening the ONNX files and importing leave freed heap behind: hand it back before serving
     # (RSS at ready measured 1.5 MiB lower here).
     trim = memory_trimmer()
