@@ -8,9 +8,12 @@ field at fault.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -136,6 +139,36 @@ def _coerce_text_fields(fields: dict[str, Any], model_type: type[BaseModel]) -> 
     return out
 
 
+# numpy's own bound on the header it reads; also bounds what the header cache keeps.
+NPY_HEADER_MAX = 10_000
+
+
+def _npy_header_bytes(body: bytes) -> bytes:
+    """The magic, version and header of a .npy body: everything before the data. Its length
+    is a little-endian uint16 at bytes 8-9 in version 1.0, a uint32 at 8-11 in 2.0 and 3.0."""
+    if body[6:7] == b"\x01":
+        end = 10 + int.from_bytes(body[8:10], "little")
+    else:
+        end = 12 + int.from_bytes(body[8:12], "little")
+    return body[: min(end, NPY_HEADER_MAX)]
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(start: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """Shape, Fortran order, dtype and data offset from the first bytes of a .npy body. numpy
+    reads the header with ast.literal_eval (~30 us, a tenth of a one-image request), and a
+    client sends the same header again and again, so it is cached on those bytes."""
+    stream = io.BytesIO(start)
+    version = np.lib.format.read_magic(stream)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran_order, dtype = read_header(stream)
+    return shape, fortran_order, dtype, stream.tell()
+
+
 def _npy_body(body: bytes, field: str) -> NDArray[Any]:
     if body.startswith(ZIP_MAGIC):
         raise InputError(field, "send one .npy array, not an .npz archive", 400)
@@ -147,20 +180,13 @@ def _npy_body(body: bytes, field: str) -> NDArray[Any]:
             400,
         )
     try:
-        stream = io.BytesIO(body)
-        version = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran_order, dtype = read_header(stream)
+        shape, fortran_order, dtype, offset = _npy_header(_npy_header_bytes(body))
         if dtype.hasobject:
             raise ValueError("object arrays are not accepted; send float32 or uint8")
         # Not np.load: it allocates the whole array the header declares before reading any data,
         # so a 100-byte body claiming (10**12, 784) was a MemoryError, a 500. The data is read in
         # place instead (read-only), once its size matches the header.
-        count, offset = math.prod(shape), stream.tell()
+        count = math.prod(shape)
         if count * dtype.itemsize != len(body) - offset:
             raise ValueError(
                 f"the header declares {dtype} {shape} but {len(body) - offset} bytes of data "
@@ -482,10 +508,41 @@ def npy_response(array: Array, headers: dict[str, str] | None = None) -> Respons
 
 
 def npz_response(arrays: dict[str, Array], headers: dict[str, str] | None = None) -> Response:
-    buffer = io.BytesIO()
-    contiguous = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}
-    np.savez(buffer, allow_pickle=False, **contiguous)
-    return Response(buffer.getvalue(), media_type=NPZ, headers=headers)
+    members = {}
+    for name, array in arrays.items():
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+        members[f"{name}.npy"] = buffer.getvalue()
+    return Response(stored_zip(members), media_type=NPZ, headers=headers)
+
+
+def stored_zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive of uncompressed members, as np.savez writes it and np.load reads it.
+
+    Written here rather than with zipfile (which np.savez uses): zipfile took 70 us for the two
+    small arrays of a one-image /encode answer, a quarter of the request; this takes 5 us. The
+    layout (PKWARE APPNOTE 4.3): per member a local header, then its bytes; then one central
+    directory record per member; then the end record. Times are the DOS epoch, 1980-01-01.
+    """
+    out, directory = bytearray(), bytearray()
+    for name, data in members.items():
+        encoded, crc, size, offset = name.encode(), zlib.crc32(data), len(data), len(out)
+        # signature, version needed (2.0), flags, method (0: stored), time, date, crc, sizes,
+        # name length, extra length
+        out += struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, size, size, len(encoded), 0
+        )
+        out += encoded + data
+        # as above, after "version made by"; then comment length, disk, attributes, offset
+        directory += struct.pack(
+            "<IHHHHHHIIIHHHHHII",
+            0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size, len(encoded), 0, 0, 0, 0, 0, offset,
+        )  # fmt: skip
+        directory += encoded
+    count, start = len(members), len(out)
+    out += directory
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory), start, 0)
+    return bytes(out)
 
 
 def images_response(

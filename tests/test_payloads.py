@@ -3,13 +3,15 @@ is regular, and a refusal (None, so pydantic words the error) for anything else.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from typing import Any
 
 import numpy as np
 import pytest
 
-from service.payloads import json_tensor_body
+from service.payloads import _npy_body, json_tensor_body, npz_response, stored_zip
 
 RNG = np.random.default_rng(0)
 
@@ -90,3 +92,28 @@ def test_anything_irregular_is_left_to_pydantic(raw: str) -> None:
 def test_a_bracket_inside_a_string_only_turns_the_fast_path_down() -> None:
     body = ('{"images": [' + row(784) + '], "mode": "sampled["}').encode()
     assert json_tensor_body(body, "images") is None
+
+
+def test_npz_answers_are_archives_numpy_and_zip_tools_read() -> None:
+    mu = RNG.normal(size=(3, 16)).astype(np.float32)
+    body = npz_response({"mu": mu, "logvar": 2 * mu}).body
+    with np.load(io.BytesIO(body)) as archive:
+        assert archive.files == ["mu", "logvar"]
+        assert np.array_equal(archive["mu"], mu) and np.array_equal(archive["logvar"], 2 * mu)
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert archive.testzip() is None  # every member's CRC checks out
+        assert [m.filename for m in archive.infolist()] == ["mu.npy", "logvar.npy"]
+    members = {"a.npy": b"", "b.txt": bytes(range(256)) * 100}
+    with zipfile.ZipFile(io.BytesIO(stored_zip(members))) as archive:
+        assert {name: archive.read(name) for name in archive.namelist()} == members
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_npy_bodies_of_every_version_read_alike(version: tuple[int, int], fortran: bool) -> None:
+    x = np.arange(2 * 784, dtype=np.float32).reshape(2, 784) / 2000
+    x = np.asfortranarray(x) if fortran else x
+    for _ in range(2):  # the second time from the header cache
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, x, version=version)
+        assert np.array_equal(_npy_body(buffer.getvalue(), "images"), x)
