@@ -501,18 +501,18 @@ def response_format(accept: str) -> ResponseFormat:
     return "json"
 
 
-def npy_response(array: Array, headers: dict[str, str] | None = None) -> Response:
+def _npy_bytes(array: Array) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    return Response(buffer.getvalue(), media_type=NPY, headers=headers)
+    return buffer.getvalue()
+
+
+def npy_response(array: Array, headers: dict[str, str] | None = None) -> Response:
+    return Response(_npy_bytes(array), media_type=NPY, headers=headers)
 
 
 def npz_response(arrays: dict[str, Array], headers: dict[str, str] | None = None) -> Response:
-    members = {}
-    for name, array in arrays.items():
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-        members[f"{name}.npy"] = buffer.getvalue()
+    members = {f"{name}.npy": _npy_bytes(array) for name, array in arrays.items()}
     return Response(stored_zip(members), media_type=NPZ, headers=headers)
 
 
