@@ -30,6 +30,15 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def digits(n: int, seed: int = 0) -> np.ndarray:
+    """float32 (n, 28, 28) images in [0, 1] for the service tests: a bright bar on faint noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 0.1, size=(n, 28, 28)).astype(np.float32)
+    for i in range(n):
+        images[i, 5 + i % 15 : 10 + i % 15, 4:24] = 0.9
+    return images
+
+
 def write_mnist_like(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
     """data_dir/mnist/ with the four official file names, gzip IDX."""
     files = IDX_DATASETS["mnist"].files

@@ -28,6 +28,8 @@ from service.client import (
     raise_for_status,
 )
 
+from .conftest import digits
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -47,14 +49,6 @@ def server(model_dir: Path) -> Iterator[str]:
 def client(server: str) -> Iterator[Client]:
     with Client(server, api_key=KEY) as c:
         yield c
-
-
-def digits(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 0.1, size=(n, 28, 28)).astype(np.float32)
-    for i in range(n):
-        images[i, 5 + i % 15 : 10 + i % 15, 4:24] = 0.9
-    return images
 
 
 # --- the live service ----------------------------------------------------------------------------

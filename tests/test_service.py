@@ -22,6 +22,8 @@ from service.runtime import CPU, CUDA, resolve_providers
 from service.settings import Settings
 from training.data import preprocess_image
 
+from .conftest import digits
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,14 +44,6 @@ def start(settings: Settings) -> None:
     """Run the app's start-up (the lifespan) and shut it down again."""
     with TestClient(create_app(settings)):
         pass
-
-
-def digits(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 0.1, size=(n, 28, 28)).astype(np.float32)
-    for i in range(n):
-        images[i, 5 + i % 15 : 10 + i % 15, 4:24] = 0.9
-    return images
 
 
 def post(client: TestClient, path: str, body: dict[str, Any], **kwargs: Any) -> Any:
