@@ -101,8 +101,9 @@ class ModelRuntime:
     manifest: Manifest
     providers: list[str] = field(default_factory=list)
     ready: bool = False
-    latent_map: LatentMap | None = None
-    latent_map_body: bytes | None = None  # GET /models/{name}/latent-map's answer, serialised once
+    # GET /models/{name}/latent-map's answer, serialised once; the parsed map (10,000 points as
+    # Python lists) is not kept.
+    latent_map_body: bytes | None = None
     _encoder: ort.InferenceSession | None = None
     _decoder: ort.InferenceSession | None = None
     _encode_batcher: DynamicBatcher | None = None
@@ -134,8 +135,9 @@ class ModelRuntime:
     ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
         runtime = cls(folder, load_manifest(folder))
-        runtime.latent_map = load_latent_map(folder, runtime.manifest)
-        runtime.latent_map_body = runtime._latent_map_body()
+        latent_map = load_latent_map(folder, runtime.manifest)
+        if latent_map is not None:
+            runtime.latent_map_body = runtime._latent_map_body(latent_map)
         options = session_options(settings)
         runtime._encoder = runtime._open(runtime.manifest.encoder, options, providers)
         runtime._decoder = runtime._open(runtime.manifest.decoder, options, providers)
@@ -151,10 +153,7 @@ class ModelRuntime:
         runtime.ready = True
         return runtime
 
-    def _latent_map_body(self) -> bytes | None:
-        latent_map = self.latent_map
-        if latent_map is None:
-            return None
+    def _latent_map_body(self, latent_map: LatentMap) -> bytes:
         return orjson.dumps(
             {
                 "model": self.name,
@@ -258,7 +257,7 @@ class ModelRuntime:
             "default": default,
             "ready": self.ready,
             "providers": self.providers,
-            "latent_map": self.latent_map is not None,
+            "latent_map": self.latent_map_body is not None,
             "manifest": self.manifest.model_dump(mode="json"),
         }
 
