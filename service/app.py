@@ -329,8 +329,8 @@ class ServiceApp(FastAPI):
     """FastAPI with the service's own layers (CORS, the guard, the fast lane) in front of the
     middleware FastAPI wraps around every request (error page, telemetry, body limit) instead
     of inside it. Inference requests the fast lane answers skip those layers: at one image per
-    request they took 19 % of the event loop's time. The guard answers an unexpected exception
-    with the 500 FastAPI's error page would have sent."""
+    request they took 19 % of the event loop's time. An exception there now reaches the guard,
+    which answers with its JSON 500; FastAPI's own routes get the same answer from a handler."""
 
     front: ASGIApp
 
