@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from service.app import begin_shutdown, create_app
+        from service.http import CoalescingHttpToolsProtocol
 
         try:
             registry = loading.result()
@@ -73,8 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,  # the guard writes one line per request (VAE_ACCESS_LOG) instead
         log_config=None,  # keep the handlers configure_logging set up
-        loop="uvloop",  # the fastest event loop and HTTP parser uvicorn offers
-        http="httptools",
+        loop="uvloop",  # the fastest event loop uvicorn offers
+        http=CoalescingHttpToolsProtocol,  # httptools, a response's head and body in one send()
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
