@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.checkpoint import Checkpoint
 from training.cli import main
 from training.config import ConfigError, TrainConfig
 from training.data import IDX_DATASETS, load_splits
 from training.model import AutoEncoder
-from training.train import RunError, _beta_at, evaluate_loss, load_run, train
+from training.train import RunError, beta_at, evaluate_loss, load_run, train
 
 from .conftest import tiny_config
 
 
 def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / f"{which}.pt", weights_only=False)["model"]
+    return Checkpoint.load(run_dir / "checkpoints" / f"{which}.pt").model_state
 
 
 def test_one_epoch_lowers_the_validation_loss(tmp_path: Path, data_dir: Path) -> None:
@@ -99,8 +100,8 @@ def test_run_directory_guards(tmp_path: Path, data_dir: Path) -> None:
 
 def test_kl_warm_up_is_linear() -> None:
     cfg = TrainConfig(beta=2.0, warmup_epochs=4)
-    assert [_beta_at(cfg, e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
-    assert _beta_at(TrainConfig(beta=0.5), 0) == 0.5
+    assert [beta_at(cfg, e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert beta_at(TrainConfig(beta=0.5), 0) == 0.5
 
 
 def test_config_validation_names_the_field() -> None:
