@@ -37,6 +37,7 @@ class GraphSpec(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
+    output_range: tuple[float, float] | None = None  # the decoder's pixel range
 
 
 RESAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -65,6 +66,16 @@ class InputSpec(BaseModel):
 class LatentSpec(BaseModel):
     code_output: str
     logvar_output: str | None = None
+    sigma: str | None = None  # how a VAE's standard deviation follows from logvar, for readers
+    prior: str | None = None  # the prior /generate samples from, for readers
+
+
+class ParityReport(BaseModel):
+    """How far onnxruntime's outputs were from torch's at export, per batch size."""
+
+    atol: float = Field(ge=0)
+    encoder_max_abs_diff: dict[str, FiniteFloat]
+    decoder_max_abs_diff: dict[str, FiniteFloat]
 
 
 class LatentMapSpec(BaseModel):
@@ -97,8 +108,11 @@ class LatentMap(BaseModel):
 
 
 class Manifest(BaseModel):
+    """manifest.json; `training export` validates what it writes against this same schema."""
+
     model_config = ConfigDict(extra="allow")
 
+    manifest_version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN)
     version: str = "1"
     description: str = ""
@@ -112,6 +126,13 @@ class Manifest(BaseModel):
     dataset: dict[str, Any] = {}
     metrics: dict[str, Any] | None = None
     latent_map: LatentMapSpec | None = None
+    # A record of how the model was made; the service shows it and does not act on it.
+    architecture: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    parity: ParityReport | None = None
+    created_at: str | None = None
+    package_version: str | None = None
+    producer: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
