@@ -6,8 +6,8 @@ import itertools
 from pathlib import Path
 
 import service.settings
+from service.manifest import load_manifest
 from service.settings import Settings
-from training.export import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,9 +16,9 @@ def test_bundled_models_match_their_manifests() -> None:
     folders = sorted(p.parent for p in (ROOT / "models").glob("*/manifest.json"))
     assert [f.name for f in folders] == ["fashion-vae", "mnist-ae", "mnist-vae", "mnist-vae-2d"]
     for folder in folders:
-        manifest = read_manifest(folder)  # checks each ONNX file's sha256
-        assert manifest["name"] == folder.name
-        assert manifest["metrics"] is not None, f"{folder.name}: exported before evaluation"
+        manifest = load_manifest(folder)  # checks each ONNX file's sha256
+        assert manifest.name == folder.name
+        assert manifest.metrics is not None, f"{folder.name}: exported before evaluation"
 
 
 def settings_docstrings() -> dict[str, str]:
