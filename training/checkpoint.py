@@ -17,7 +17,7 @@ from training import __version__
 from training.config import TrainConfig
 from training.model import AutoEncoder, ModelConfig
 
-# The keys written on disk, so that checkpoints of earlier versions still load.
+# Keys of the dict on disk: every checkpoint has MODEL_KEYS, last.pt RESUME_KEYS as well.
 MODEL_KEYS = ("model", "model_config", "train_config", "epoch")
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "history", "best_val_loss", "best_epoch")
 
@@ -31,7 +31,7 @@ class RngStates:
     """The random generators a resumed run must continue from."""
 
     shuffle: torch.Tensor  # the generator that shuffles each epoch
-    cpu: torch.Tensor  # torch's global generator: binarisation and the VAE's noise
+    cpu: torch.Tensor  # torch's global CPU generator
     cuda: list[torch.Tensor] | None = None  # the same on each CUDA device, when training there
 
 
@@ -49,6 +49,8 @@ class ResumeState:
 
 @dataclass
 class Checkpoint:
+    """One checkpoint file of a run; only `to_dict` and `from_dict` know its keys."""
+
     model_state: dict[str, torch.Tensor]
     model_config: ModelConfig
     train_config: TrainConfig
@@ -102,7 +104,7 @@ class Checkpoint:
             model_config=ModelConfig.from_dict(state["model_config"]),
             train_config=TrainConfig.from_dict(state["train_config"]),
             epoch=state["epoch"],
-            dataset=state.get("dataset"),  # absent from checkpoints of early versions
+            dataset=state.get("dataset"),  # optional: export then derives it from the config
             package_version=state.get("package_version", "unknown"),
             resume=resume,
         )

@@ -137,7 +137,7 @@ def train(
     """
     files = prepare_run_directory(Path(run_dir), resume)
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # before the model is built: it seeds the initial weights
     data = load_training_data(cfg, splits, device)
     state = start_training(cfg, len(data.train), device)
     if resume:
@@ -146,8 +146,7 @@ def train(
     for epoch in range(state.epochs_done + 1, cfg.epochs + 1):
         record = train_one_epoch(state, data, epoch, progress)
         save_checkpoints(state, record, data.dataset, files)
-        with files.metrics.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(files, record)
     return TrainResult(files.run_dir, state.history, state.best_epoch, state.best_val_loss)
 
 
@@ -323,6 +322,11 @@ def save_checkpoints(
         best_epoch=state.best_epoch,
     )
     checkpoint.save(files.last)
+
+
+def append_metrics(files: RunFiles, record: dict[str, float]) -> None:
+    with files.metrics.open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 @dataclass
