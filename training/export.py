@@ -3,7 +3,8 @@
   encoder.onnx     x (N, 1, 28, 28) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
                    x (N, 1, 28, 28) float32 in [0, 1] -> z (N, latent)            [AE]
   decoder.onnx     z (N, latent) float32 -> x_mean (N, 1, 28, 28) float32 in [0, 1]
-  manifest.json    everything the service needs to load, check and describe them
+  manifest.json    everything the service needs to load, check and describe them, checked
+                   against the service's own schema (service.manifest) before anything is kept
   latent_map.json  latent_dim 2 only: the test split's latent means (AE: codes) and labels, for
                    a scatter of the latent space; left out, with a warning, when the run's
                    dataset cannot be read at export time
