@@ -441,8 +441,9 @@ def create_app(
         flusher = asyncio.create_task(_flush_access_log(app.state.access_log))
         loop = asyncio.get_running_loop()
 
-        def on_sighup() -> None:  # `kill -HUP`: read the model folder again, as POST /models/reload
-            start_rescan(loaded)
+        def on_sighup() -> asyncio.Task[RescanReport | ModelLoadError]:
+            # `kill -HUP`: read the model folder again, as POST /models/reload does.
+            return start_rescan(loaded)
 
         app.state.on_sighup = on_sighup  # what SIGHUP runs (tests call it where no signal can go)
         hangup = _add_signal_handler(loop, signal.SIGHUP, on_sighup)
