@@ -152,7 +152,7 @@ def begin_shutdown(app: FastAPI) -> None:
 
 
 def _add_signal_handler(
-    loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Callable[[], object]
 ) -> bool:
     try:
         loop.add_signal_handler(sig, handler)
