@@ -167,14 +167,14 @@ async def _rescan(registry: ModelRegistry) -> RescanReport | ModelLoadError:
     try:
         return await registry.rescan()
     except ModelLoadError as exc:
-        logger.error("reload of the model folder refused: %s", exc)
+        logger.error("reload of the model folder refused, nothing was changed: %s", exc)
         return exc
 
 
 def _rescan_answer(registry: ModelRegistry, outcome: RescanReport | ModelLoadError) -> JSONResponse:
     if isinstance(outcome, ModelLoadError):
         nothing = RepositoryReloadRefused(
-            detail=f"reload of the model folder refused: {outcome}",
+            detail=f"reload of the model folder refused, nothing was changed: {outcome}",
             added=[],
             dropped=[],
             reloaded=[],

@@ -362,11 +362,14 @@ class RescanReport:
         after: dict[str, ModelRuntime],
         refused: list[Refusal],
     ) -> RescanReport:
+        kept = after.keys() & before.keys()
+        refused_names = {r.model for r in refused}
         return cls(
             added=sorted(after.keys() - before.keys()),
             dropped=sorted(before.keys() - after.keys()),
-            reloaded=sorted(n for n in after.keys() & before.keys() if after[n] is not before[n]),
-            unchanged=sorted(n for n in after.keys() & before.keys() if after[n] is before[n]),
+            reloaded=sorted(n for n in kept if after[n] is not before[n]),
+            # A model whose new version was refused is listed there, not here.
+            unchanged=sorted(n for n in kept if after[n] is before[n] and n not in refused_names),
             refused=refused,
         )
 
@@ -494,7 +497,7 @@ class ModelRegistry:
             problems = "".join(f"; {r.folder}: {r.problem}" for r in refused)
             raise ModelLoadError(
                 f"VAE_MODEL_DIR={self.settings.model_dir} now holds no model that can be "
-                f"served{problems}; nothing was changed"
+                f"served{problems}"
             )
         # In folder order, as at start-up (the default without VAE_DEFAULT_MODEL depends on it).
         models = dict(sorted(models.items(), key=lambda item: item[1].folder))
