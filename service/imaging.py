@@ -113,8 +113,8 @@ def invert_where_needed(images: Array, invert: Invert) -> Array:
     # In float64, with a margin for float32 rounding (up to 1.5e-8 here): grey 127 as float32 is
     # a hair above 127/255 and must not be inverted, grey 128 is. The margin stays below the
     # smallest step of a mean of 8-bit pixels, 1 / (255 * pixels): 5e-6 for 28 x 28.
-    means = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64)
-    light = means > AUTO_INVERT_ABOVE + 1e-7
+    rows = images.reshape(len(images), -1)
+    light = rows.sum(axis=1, dtype=np.float64) > (AUTO_INVERT_ABOVE + 1e-7) * rows.shape[1]
     if not light.any():
         return images
     out = images.copy()
