@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
+from service.metrics import endpoint_label
 from service.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -268,6 +269,11 @@ def test_the_route_does_not_shadow_a_model_named_reload(client: TestClient, mode
     assert client.get("/models/reload").json()["name"] == "reload"
     assert client.post("/models/reload/reload").json()["name"] == "reload"
     assert client.post("/models/reload").json()["unchanged"] == ["reload", "tiny-ae", "tiny-vae"]
+
+
+def test_the_reload_has_its_own_metrics_label() -> None:
+    assert endpoint_label("/models/reload") == "/models/reload"
+    assert endpoint_label("/models/tiny-ae/reload") == "/models/{name}/reload"
 
 
 def test_openapi_documents_the_reload(client: TestClient) -> None:
