@@ -467,7 +467,8 @@ def create_app(
         summary="Encode, reconstruct, generate and decode with exported AEs and VAEs.",
         description=(
             "Images are pixel values in [0, 1] (flat 784 or 28 x 28), or PNG/JPEG uploads as "
-            "multipart/form-data. `logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
+            "multipart/form-data (a photo of dark ink on light paper is inverted: see `invert`). "
+            "`logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
             "Sampled results are reproducible with `seed`. Send `Accept: image/png` to get one "
             "PNG grid instead of JSON images."
         ),

@@ -139,9 +139,8 @@ class ModelRuntime:
         executor: ThreadPoolExecutor,
     ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
-        fingerprint = folder_fingerprint(
-            folder
-        )  # before reading: a change meanwhile is seen next time
+        # Taken before the files are read: a change made meanwhile is seen by the next rescan.
+        fingerprint = folder_fingerprint(folder)
         runtime = cls(folder, load_manifest(folder), fingerprint=fingerprint)
         latent_map = load_latent_map(folder, runtime.manifest)
         if latent_map is not None:
@@ -513,6 +512,16 @@ class ModelRegistry:
             logger.info("dropped model %s: its folder %s is gone", name, retired[name].folder)
         for refusal in refused:
             logger.error("%s", refusal.log_line())
+        logger.info(
+            "model folder read again: %d added, %d dropped, %d reloaded, %d unchanged, %d refused; "
+            "default %s",
+            len(report.added),
+            len(report.dropped),
+            len(report.reloaded),
+            len(report.unchanged),
+            len(refused),
+            report.default,
+        )
         return report
 
     async def _load_folder(self, folder: Path) -> ModelRuntime:
