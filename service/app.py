@@ -45,17 +45,21 @@ from service.oip import ErrorBody, OIPError, build_router, oip_error_response
 from service.payloads import (
     NPY,
     NPZ,
+    PRODUCES,
     Call,
+    ResponseFormat,
     content_type,
     describe_errors,
     error_response,
+    negotiate,
     pick_model,
     read_multipart_images,
     ready_registry,
 )
-from service.runtime import ModelRegistry, memory_trimmer
+from service.runtime import ModelRegistry, RescanReport, memory_trimmer
 from service.schemas import (
     EXAMPLE_IMAGE,
+    INVERT_VALUES,
     DecodeRequest,
     DecodeResponse,
     EncodeParams,
@@ -71,6 +75,9 @@ from service.schemas import (
     ReconstructParams,
     ReconstructRequest,
     ReconstructResponse,
+    RefusedFolder,
+    RepositoryReload,
+    RepositoryReloadRefused,
     error_doc,
 )
 from service.settings import Settings
@@ -97,7 +104,12 @@ REQUEST_MODELS: list[type[BaseModel]] = [
     DecodeRequest,
 ]
 # Schemas the OpenAPI document gets by hand: the request bodies and the errors.
-DOCUMENTED_MODELS: list[type[BaseModel]] = [*REQUEST_MODELS, ErrorResponse, ErrorBody]
+DOCUMENTED_MODELS: list[type[BaseModel]] = [
+    *REQUEST_MODELS,
+    ErrorResponse,
+    ErrorBody,
+    RepositoryReloadRefused,
+]
 
 
 async def _trim_memory(interval_s: float) -> None:
@@ -127,8 +139,9 @@ async def _image_endpoint(
     """An image endpoint reached through FastAPI: multipart uploads are parsed here, JSON and
     .npy bodies the same way as in the fast lane."""
     if content_type(request) == "multipart/form-data":
+        fmt: ResponseFormat = negotiate(request.headers.get("accept", ""), request.url.path)
         parsed = await read_multipart_images(request, params_type, registry, settings, query_model)
-        return await core(*parsed, request.headers.get("accept", ""), settings)
+        return await core(*parsed, fmt, settings)
     return await handler(await Call.from_request(request), registry, settings)
 
 
@@ -139,7 +152,7 @@ def begin_shutdown(app: FastAPI) -> None:
 
 
 def _add_signal_handler(
-    loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Callable[[], None]
+    loop: asyncio.AbstractEventLoop, sig: signal.Signals, handler: Callable[[], object]
 ) -> bool:
     try:
         loop.add_signal_handler(sig, handler)
@@ -148,12 +161,49 @@ def _add_signal_handler(
     return True
 
 
-async def _reload_all(registry: ModelRegistry) -> None:
-    for name in list(registry.models):
-        try:
-            await registry.reload(name)
-        except ModelLoadError as exc:
-            logger.error("reload of %s refused, the previous version keeps serving: %s", name, exc)
+async def _rescan(registry: ModelRegistry) -> RescanReport | ModelLoadError:
+    """Read the model folder again; the registry logs what it added, dropped, reloaded and
+    refused. A scan refused as a whole is logged here and returned."""
+    try:
+        return await registry.rescan()
+    except ModelLoadError as exc:
+        logger.error("reload of the model folder refused, nothing was changed: %s", exc)
+        return exc
+
+
+def _rescan_answer(registry: ModelRegistry, outcome: RescanReport | ModelLoadError) -> JSONResponse:
+    if isinstance(outcome, ModelLoadError):
+        nothing = RepositoryReloadRefused(
+            detail=f"reload of the model folder refused, nothing was changed: {outcome}",
+            added=[],
+            dropped=[],
+            reloaded=[],
+            unchanged=sorted(registry.models),
+            refused=[],
+            default=registry.default_name,
+        )
+        return JSONResponse(nothing.model_dump(mode="json"), status_code=409)
+    report = outcome
+    answer = RepositoryReload(
+        added=report.added,
+        dropped=report.dropped,
+        reloaded=report.reloaded,
+        unchanged=report.unchanged,
+        refused=[
+            RefusedFolder(folder=str(r.folder), model=r.model, problem=r.problem)
+            for r in report.refused
+        ],
+        default=report.default,
+    ).model_dump(mode="json")
+    if not report.refused:
+        return JSONResponse(answer)
+    names = ", ".join(r.model or r.folder.name for r in report.refused)
+    detail = (
+        f"refused: {names} (see `refused`; old versions keep serving, new folders were not "
+        "added); everything else was applied: "
+        + "; ".join(f"{r.folder}: {r.problem}" for r in report.refused)
+    )
+    return JSONResponse({"detail": detail, **answer}, status_code=409)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,12 +240,33 @@ def _schema_ref(model: type[BaseModel], example: dict[str, Any]) -> dict[str, An
     return {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}, "example": example}
 
 
-def _query_params(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        name: {"type": "string", "description": field.description or ""}
-        for name, field in model.model_fields.items()
-        if name not in ("images", "z")
-    }
+def _field_schemas(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """The fields other than the tensor, as text (form fields, query parameters)."""
+    schemas = {}
+    for name, field in model.model_fields.items():
+        if name in ("images", "z"):
+            continue
+        schema: dict[str, Any] = {"type": "string", "description": field.description or ""}
+        if name == "invert":
+            schema["enum"] = list(INVERT_VALUES)
+        schemas[name] = schema
+    return schemas
+
+
+def _npy_query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The fields a .npy request gives as query parameters (`model` is declared by the route)."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"With an application/x-npy body (JSON and multipart requests give it "
+            f"as a field): {schema.pop('description')}",
+            "schema": schema,
+        }
+        for name, schema in _field_schemas(model).items()
+        if name != "model"
+    ]
 
 
 NPY_BODY = {"schema": {"type": "string", "format": "binary"}}
@@ -203,6 +274,7 @@ NPY_BODY = {"schema": {"type": "string", "format": "binary"}}
 
 def _image_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
     return {
+        "parameters": _npy_query_params(model),
         "requestBody": {
             "required": True,
             "description": "JSON; or PNG/JPEG files as multipart/form-data (repeated `images` "
@@ -219,25 +291,27 @@ def _image_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, An
                             "images": {
                                 "type": "array",
                                 "items": {"type": "string", "format": "binary"},
-                                "description": "PNG or JPEG files, preprocessed as in training.",
+                                "description": "PNG or JPEG files, preprocessed as in training "
+                                "(and inverted as `invert` says: by default `auto`).",
                             },
-                            **_query_params(model),
+                            **_field_schemas(model),
                         },
                     }
                 },
                 NPY: NPY_BODY,
             },
-        }
+        },
     }
 
 
 def _latent_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
     return {
+        "parameters": _npy_query_params(model),
         "requestBody": {
             "required": True,
             "description": "JSON; or one float32 .npy array (N x latent) as application/x-npy.",
             "content": {"application/json": _schema_ref(model, example), NPY: NPY_BODY},
-        }
+        },
     }
 
 
@@ -250,13 +324,13 @@ def _params_body(model: type[BaseModel], example: dict[str, Any]) -> dict[str, A
     }
 
 
-def _responses(example: Any, binary: str, png: bool = False) -> dict[int | str, Any]:
+def _responses(path: str, example: Any, binary: str, png: bool = False) -> dict[int | str, Any]:
     content: dict[str, Any] = {"application/json": {"example": example}}
     if binary == "npz":
         content[NPZ] = {
             "schema": {"type": "string", "format": "binary"},
-            "description": "With Accept: application/x-npy: an .npz archive of float32 `mu` "
-            "and (VAE) `logvar`, each N x latent.",
+            "description": "With Accept: application/x-npz (or application/x-npy): an .npz "
+            "archive of float32 `mu` and (VAE) `logvar`, each N x latent.",
         }
     else:
         content[NPY] = {
@@ -273,6 +347,11 @@ def _responses(example: Any, binary: str, png: bool = False) -> dict[int | str, 
         200: {"description": "Success", "content": content},
         400: error_doc("Unreadable .npy or multipart body"),
         404: error_doc("Unknown model"),
+        406: error_doc(
+            "The Accept header takes none of the types this endpoint answers: "
+            + ", ".join(media_type for media_type, _ in PRODUCES[path])
+            + " (any of them with */*, or with no Accept header)"
+        ),
         415: error_doc("Unsupported content type or image format"),
         422: error_doc("Invalid input; the message names the field"),
         **GUARD_RESPONSES,
@@ -361,19 +440,20 @@ def create_app(
         trimmer = asyncio.create_task(_trim_memory(settings.memory_trim_interval_s))
         flusher = asyncio.create_task(_flush_access_log(app.state.access_log))
         loop = asyncio.get_running_loop()
-        reloads: set[asyncio.Task[None]] = set()
 
-        def on_sighup() -> None:  # `kill -HUP`: reload every model from its folder
-            task = loop.create_task(_reload_all(loaded))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+        def on_sighup() -> asyncio.Task[RescanReport | ModelLoadError]:
+            # `kill -HUP`: read the model folder again, as POST /models/reload does.
+            return start_rescan(loaded)
 
+        app.state.on_sighup = on_sighup  # what SIGHUP runs (tests call it where no signal can go)
         hangup = _add_signal_handler(loop, signal.SIGHUP, on_sighup)
         try:
             yield
         finally:
             if hangup:
                 loop.remove_signal_handler(signal.SIGHUP)
+            for reload in list(rescans):
+                reload.cancel()
             trimmer.cancel()
             flusher.cancel()
             if app.state.access_log is not None:
@@ -387,7 +467,8 @@ def create_app(
         summary="Encode, reconstruct, generate and decode with exported AEs and VAEs.",
         description=(
             "Images are pixel values in [0, 1] (flat 784 or 28 x 28), or PNG/JPEG uploads as "
-            "multipart/form-data. `logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
+            "multipart/form-data (a photo of dark ink on light paper is inverted: see `invert`). "
+            "`logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
             "Sampled results are reproducible with `seed`. Send `Accept: image/png` to get one "
             "PNG grid instead of JSON images."
         ),
@@ -398,6 +479,16 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    # Rescans of the model folder (SIGHUP, POST /models/reload) run as tasks of their own: one
+    # that outlasts its HTTP request (504) still finishes, rather than stopping half way.
+    rescans: set[asyncio.Task[RescanReport | ModelLoadError]] = set()
+
+    def start_rescan(registry: ModelRegistry) -> asyncio.Task[RescanReport | ModelLoadError]:
+        task = asyncio.get_running_loop().create_task(_rescan(registry))
+        rescans.add(task)
+        task.add_done_callback(rescans.discard)
+        return task
+
     app.state.settings = settings
     app.state.registry = None
     app.state.draining = False  # set by begin_shutdown() on SIGTERM
@@ -471,7 +562,7 @@ def create_app(
         tags=["inference"],
         summary="Images -> latent mu and logvar",
         openapi_extra=_image_body(EncodeRequest, EXAMPLES["encode"][0]),
-        responses=_responses(EXAMPLES["encode"][1], binary="npz"),
+        responses=_responses("/encode", EXAMPLES["encode"][1], binary="npz"),
     )
     async def encode(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
@@ -489,7 +580,7 @@ def create_app(
         tags=["inference"],
         summary="Images -> decode(encode(images)), deterministic or sampled",
         openapi_extra=_image_body(ReconstructRequest, EXAMPLES["reconstruct"][0]),
-        responses=_responses(EXAMPLES["reconstruct"][1], binary="npy", png=True),
+        responses=_responses("/reconstruct", EXAMPLES["reconstruct"][1], binary="npy", png=True),
     )
     async def reconstruct(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
@@ -513,7 +604,7 @@ def create_app(
         tags=["inference"],
         summary="Decode samples of the prior z ~ N(0, I)",
         openapi_extra=_params_body(GenerateRequest, EXAMPLES["generate"][0]),
-        responses=_responses(EXAMPLES["generate"][1], binary="npy", png=True),
+        responses=_responses("/generate", EXAMPLES["generate"][1], binary="npy", png=True),
     )
     async def generate(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
@@ -528,7 +619,7 @@ def create_app(
         tags=["inference"],
         summary="Latent vectors -> images",
         openapi_extra=_latent_body(DecodeRequest, EXAMPLES["decode"][0]),
-        responses=_responses(EXAMPLES["decode"][1], binary="npy", png=True),
+        responses=_responses("/decode", EXAMPLES["decode"][1], binary="npy", png=True),
     )
     async def decode(
         request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
@@ -597,6 +688,35 @@ def create_app(
         return Response(runtime.latent_map_body, media_type="application/json")
 
     @app.post(
+        "/models/reload",
+        response_model=RepositoryReload,
+        tags=["models"],
+        summary="Read the model folder again: new models added, removed ones dropped, changed "
+        "ones reloaded",
+        responses={
+            409: error_doc(
+                "Something was refused (each in `refused`, with its problem; everything else "
+                "was applied), or the folder holds no model that can be served (nothing changed)",
+                "RepositoryReloadRefused",
+            ),
+            **GUARD_RESPONSES,
+        },
+    )
+    async def reload_repository(registry: Registry) -> JSONResponse:
+        """Scan VAE_MODEL_DIR as at start-up and serve what it now holds, swapped in at once:
+        a new folder is loaded (checked and warmed up) and added; a model whose folder is gone is
+        dropped (requests already running on it finish); a changed folder is reloaded; an
+        unchanged one is left as it is. What fails a check is refused and the rest goes ahead: a
+        broken new folder is not added, a broken new version leaves the old one serving (as
+        POST /models/{name}/reload). The VAE_DEFAULT_MODEL model is never dropped; without that
+        setting, the default is chosen again as at start-up (mnist-vae if loaded, else the first
+        folder). A folder with no servable model left changes nothing (409). SIGHUP does the
+        same, and logs it."""
+        task = start_rescan(registry)
+        # Shielded: a request that times out (504) leaves the scan to finish and swap.
+        return _rescan_answer(registry, await asyncio.shield(task))
+
+    @app.post(
         "/models/{name}/reload",
         response_model=ModelInfo,
         tags=["models"],
@@ -611,8 +731,9 @@ def create_app(
     )
     async def reload_model(name: ModelName, registry: Registry) -> ModelInfo:
         """Re-read the model's folder (manifest, checksums, shapes), open and warm up the new
-        sessions, then swap them in; requests already running finish on the old version. The
-        same happens for every model on SIGHUP."""
+        sessions, then swap them in; requests already running finish on the old version.
+        POST /models/reload (and SIGHUP) does this for every changed folder, and adds and drops
+        models too."""
         pick_model(registry, None, name)  # 404 for an unknown name
         try:
             runtime = await registry.reload(name)

@@ -32,16 +32,17 @@ from service.payloads import (
     Call,
     JSONBody,
     Params,
+    ResponseFormat,
     TensorField,
     error_response,
     images_response,
+    negotiate,
     npz_response,
     parse_params,
     parse_tensor_request,
     pick_model,
     query_model_name,
     ready_registry,
-    response_format,
 )
 from service.runtime import ModelRegistry, ModelRuntime
 from service.schemas import (
@@ -61,10 +62,10 @@ def _draw_seed(seed: int | None) -> int:
 
 
 async def encode_core(
-    params: EncodeParams, runtime: ModelRuntime, x: Array, accept: str, settings: Settings
+    params: EncodeParams, runtime: ModelRuntime, x: Array, fmt: ResponseFormat, settings: Settings
 ) -> Response:
     mu, logvar = await runtime.encode_batched(x)
-    if response_format(accept) == "npy":
+    if fmt == "npy":
         arrays = {"mu": mu} if logvar is None else {"mu": mu, "logvar": logvar}
         return npz_response(arrays, {"X-Model": runtime.name})
     return JSONBody(
@@ -73,7 +74,11 @@ async def encode_core(
 
 
 async def reconstruct_core(
-    params: ReconstructParams, runtime: ModelRuntime, x: Array, accept: str, settings: Settings
+    params: ReconstructParams,
+    runtime: ModelRuntime,
+    x: Array,
+    fmt: ResponseFormat,
+    settings: Settings,
 ) -> Response:
     if params.mode == "deterministic" and (params.samples is not None or params.seed is not None):
         raise InputError(
@@ -105,14 +110,14 @@ async def reconstruct_core(
         if params.samples is None:
             images = images[:, 0]
     fields = {"model": runtime.name, "mode": params.mode, "seed": seed}
-    return images_response(response_format(accept), images, fields, seed)
+    return images_response(fmt, images, fields, seed)
 
 
 async def decode_core(
-    params: DecodeParams, runtime: ModelRuntime, z: Array, accept: str, settings: Settings
+    params: DecodeParams, runtime: ModelRuntime, z: Array, fmt: ResponseFormat, settings: Settings
 ) -> Response:
     images = await runtime.decode_batched(z)
-    return images_response(response_format(accept), images, {"model": runtime.name})
+    return images_response(fmt, images, {"model": runtime.name})
 
 
 # Bodies larger than this are parsed in a worker thread: parsing the largest JSON body allowed
@@ -136,26 +141,34 @@ async def _parse(
     return await loop.run_in_executor(registry.executor, parse_tensor_request, *args)
 
 
+# Each handler settles the answer's format first: a request for a type the endpoint cannot
+# produce gets its 406 before the body is read.
+
+
 async def handle_encode(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
+    fmt = negotiate(call.accept, "/encode")
     params, runtime, x = await _parse(call, IMAGES, EncodeParams, EncodeRequest, registry, settings)
-    return await encode_core(params, runtime, x, call.accept, settings)
+    return await encode_core(params, runtime, x, fmt, settings)
 
 
 async def handle_reconstruct(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
+    fmt = negotiate(call.accept, "/reconstruct")
     params, runtime, x = await _parse(
         call, IMAGES, ReconstructParams, ReconstructRequest, registry, settings
     )
-    return await reconstruct_core(params, runtime, x, call.accept, settings)
+    return await reconstruct_core(params, runtime, x, fmt, settings)
 
 
 async def handle_decode(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
+    fmt = negotiate(call.accept, "/decode")
     params, runtime, z = await _parse(
         call, LATENTS, DecodeParams, DecodeRequest, registry, settings
     )
-    return await decode_core(params, runtime, z, call.accept, settings)
+    return await decode_core(params, runtime, z, fmt, settings)
 
 
 async def handle_generate(call: Call, registry: ModelRegistry, settings: Settings) -> Response:
+    fmt = negotiate(call.accept, "/generate")
     params = parse_params(call, GenerateRequest)
     runtime = pick_model(registry, params.model, query_model_name(call))
     if not runtime.is_vae:
@@ -171,7 +184,7 @@ async def handle_generate(call: Call, registry: ModelRegistry, settings: Setting
     z = (params.temperature * eps).astype(np.float32)
     images = await runtime.decode_batched(z)
     fields = {"model": runtime.name, "seed": seed, "z": z}
-    return images_response(response_format(call.accept), images, fields, seed)
+    return images_response(fmt, images, fields, seed)
 
 
 Handler = Callable[[Call, ModelRegistry, Settings], Awaitable[Response]]

@@ -46,6 +46,7 @@ ENDPOINTS = [
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"), "/v2/models/{model}/ready"),
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?$"), "/v2/models/{model}"),
     (re.compile(r"^/models/[^/]+/reload$"), "/models/{name}/reload"),
+    (re.compile(r"^/models/reload$"), "/models/reload"),
     (re.compile(r"^/models/[^/]+/latent-map$"), "/models/{name}/latent-map"),
     (re.compile(r"^/models/[^/]+$"), "/models/{name}"),
 ]
@@ -160,6 +161,10 @@ class Metrics:
         if previous is not None:
             self.model_info.remove(*self._info_labels(previous))
         self.model_info.labels(*self._info_labels(runtime)).set(1)
+
+    def forget_model(self, runtime: ModelRuntime) -> None:
+        """A model no longer served: its version leaves `vae_model_info`."""
+        self.model_info.remove(*self._info_labels(runtime))
 
     @staticmethod
     def _info_labels(runtime: ModelRuntime) -> tuple[str, str, str, str]:

@@ -5,7 +5,8 @@ Each model's encoder and decoder are OIP models of their own: `mnist-vae-encoder
 `mnist-vae-decoder` takes `z` (N x latent) and gives the images. Tensor names, shapes and the
 version come from the model's manifest. Requests run through the same dynamic batching as the
 service's own endpoints. Errors are `{"error": "..."}`, status 400 (404 for an unknown model),
-as the protocol asks.
+as the protocol asks. `parameters: {"invert": "auto" | true | false}` inverts encoder inputs as
+the service's own /encode does (default false: `x` is the model's input as it is).
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
-from service.imaging import MAX_LATENT, InputError, check_pixels
+from service.imaging import MAX_LATENT, InputError, Invert, check_pixels, invert_where_needed
 from service.manifest import TensorSpec
 from service.metrics import note_model
-from service.payloads import LOADING_HEADERS, JSONBody
+from service.payloads import LOADING_HEADERS, JSONBody, describe_errors, negotiate
 from service.runtime import ModelRegistry, ModelRuntime
-from service.schemas import error_doc
+from service.schemas import EncodeParams, error_doc
 
 GRAPHS = ("encoder", "decoder")
 # OIP datatypes accepted for inputs; all are converted to float32, what the graphs take.
@@ -216,12 +217,42 @@ def _input_array(request: InferenceRequest, runtime: ModelRuntime, graph: str) -
     return rows.astype(np.float32)
 
 
+def _invert(request: InferenceRequest, graph: str) -> Invert:
+    """`invert` from the request's parameters or its input's (both given: they must agree)."""
+    given = [
+        parameters["invert"]
+        for parameters in (request.parameters, request.inputs[0].parameters)
+        if parameters and "invert" in parameters
+    ]
+    if not given:
+        return False
+    if graph != "encoder":
+        raise OIPError("parameters.invert: applies to an encoder's images; a decoder takes z")
+    try:
+        choices = {EncodeParams.model_validate({"invert": value}).invert for value in given}
+    except ValidationError as exc:
+        raise OIPError(f"parameters.{describe_errors(exc.errors())}") from None
+    if len(choices) > 1:
+        raise OIPError("parameters.invert: the request and its input say different things")
+    choice = choices.pop()
+    return False if choice is None else choice
+
+
 async def _infer(
-    registry: ModelRegistry, oip_name: str, version: str | None, request: InferenceRequest
+    registry: ModelRegistry,
+    oip_name: str,
+    version: str | None,
+    request: InferenceRequest,
+    accept: str,
 ) -> Response:
+    try:
+        negotiate(accept, "/v2/models/{model}/infer")
+    except InputError as exc:
+        raise OIPError(str(exc), exc.status) from None
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
     x = _input_array(request, runtime, graph)
+    x = invert_where_needed(x, _invert(request, graph))
     if len(x) > registry.settings.max_images:
         raise OIPError(f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
     if graph == "encoder":
@@ -261,6 +292,10 @@ ERRORS: dict[int | str, Any] = {
     400: error_doc("Invalid request", "ErrorBody"),
     404: error_doc("Unknown model or version", "ErrorBody"),
 }
+INFER_ERRORS: dict[int | str, Any] = {
+    **ERRORS,
+    406: error_doc("The Accept header does not take application/json", "ErrorBody"),
+}
 
 
 def _registry(request: Request) -> ModelRegistry:
@@ -274,6 +309,7 @@ def build_router(guard_responses: dict[int | str, Any]) -> APIRouter:
     """The /v2 routes; `guard_responses` are what the guard may answer on protected paths."""
     router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
     responses = {**ERRORS, **guard_responses}
+    infer_responses = {**INFER_ERRORS, **guard_responses}
 
     @router.get(
         "", response_model=ServerMetadata, summary="Server metadata", responses=guard_responses
@@ -333,17 +369,20 @@ def build_router(guard_responses: dict[int | str, Any]) -> APIRouter:
         "/models/{model_name}/infer",
         response_model=InferenceResponse,
         summary="Inference",
-        responses=responses,
+        responses=infer_responses,
     )
     async def infer(model_name: ModelPath, body: InferenceRequest, request: Request) -> Response:
-        """Run the encoder (`x` -> `mu`, `logvar`) or the decoder (`z` -> images)."""
-        return await _infer(_registry(request), model_name, None, body)
+        """Run the encoder (`x` -> `mu`, `logvar`) or the decoder (`z` -> images). For the
+        encoder, `parameters: {"invert": "auto" | true | false}` inverts the images first (see
+        /encode; default false)."""
+        accept = request.headers.get("accept", "")
+        return await _infer(_registry(request), model_name, None, body, accept)
 
     @router.post(
         "/models/{model_name}/versions/{model_version}/infer",
         response_model=InferenceResponse,
         summary="Inference, one version",
-        responses=responses,
+        responses=infer_responses,
     )
     async def infer_version(
         model_name: ModelPath,
@@ -351,6 +390,7 @@ def build_router(guard_responses: dict[int | str, Any]) -> APIRouter:
         body: InferenceRequest,
         request: Request,
     ) -> Response:
-        return await _infer(_registry(request), model_name, model_version, body)
+        accept = request.headers.get("accept", "")
+        return await _infer(_registry(request), model_name, model_version, body, accept)
 
     return router

@@ -32,9 +32,11 @@ from starlette.exceptions import HTTPException
 
 from service.imaging import (
     InputError,
+    Invert,
     check_pixels,
     image_from_file,
     images_from_lists,
+    invert_where_needed,
     latents_from_lists,
     png_grid,
 )
@@ -47,6 +49,8 @@ Array = NDArray[np.float32]
 Params = TypeVar("Params", bound=BaseModel)
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
+JSON = "application/json"
+PNG = "image/png"
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 ResponseFormat = Literal["json", "npy", "png"]
 NAME_RE = re.compile(NAME_PATTERN)
@@ -318,6 +322,7 @@ async def read_multipart_images(
         fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
         params = _validate(params_type, _coerce_text_fields(fields, params_type))
         model = pick_model(registry, getattr(params, "model", None), query_model)
+        invert = _invert_choice(params, FILE_INVERT_DEFAULT)
         batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
         for i, upload in enumerate(uploads):
             field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
@@ -328,7 +333,12 @@ async def read_multipart_images(
             # body full of them would hold the event loop (every other request, the timeout) for
             # a minute.
             batch[i] = await run_in_threadpool(
-                image_from_file, data, field, model.image_shape, model.manifest.input.preprocessing
+                image_from_file,
+                data,
+                field,
+                model.image_shape,
+                model.manifest.input.preprocessing,
+                invert,
             )
     finally:
         await form.close()
@@ -356,6 +366,17 @@ async def _read_form(request: Request, settings: Settings) -> FormData:
         raise InputError(
             "body", f"not a readable multipart/form-data body ({exc.detail})", 400
         ) from exc
+
+
+# When a request does not say: a file is a picture (a photo, a scan: often dark ink on light
+# paper), an array is taken as the model's input, as it always was (see schemas.InvertField).
+FILE_INVERT_DEFAULT: Invert = "auto"
+ARRAY_INVERT_DEFAULT: Invert = False
+
+
+def _invert_choice(params: BaseModel, default: Invert) -> Invert:
+    choice: Invert | None = getattr(params, "invert", None)
+    return default if choice is None else choice
 
 
 @dataclass(frozen=True)
@@ -407,11 +428,28 @@ def parse_tensor_request(
     registry: ModelRegistry,
     settings: Settings,
 ) -> tuple[Params, ModelRuntime, Array]:
-    """Parameters, model and input array of a JSON or .npy request.
+    """Parameters, model and input array of a JSON or .npy request; images inverted as their
+    `invert` says (default: not at all).
 
     .npy: the body is the array, the other fields are query parameters. JSON: simdjson and numpy
     first; when that finds anything off, pydantic validates the body to name the field at fault.
     """
+    params, model, array = _read_tensor_request(
+        call, field, params_type, full_type, registry, settings
+    )
+    if field is IMAGES:
+        array = invert_where_needed(array, _invert_choice(params, ARRAY_INVERT_DEFAULT))
+    return params, model, array
+
+
+def _read_tensor_request(
+    call: Call,
+    field: TensorField,
+    params_type: type[Params],
+    full_type: type[BaseModel],
+    registry: ModelRegistry,
+    settings: Settings,
+) -> tuple[Params, ModelRuntime, Array]:
     query_model = query_model_name(call)
     if call.content_type == NPY:
         params = _validate(params_type, _coerce_text_fields(dict(call.query), params_type))
@@ -490,14 +528,106 @@ def _check_count(count: int, settings: Settings, field: str = "images") -> None:
 # Responses
 
 
-def response_format(accept: str) -> ResponseFormat:
-    if "application/json" in accept or not accept:
+# What each inference endpoint can answer, in its order of preference (the first when the client
+# has none); each media type with the format that answers it. /encode answers arrays as an .npz
+# archive (mu and logvar), also to `Accept: application/x-npy` as it always has.
+IMAGE_OUTPUTS: tuple[tuple[str, ResponseFormat], ...] = ((JSON, "json"), (NPY, "npy"), (PNG, "png"))
+PRODUCES: dict[str, tuple[tuple[str, ResponseFormat], ...]] = {
+    "/encode": ((JSON, "json"), (NPZ, "npy"), (NPY, "npy")),
+    "/reconstruct": IMAGE_OUTPUTS,
+    "/generate": IMAGE_OUTPUTS,
+    "/decode": IMAGE_OUTPUTS,
+    "/v2/models/{model}/infer": ((JSON, "json"),),
+}
+# Accept headers seen are cached with their answer (a client sends the same one every time);
+# longer ones, which no real client sends, are worked out each time rather than kept.
+CACHED_ACCEPT_CHARS = 256
+
+
+def negotiate(accept: str, endpoint: str) -> ResponseFormat:
+    """The format to answer `endpoint` in, for this `Accept` header (RFC 9110, 12.5.1): of the
+    media types the endpoint produces, the one of highest quality; each takes its quality from
+    the most specific range that matches it (`image/png`, then `image/*`, then `*/*`), q=0 is
+    "not acceptable", ties go to the endpoint's preference, JSON first. No header, or an empty
+    one, accepts anything. None acceptable: a 406 naming what the endpoint produces."""
+    if not accept or accept == JSON:
         return "json"
-    if NPY in accept or NPZ in accept:
-        return "npy"
-    if "image/png" in accept:
-        return "png"
-    return "json"
+    if len(accept) > CACHED_ACCEPT_CHARS:
+        return _negotiate(accept, endpoint)
+    return _negotiate_cached(accept, endpoint)
+
+
+def _negotiate(accept: str, endpoint: str) -> ResponseFormat:
+    ranges = parse_accept(accept)
+    offers = PRODUCES[endpoint]
+    if not ranges and not accept.strip(" \t,"):
+        return offers[0][1]
+    best: tuple[float, ResponseFormat] | None = None
+    for media_type, fmt in offers:
+        quality = accept_quality(ranges, media_type)
+        if quality > 0 and (best is None or quality > best[0]):
+            best = (quality, fmt)
+    if best is None:
+        shown = accept if len(accept) <= 100 else accept[:100] + "..."
+        raise InputError(
+            "", f"Accept: {shown} cannot be produced by {endpoint}; " + _produces(endpoint), 406
+        )
+    return best[1]
+
+
+_negotiate_cached = functools.lru_cache(maxsize=256)(_negotiate)
+
+
+def _produces(endpoint: str) -> str:
+    types = [media_type for media_type, _ in PRODUCES[endpoint]]
+    if endpoint == "/encode":
+        return f"it answers {JSON} or {NPZ} (also sent for {NPY})"
+    if len(types) == 1:
+        return f"it answers {types[0]} only"
+    return f"it answers {', '.join(types[:-1])} or {types[-1]}"
+
+
+def parse_accept(accept: str) -> list[tuple[str, str, float]]:
+    """An Accept header's media ranges as (type, subtype, q), lower case. A range that is not
+    `type/subtype` (or `*/*`, `type/*`), or whose q is not a number in [0, 1], is left out, as
+    the RFC lets a recipient do; media type parameters other than q are not compared."""
+    ranges = []
+    for item in accept.split(","):
+        media_range, *parameters = item.split(";")
+        main, slash, sub = media_range.strip().lower().partition("/")
+        if not slash or not main or not sub or (main == "*" and sub != "*"):
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = math.nan
+        if 0.0 <= quality <= 1.0:  # NaN is neither
+            ranges.append((main, sub, quality))
+    return ranges
+
+
+def accept_quality(ranges: list[tuple[str, str, float]], media_type: str) -> float:
+    """The quality the most specific matching range gives `media_type`; 0 when none matches."""
+    main, _, sub = media_type.partition("/")
+    best_specificity, quality = -1, 0.0
+    for range_main, range_sub, range_quality in ranges:
+        if range_main == main and range_sub == sub:
+            specificity = 2
+        elif range_main == main and range_sub == "*":
+            specificity = 1
+        elif range_main == "*":
+            specificity = 0
+        else:
+            continue
+        if specificity > best_specificity or (
+            specificity == best_specificity and range_quality > quality
+        ):
+            best_specificity, quality = specificity, range_quality
+    return quality
 
 
 def _npy_bytes(array: Array) -> bytes:
