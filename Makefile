@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 MODELS := mnist-vae mnist-vae-2d mnist-ae fashion-vae
 
-.PHONY: run test lint check docs default-models literature-check clean
+.PHONY: run test lint check docs wheel default-models literature-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ check: lint test
 docs: $(VENV)/.installed-docs  ## the documentation site in site/; a broken link fails it
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+wheel: | $(BIN)/python  ## dist/vae_serving-*.whl, e.g. for `pip install 'dist/...whl[client]'`
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
 # Retrain, evaluate, draw and export every bundled model from the MNIST/Fashion-MNIST files in
 # $(DATA_DIR) (downloaded there first if missing and online). About 30 min on 2 CPU cores.
 default-models: $(addprefix model-,$(MODELS))
@@ -65,4 +68,4 @@ literature-check: | $(VENV)/.installed-dev
 	$(BIN)/python -m training report runs/mnist-vae-50-binarized
 
 clean:
-	rm -rf runs site .pytest_cache .mypy_cache .ruff_cache docs/openapi.json
+	rm -rf runs site dist build .pytest_cache .mypy_cache .ruff_cache docs/openapi.json
