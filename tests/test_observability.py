@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import begin_shutdown, create_app
-from service.metrics import JSONFormatter, endpoint_label
-from service.runtime import ModelRuntime
+from service.http.guard import endpoint_label
+from service.models.runtime import ModelRuntime
+from service.observability.logs import JSONFormatter
 from service.settings import Settings
 
 IMAGES = np.random.default_rng(0).uniform(0, 1, size=(3, 784)).round(3)
-
-
-@pytest.fixture
-def client(model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=model_dir, default_model="tiny-vae")
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def samples(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -157,7 +150,7 @@ def test_one_log_line_per_request(model_dir: Path, log_format: str) -> None:
     settings = Settings(model_dir=model_dir, default_model="tiny-vae", log_format=log_format)  # type: ignore[arg-type]
     app = create_app(settings)
     written = io.StringIO()
-    app.state.access_log.stream = written
+    app.state.service.access_log.stream = written
     with TestClient(app) as client:
         client.post("/encode", json={"images": IMAGES.tolist()}, headers={"X-Request-ID": "log-me"})
         client.get("/healthz")  # probes are not logged
@@ -182,7 +175,7 @@ def test_one_log_line_per_request(model_dir: Path, log_format: str) -> None:
 def test_a_path_cannot_forge_log_lines(model_dir: Path, log_format: str) -> None:
     app = create_app(Settings(model_dir=model_dir, log_format=log_format))  # type: ignore[arg-type]
     written = io.StringIO()
-    app.state.access_log.stream = written
+    app.state.service.access_log.stream = written
     with TestClient(app) as client:
         assert client.get("/x%0A2026-01-01 INFO service.access: GET /admin 200").status_code == 404
     (line,) = written.getvalue().splitlines()
@@ -190,7 +183,8 @@ def test_a_path_cannot_forge_log_lines(model_dir: Path, log_format: str) -> None
 
 
 def test_access_log_can_be_turned_off(model_dir: Path) -> None:
-    assert create_app(Settings(model_dir=model_dir, access_log=False)).state.access_log is None
+    app = create_app(Settings(model_dir=model_dir, access_log=False))
+    assert app.service.access_log is None
 
 
 def test_json_formatter_for_the_other_logs() -> None:
@@ -254,7 +248,7 @@ def test_oip_model_metadata_from_the_manifest(client: TestClient, model_dir: Pat
 
 
 def runtime(client: TestClient, name: str) -> ModelRuntime:
-    found: ModelRuntime = client.app.state.registry.models[name]  # type: ignore[attr-defined]
+    found: ModelRuntime = client.app.state.service.registry.models[name]  # type: ignore[attr-defined]
     return found
 
 

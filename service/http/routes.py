@@ -1,0 +1,64 @@
+"""The inference endpoints as FastAPI routes, one per row of the endpoint table: they read
+multipart uploads (the fast path passes those on) and give the endpoints their OpenAPI entries.
+A JSON or .npy request that reaches them is answered exactly as the fast path answers it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from service.codecs.requests import Call
+from service.http.endpoints import ENDPOINTS, Endpoint, respond, respond_to_upload
+from service.http.openapi import request_body, responses
+from service.http.state import AppSettings, Registry
+from service.manifest import NAME_PATTERN
+
+ModelQuery = Annotated[
+    str | None,
+    Query(
+        description="Model name (default: the default model); if the body names one too, "
+        "both must agree.",
+        pattern=NAME_PATTERN,
+    ),
+]
+Route = Callable[..., Awaitable[Response]]
+
+
+def _route(endpoint: Endpoint[Any]) -> Route:
+    uploads = endpoint.tensor is not None and endpoint.tensor.uploads
+
+    async def route(
+        request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
+    ) -> Response:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if uploads and media_type == "multipart/form-data":
+            return await respond_to_upload(endpoint, request, registry, settings, model)
+        call = Call(
+            await request.body(),
+            media_type,
+            request.headers.get("accept", ""),
+            dict(request.query_params.items()),
+        )
+        return await respond(endpoint, call, registry, settings)
+
+    route.__name__ = endpoint.path.strip("/").replace("/", "_").replace("-", "_")
+    return route
+
+
+def inference_router() -> APIRouter:
+    router = APIRouter(tags=["inference"])
+    for endpoint in ENDPOINTS:
+        router.add_api_route(
+            endpoint.path,
+            _route(endpoint),
+            methods=["POST"],
+            response_model=endpoint.response_model,
+            summary=endpoint.summary,
+            description=endpoint.description,
+            openapi_extra=request_body(endpoint),
+            responses=responses(endpoint),
+        )
+    return router
