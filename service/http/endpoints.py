@@ -78,6 +78,11 @@ TENSOR_ANSWERS = {
     422: "Invalid input; the message names the field",
     413: "Body or uploaded file too large",
 }
+PARAMS_ANSWERS = {
+    404: "Unknown model",
+    415: "Unsupported content type",
+    422: "Invalid input; the message names the field",
+}
 _IMG = [[0.0] * 28] * 28
 
 ENDPOINTS: tuple[Endpoint[Any], ...] = (
@@ -145,7 +150,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         operation=ops.generate,
         response_model=GenerateResponse,
         produces={"application/json": "", NPY: NPY_IMAGES, "image/png": PNG_GRID},
-        answers=TENSOR_ANSWERS,
+        answers=PARAMS_ANSWERS,
         example_request={"model": "mnist-vae-2d", "n": 2, "seed": 42, "temperature": 1.0},
         example_response={
             "model": "mnist-vae-2d",
