@@ -21,17 +21,30 @@ const state = {
   slots: {a: null, b: null},
 };
 
-// Per interaction, how long the service took to answer (ms), shown in the footer; `busy` counts
-// work under way (requests, file decoding). Both are read by the browser tests.
-window.playground = {timings: [], ready: false, busy: 0};
+// What the page is doing, for whoever watches it (the browser tests wait on it, never on time):
+// `timings` per interaction, how long the service took to answer (ms, the last one shown in the
+// footer); `busy` the work under way (requests, file decoding); `strokes` the strokes and taps
+// finished on the drawing pad; `answers` the service's answers painted so far. publish() mirrors
+// the counters on <body> as data-state="busy|idle", data-strokes and data-answers.
+window.playground = {timings: [], ready: false, busy: 0, strokes: 0, answers: 0};
+
+function publish() {
+  const page = window.playground;
+  const data = document.body.dataset;
+  data.state = page.busy ? "busy" : "idle";
+  data.strokes = String(page.strokes);
+  data.answers = String(page.answers);
+}
 
 // Counts `promise` as work under way until it settles.
 async function track(promise) {
   window.playground.busy++;
+  publish();
   try {
     return await promise;
   } finally {
     window.playground.busy--;
+    publish();
   }
 }
 
@@ -72,6 +85,8 @@ async function timed(what, work) {
     const result = await work();
     const ms = performance.now() - start;
     window.playground.timings.push({what, ms});
+    window.playground.answers++;
+    publish();
     $("timing").textContent = `${what}: answered in ${ms.toFixed(1)} ms`;
     setStatus("");
     return result;
@@ -286,40 +301,59 @@ async function pickModel(name) {
 
 // --- draw or drop --------------------------------------------------------------------------------
 
+const BRUSH = 22; // pixels of the 280-pixel pad: about MNIST's stroke once scaled to 20 x 20
+
 function setupDrawing() {
   const canvas = $("draw-canvas");
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   clearCanvas(canvas);
-  let last = null;
+  // Set before each mark: clearing the pad and dropping a file change the context's styles.
+  const ink = () => {
+    ctx.fillStyle = ctx.strokeStyle = "#fff";
+    ctx.lineWidth = BRUSH;
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+  };
+  // The pointer drawing the current stroke (mouse, pen or finger) and where it last was; null
+  // between strokes. One pointer draws at a time: a second finger does not join the stroke.
+  let pen = null;
   const at = (event) => {
     const r = canvas.getBoundingClientRect();
     return [(event.clientX - r.left) * canvas.width / r.width,
             (event.clientY - r.top) * canvas.height / r.height];
   };
-  const stroke = (from, to) => {
-    ctx.strokeStyle = "#fff";
-    ctx.lineWidth = 22; // about MNIST's stroke once the digit is scaled to 20 px
-    ctx.lineCap = ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.moveTo(...from);
-    ctx.lineTo(...to);
-    ctx.stroke();
-  };
   canvas.addEventListener("pointerdown", (event) => {
+    if (pen !== null || event.button !== 0) return; // main button, pen tip or finger only
     canvas.setPointerCapture(event.pointerId);
-    last = at(event);
-    stroke(last, last);
+    pen = {id: event.pointerId, last: at(event)};
+    // The ink starts where the pointer lands, so a tap leaves a dot, as on paper. A filled disc,
+    // not a zero-length line: whether that gets round caps differs between browsers.
+    const [x, y] = pen.last;
+    ink();
+    ctx.arc(x, y, BRUSH / 2, 0, 2 * Math.PI);
+    ctx.fill();
     refreshDrawing();
   });
   canvas.addEventListener("pointermove", (event) => {
-    if (last === null) return;
-    const point = at(event);
-    stroke(last, point);
-    last = point;
+    if (pen === null || event.pointerId !== pen.id) return;
+    // Every position the pointer reported, also those merged into this event while the page
+    // was busy: the stroke has the same shape however loaded the machine is.
+    const coalesced = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    ink();
+    ctx.moveTo(...pen.last);
+    for (const moved of coalesced.length ? coalesced : [event]) {
+      pen.last = at(moved);
+      ctx.lineTo(...pen.last);
+    }
+    ctx.stroke();
     refreshDrawing(); // live while drawing; `latest` keeps one request in flight
   });
-  const end = () => {
-    if (last !== null) { last = null; refreshDrawing(); }
+  const end = (event) => {
+    if (pen === null || event.pointerId !== pen.id) return;
+    pen = null;
+    window.playground.strokes++;
+    refreshDrawing(); // the whole stroke, tap or line, is encoded and reconstructed
+    publish();
   };
   canvas.addEventListener("pointerup", end);
   canvas.addEventListener("pointercancel", end);
@@ -725,9 +759,9 @@ async function start() {
   $("api-key").value = sessionStorage.getItem("vae-api-key") || "";
   $("api-key").addEventListener("change", () => {
     sessionStorage.setItem("vae-api-key", $("api-key").value.trim());
-    loadModels();
+    track(loadModels());
   });
-  $("model-select").addEventListener("change", (event) => pickModel(event.target.value));
+  $("model-select").addEventListener("change", (event) => track(pickModel(event.target.value)));
   setupDrawing();
   setupMap();
   setupGenerate();
@@ -736,7 +770,8 @@ async function start() {
   clearCanvas($("recon-canvas"));
   clearCanvas($("map-preview"));
   drawBars();
-  await loadModels();
+  publish();
+  await track(loadModels());
   window.playground.ready = true;
   document.body.dataset.ready = "true";
 }
