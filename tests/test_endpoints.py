@@ -38,10 +38,18 @@ CASES = [
     for request_format in request_formats(endpoint)
     for accept in endpoint.produces
 ]
+# Refusals: (what is wrong, where the request puts it, status, words of the answer)
+FAULTS = [
+    ("unknown model", {"model": "nope"}, {}, 404, b"no model named 'nope'"),
+    ("bad ?model=", {"model": "tiny-vae"}, {"model": "no spaces"}, 422, b"model: String should"),
+]
 ERROR_CASES = [
-    pytest.param(endpoint, request_format, id=f"{endpoint.path}-{request_format}")
+    pytest.param(
+        endpoint, request_format, *fault[1:], id=f"{endpoint.path}-{request_format}-{fault[0]}"
+    )
     for endpoint in ENDPOINTS
     for request_format in request_formats(endpoint)
+    for fault in FAULTS
 ]
 
 
@@ -120,14 +128,23 @@ def test_fast_path_and_routes_answer_alike(
         assert answers["fast path"] == answers["routes"] == answers["app"]
 
 
-@pytest.mark.parametrize(("endpoint", "request_format"), ERROR_CASES)
+@pytest.mark.parametrize(
+    ("endpoint", "request_format", "given", "query", "status", "words"), ERROR_CASES
+)
 def test_fast_path_and_routes_refuse_alike(
-    clients: dict[str, TestClient], endpoint: Endpoint[Any], request_format: str
+    clients: dict[str, TestClient],
+    endpoint: Endpoint[Any],
+    request_format: str,
+    given: dict[str, str],
+    query: dict[str, str],
+    status: int,
+    words: bytes,
 ) -> None:
-    kwargs = request(endpoint, request_format, "application/json", latent_dim=2, model="nope")
+    kwargs = request(endpoint, request_format, "application/json", 2, given["model"])
+    if query:
+        kwargs["params"] = {**kwargs.get("params", {}), **query}
     answers = {name: answer(client, endpoint.path, kwargs) for name, client in clients.items()}
-    status, _, body = answers["app"]
-    assert status == 404 and b"no model named 'nope'" in body
+    assert answers["app"][0] == status and words in answers["app"][2], answers["app"]
     if request_format == "multipart":
         assert answers["routes"] == answers["app"]
     else:

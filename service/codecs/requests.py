@@ -109,7 +109,8 @@ def parse_request(
     """Parameters, model and input array (None for an endpoint of parameters only)."""
     if spec.tensor is None:
         params = parse_params(call, spec.params)
-        return params, registry.pick(getattr(params, "model", None), query_model_name(call)), None
+        model = registry.pick(getattr(params, "model", None), query_model_name(call.query))
+        return params, model, None
     return parse_tensor_request(call, spec.tensor, spec.params, spec.body, registry, settings)
 
 
@@ -122,7 +123,7 @@ def parse_tensor_request(
     settings: Settings,
 ) -> tuple[Params, ModelRuntime, Array]:
     """Parameters, model and input array of a JSON or .npy request."""
-    query_model = query_model_name(call)
+    query_model = query_model_name(call.query)
     if call.content_type == NPY:
         params = validate_fields(params_type, call.query)
         model = registry.pick(getattr(params, "model", None), query_model)
@@ -199,8 +200,9 @@ def _json_error(call: Call, exc: ValidationError) -> InvalidInput:
     return InvalidInput("", message)
 
 
-def query_model_name(call: Call) -> str | None:
-    name = call.query.get("model")
+def query_model_name(query: dict[str, str]) -> str | None:
+    """The `?model=` of a request, if any."""
+    name = query.get("model")
     if name is not None and not NAME_RE.fullmatch(name):
         raise InvalidInput("model", f"String should match pattern '{NAME_PATTERN}'")
     return name

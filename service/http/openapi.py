@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from service.codecs.npy import NPY
 from service.http.endpoints import ENDPOINTS, Endpoint
+from service.manifest import NAME_PATTERN
 
 
 def error_doc(description: str, schema: str = "ErrorResponse") -> dict[str, Any]:
@@ -31,6 +32,21 @@ GUARD_RESPONSES: dict[int | str, Any] = {
     504: error_doc("Not answered within VAE_REQUEST_TIMEOUT_S"),
 }
 BINARY = {"type": "string", "format": "binary"}
+MODEL_QUERY_DESCRIPTION = (
+    "Model name (default: the default model); if the body names one too, both must agree."
+)
+# `?model=`, read by the codecs (service.codecs.requests.query_model_name) rather than FastAPI.
+MODEL_QUERY = {
+    "name": "model",
+    "in": "query",
+    "required": False,
+    "description": MODEL_QUERY_DESCRIPTION,
+    "schema": {
+        "anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "null"}],
+        "title": "Model",
+        "description": MODEL_QUERY_DESCRIPTION,
+    },
+}
 
 
 def _schema_ref(model: type[BaseModel], example: dict[str, Any]) -> dict[str, Any]:
@@ -45,11 +61,14 @@ def _text_fields(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def request_body(endpoint: Endpoint[Any]) -> dict[str, Any]:
-    """The `requestBody` of an inference endpoint, from its row."""
+    """The query parameters and `requestBody` of an inference endpoint, from its row."""
     json_body = _schema_ref(endpoint.body, endpoint.example_request)
     tensor = endpoint.tensor
     if tensor is None:
-        return {"requestBody": {"required": False, "content": {"application/json": json_body}}}
+        return {
+            "parameters": [MODEL_QUERY],
+            "requestBody": {"required": False, "content": {"application/json": json_body}},
+        }
     content: dict[str, Any] = {"application/json": json_body}
     if tensor.uploads:
         description = (
@@ -78,7 +97,10 @@ def request_body(endpoint: Endpoint[Any]) -> dict[str, Any]:
             f"as query parameters (`{tensor.name}` is the array)."
         )
     content[NPY] = {"schema": BINARY}
-    return {"requestBody": {"required": True, "description": description, "content": content}}
+    return {
+        "parameters": [MODEL_QUERY],
+        "requestBody": {"required": True, "description": description, "content": content},
+    }
 
 
 def responses(endpoint: Endpoint[Any]) -> dict[int | str, Any]:

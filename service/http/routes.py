@@ -1,47 +1,35 @@
 """The inference endpoints as FastAPI routes, one per row of the endpoint table: they read
 multipart uploads (the fast path passes those on) and give the endpoints their OpenAPI entries.
-A JSON or .npy request that reaches them is answered exactly as the fast path answers it."""
+A JSON or .npy request that reaches them is answered exactly as the fast path answers it: the
+query is read by the same codec, not by FastAPI (whose errors would word the same fault
+otherwise)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.codecs.requests import Call
+from service.codecs.requests import Call, query_model_name
 from service.http.endpoints import ENDPOINTS, Endpoint, respond, respond_to_upload
 from service.http.openapi import request_body, responses
 from service.http.state import AppSettings, Registry
-from service.manifest import NAME_PATTERN
 
-ModelQuery = Annotated[
-    str | None,
-    Query(
-        description="Model name (default: the default model); if the body names one too, "
-        "both must agree.",
-        pattern=NAME_PATTERN,
-    ),
-]
 Route = Callable[..., Awaitable[Response]]
 
 
 def _route(endpoint: Endpoint[Any]) -> Route:
     uploads = endpoint.tensor is not None and endpoint.tensor.uploads
 
-    async def route(
-        request: Request, registry: Registry, settings: AppSettings, model: ModelQuery = None
-    ) -> Response:
+    async def route(request: Request, registry: Registry, settings: AppSettings) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        query = dict(request.query_params.items())
         if uploads and media_type == "multipart/form-data":
+            model = query_model_name(query)
             return await respond_to_upload(endpoint, request, registry, settings, model)
-        call = Call(
-            await request.body(),
-            media_type,
-            request.headers.get("accept", ""),
-            dict(request.query_params.items()),
-        )
+        call = Call(await request.body(), media_type, request.headers.get("accept", ""), query)
         return await respond(endpoint, call, registry, settings)
 
     route.__name__ = endpoint.path.strip("/").replace("/", "_").replace("-", "_")
