@@ -10,10 +10,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
+from starlette.types import Scope
 
 from service.codecs.images import check_pixels, images_from_lists, latents_from_lists
 from service.codecs.json_input import describe_errors, json_tensor_body
@@ -38,6 +40,26 @@ class Call:
     content_type: str  # media type only, lower case
     accept: str
     query: dict[str, str]
+
+    @classmethod
+    def of(cls, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> Call:
+        """The call an ASGI request makes: `headers` are its headers as a dict."""
+        return cls(
+            body,
+            media_type(headers).decode("latin-1"),
+            headers.get(b"accept", b"").decode("latin-1"),
+            query_of(scope),
+        )
+
+
+def query_of(scope: Scope) -> dict[str, str]:
+    """An ASGI request's query parameters (the last of a repeated one; blank ones left out)."""
+    return dict(parse_qsl(scope["query_string"].decode("latin-1")))
+
+
+def media_type(headers: dict[bytes, bytes]) -> bytes:
+    """The Content-Type's media type, lower case, without its parameters."""
+    return headers.get(b"content-type", b"").split(b";")[0].strip().lower()
 
 
 @dataclass(frozen=True)

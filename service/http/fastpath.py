@@ -9,11 +9,9 @@ included.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.codecs.requests import Call
+from service.codecs.requests import Call, media_type
 from service.errors import ServiceError
 from service.http.endpoints import BY_PATH, respond
 from service.http.errors import error_response
@@ -33,19 +31,13 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media_type == b"multipart/form-data":
+        if media_type(headers) == b"multipart/form-data":
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
         if body is None:
             return  # the client hung up: nobody to answer
-        call = Call(
-            body,
-            media_type.decode("latin-1"),
-            headers.get(b"accept", b"").decode("latin-1"),
-            dict(parse_qsl(scope["query_string"].decode("latin-1"))),
-        )
+        call = Call.of(scope, headers, body)
         state = self.state
         try:
             response = await respond(endpoint, call, state.ready_registry(), state.settings)

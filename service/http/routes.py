@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.codecs.requests import Call, query_model_name
+from service.codecs.requests import Call, media_type, query_model_name, query_of
 from service.http.endpoints import ENDPOINTS, Endpoint, respond, respond_to_upload
 from service.http.openapi import request_body, responses
 from service.http.state import AppSettings, Registry
@@ -24,12 +24,11 @@ def _route(endpoint: Endpoint[Any]) -> Route:
     uploads = endpoint.tensor is not None and endpoint.tensor.uploads
 
     async def route(request: Request, registry: Registry, settings: AppSettings) -> Response:
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        query = dict(request.query_params.items())
-        if uploads and media_type == "multipart/form-data":
-            model = query_model_name(query)
+        headers = dict(request.scope["headers"])
+        if uploads and media_type(headers) == b"multipart/form-data":
+            model = query_model_name(query_of(request.scope))
             return await respond_to_upload(endpoint, request, registry, settings, model)
-        call = Call(await request.body(), media_type, request.headers.get("accept", ""), query)
+        call = Call.of(request.scope, headers, await request.body())
         return await respond(endpoint, call, registry, settings)
 
     route.__name__ = endpoint.path.strip("/").replace("/", "_").replace("-", "_")
