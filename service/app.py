@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,23 +23,23 @@ from service.http.docs import add_docs
 from service.http.errors import install_error_handlers
 from service.http.fastpath import FastLane
 from service.http.guard import Guard
-from service.http.meta import health_router, models_router
+from service.http.meta import health_router, models_router, reload_router
 from service.http.oip import ErrorBody, oip_router
 from service.http.openapi import documented_models, install_openapi
 from service.http.routes import inference_router
 from service.http.state import AppState
-from service.manifest import ModelLoadError
 from service.models.registry import ModelRegistry
 from service.models.runtime import memory_trimmer
 from service.observability.access_log import AccessLog
 from service.observability.metrics import Metrics
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, RepositoryReloadRefused
 from service.settings import Settings
 
 logger = logging.getLogger("service")
 DESCRIPTION = (
     "Images are pixel values in [0, 1] (flat 784 or 28 x 28), or PNG/JPEG uploads as "
-    "multipart/form-data. `logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
+    "multipart/form-data (a photo of dark ink on light paper is inverted: see `invert`). "
+    "`logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
     "Sampled results are reproducible with `seed`. Send `Accept: image/png` to get one "
     "PNG grid instead of JSON images."
 )
@@ -94,10 +93,11 @@ def create_app(
             expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After"],
         )
     install_error_handlers(app)
-    for router in (inference_router(), models_router(), health_router(), oip_router()):
+    routers = (inference_router(), reload_router(), models_router(), health_router(), oip_router())
+    for router in routers:
         app.include_router(router)
     add_docs(app)
-    install_openapi(app, documented_models([ErrorResponse, ErrorBody]))
+    install_openapi(app, documented_models([ErrorResponse, ErrorBody, RepositoryReloadRefused]))
     return app
 
 
@@ -124,7 +124,10 @@ def _lifespan(
             asyncio.create_task(_trim_memory(state.settings.memory_trim_interval_s)),
             asyncio.create_task(_flush_access_log(state.access_log)),
         ]
-        hangup = _on_signal(signal.SIGHUP, lambda: _reload_all(loaded))
+        # `kill -HUP`: read the model folder again, as POST /models/reload does. Also kept as
+        # app.state.on_sighup, for tests where no signal can go.
+        app.state.on_sighup = loaded.start_rescan
+        hangup = _on_signal(signal.SIGHUP, loaded.start_rescan)
         try:
             yield
         finally:
@@ -140,33 +143,15 @@ def _lifespan(
     return lifespan
 
 
-def _on_signal(
-    sig: signal.Signals, reaction: Callable[[], Coroutine[Any, Any, None]]
-) -> Callable[[], object] | None:
-    """Run the coroutine `reaction()` makes on each `sig` (`kill -HUP`: reload every model);
-    returns what removes the handler, or None where signals cannot be handled here (not the
-    main thread, or Windows)."""
+def _on_signal(sig: signal.Signals, handler: Callable[[], object]) -> Callable[[], object] | None:
+    """Call `handler` on each `sig`; returns what removes the handler, or None where signals
+    cannot be handled here (not the main thread, or Windows)."""
     loop = asyncio.get_running_loop()
-    running: set[asyncio.Task[None]] = set()
-
-    def handler() -> None:
-        task = loop.create_task(reaction())
-        running.add(task)
-        task.add_done_callback(running.discard)
-
     try:
         loop.add_signal_handler(sig, handler)
     except (NotImplementedError, RuntimeError, ValueError):
         return None
     return lambda: loop.remove_signal_handler(sig)
-
-
-async def _reload_all(registry: ModelRegistry) -> None:
-    for name in list(registry.models):
-        try:
-            await registry.reload(name)
-        except ModelLoadError as exc:
-            logger.error("reload of %s refused, the previous version keeps serving: %s", name, exc)
 
 
 async def _trim_memory(interval_s: float) -> None:

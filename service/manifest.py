@@ -150,6 +150,29 @@ def _problems(exc: ValidationError, what: str) -> str:
     )
 
 
+def model_folders(model_dir: Path) -> list[Path]:
+    """Every sub-folder of `model_dir` holding a manifest.json, by name."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"VAE_MODEL_DIR={model_dir} is not a folder")
+    return sorted(p.parent for p in model_dir.glob("*/manifest.json"))
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """What a model folder holds now, cheaply: the manifest's bytes (which carry the sha256 of
+    every file it names) and the name, size and modification time of every file beside it. Two
+    equal fingerprints: nothing to reload. A folder that cannot be read gets a fingerprint of its
+    own, so that loading it is tried (and tells what is wrong)."""
+    digest = hashlib.sha256()
+    try:
+        digest.update((folder / "manifest.json").read_bytes())
+        for path in sorted(folder.iterdir()):
+            info = path.stat()
+            digest.update(f"\0{path.name}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    except OSError as exc:
+        digest.update(f"unreadable: {exc}".encode())
+    return digest.hexdigest()
+
+
 def load_manifest(folder: Path) -> Manifest:
     """Parse and check `folder/manifest.json` and the sha256 of the files it names."""
     path = folder / "manifest.json"

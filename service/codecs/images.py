@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,6 +18,14 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its head
 # Latent values are O(1) (the prior is N(0, I), AE codes are of the same order); far larger ones
 # overflow the decoder's float32 arithmetic into NaN images (3.4e38 does on the bundled models).
 MAX_LATENT = 1e6
+
+# Whether to invert an image (1 - pixel) so that it is bright strokes on a dark background, as the
+# models were trained: always, never, or "auto" (by its brightness, see `invert_where_needed`).
+Invert = Literal["auto"] | bool
+# "auto" inverts an image whose mean grey level is above 127 of 255: dark ink on light paper. The
+# playground's rule (service/static/playground/playground.js, drawFile), so that the page and the
+# API treat the same picture alike.
+AUTO_INVERT_ABOVE = 127 / 255
 
 # Pillow is imported where images are decoded or drawn: most requests carry arrays, and the
 # service's resident memory is a budget (see README, "Performance").
@@ -87,11 +95,36 @@ def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> 
     return array.astype(np.float32, copy=False)
 
 
+def invert_where_needed(images: Array, invert: Invert) -> Array:
+    """Images (N, ...) in [0, 1], each inverted (1 - pixel) when `invert` is true, none when it is
+    false, and with "auto" those whose mean brightness is above 127/255 (dark on light). A new
+    array wherever anything is inverted: `images` may be a read-only view of a request body."""
+    if invert is False:
+        return images
+    if invert is True:
+        return 1.0 - images
+    # In float64, with a margin for float32 rounding (up to 1.5e-8 here): grey 127 as float32 is
+    # a hair above 127/255 and must not be inverted, grey 128 is. The margin stays below the
+    # smallest step of a mean of 8-bit pixels, 1 / (255 * pixels): 5e-6 for 28 x 28.
+    rows = images.reshape(len(images), -1)
+    light = rows.sum(axis=1, dtype=np.float64) > (AUTO_INVERT_ABOVE + 1e-7) * rows.shape[1]
+    if not light.any():
+        return images
+    out = images.copy()
+    out[light] = 1.0 - out[light]
+    return out
+
+
 def image_from_file(
-    data: bytes, field: str, shape: tuple[int, int, int], preprocessing: dict[str, Any]
+    data: bytes,
+    field: str,
+    shape: tuple[int, int, int],
+    preprocessing: dict[str, Any],
+    invert: Invert = "auto",
 ) -> Array:
     """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
-    grayscale, resize (bilinear by default), pixel / 255, optional inversion."""
+    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says (see
+    `invert_where_needed`)."""
     from PIL import Image
 
     c, h, w = shape
@@ -116,9 +149,7 @@ def image_from_file(
     if gray.size != (w, h):
         resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
         gray = gray.resize((w, h), resample)
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
-    if preprocessing.get("invert"):
-        pixels = 1.0 - pixels
+    pixels = invert_where_needed((np.asarray(gray, dtype=np.float32) / 255.0)[None], invert)[0]
     return np.broadcast_to(pixels, (c, h, w)).copy()
 
 

@@ -10,12 +10,23 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from service.codecs.images import image_from_file
-from service.codecs.requests import IMAGES, Array, Params, check_count, validate_fields
+from service.codecs.images import Invert, image_from_file
+from service.codecs.requests import (
+    IMAGES,
+    Array,
+    Params,
+    check_count,
+    invert_choice,
+    validate_fields,
+)
 from service.errors import BadRequest, InvalidInput, TooLarge
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.settings import Settings
+
+# When a request does not say: a file is a picture (a photo, a scan: often dark ink on light
+# paper), inverted where it looks like one; arrays are not (service.codecs.requests).
+FILE_INVERT_DEFAULT: Invert = "auto"
 
 
 async def read_multipart_images(
@@ -35,6 +46,7 @@ async def read_multipart_images(
         fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
         params = validate_fields(params_type, fields)
         model = registry.pick(getattr(params, "model", None), query_model)
+        invert = invert_choice(params, FILE_INVERT_DEFAULT)
         batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
         for i, upload in enumerate(uploads):
             field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
@@ -44,7 +56,12 @@ async def read_multipart_images(
             # In a worker thread: a small file can hold a huge image, and a body full of them
             # would hold the event loop (every other request, the timeout) for a long time.
             batch[i] = await run_in_threadpool(
-                image_from_file, data, field, model.image_shape, model.manifest.input.preprocessing
+                image_from_file,
+                data,
+                field,
+                model.image_shape,
+                model.manifest.input.preprocessing,
+                invert,
             )
     finally:
         await form.close()

@@ -17,7 +17,13 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ValidationError
 from starlette.types import Scope
 
-from service.codecs.images import check_pixels, images_from_lists, latents_from_lists
+from service.codecs.images import (
+    Invert,
+    check_pixels,
+    images_from_lists,
+    invert_where_needed,
+    latents_from_lists,
+)
 from service.codecs.json_input import describe_errors, json_tensor_body
 from service.codecs.npy import NPY, images_from_npy, read_npy
 from service.errors import InvalidInput, UnsupportedMediaType
@@ -71,6 +77,7 @@ class TensorField:
     from_fast_json: Callable[[NDArray[Any], ModelRuntime], Array | None]  # None: pydantic looks
     from_lists: Callable[[Any, ModelRuntime], Array]
     uploads: bool  # whether image files may be sent instead (multipart/form-data)
+    invertible: bool  # whether `invert` applies (images: 1 - pixel)
     what: str  # how a count of them is said: "65 latent vectors", not "65 z"
 
 
@@ -113,6 +120,7 @@ IMAGES = TensorField(
     from_fast_json=_fast_images,
     from_lists=lambda raw, model: images_from_lists(raw, model.image_shape),
     uploads=True,
+    invertible=True,
     what="images",
 )
 LATENTS = TensorField(
@@ -121,6 +129,7 @@ LATENTS = TensorField(
     from_fast_json=_fast_latents,
     from_lists=lambda raw, model: latents_from_lists(raw, model.latent_dim),
     uploads=False,
+    invertible=False,
     what="latent vectors",
 )
 
@@ -136,6 +145,17 @@ def parse_request(
     return parse_tensor_request(call, spec.tensor, spec.params, spec.body, registry, settings)
 
 
+# When a request does not say: an array is taken as the model's input as it is; a file is a
+# picture (a photo, a scan: often dark ink on light paper), see service.codecs.multipart.
+ARRAY_INVERT_DEFAULT: Invert = False
+
+
+def invert_choice(params: BaseModel, default: Invert) -> Invert:
+    """What the request's `invert` says, or `default` when it says nothing."""
+    choice: Invert | None = getattr(params, "invert", None)
+    return default if choice is None else choice
+
+
 def parse_tensor_request(
     call: Call,
     field: TensorField,
@@ -144,7 +164,24 @@ def parse_tensor_request(
     registry: ModelRegistry,
     settings: Settings,
 ) -> tuple[Params, ModelRuntime, Array]:
-    """Parameters, model and input array of a JSON or .npy request."""
+    """Parameters, model and input array of a JSON or .npy request; images inverted as their
+    `invert` says (default: not at all)."""
+    params, model, array = _read_tensor_request(
+        call, field, params_type, body_type, registry, settings
+    )
+    if field.invertible:
+        array = invert_where_needed(array, invert_choice(params, ARRAY_INVERT_DEFAULT))
+    return params, model, array
+
+
+def _read_tensor_request(
+    call: Call,
+    field: TensorField,
+    params_type: type[Params],
+    body_type: type[BaseModel],
+    registry: ModelRegistry,
+    settings: Settings,
+) -> tuple[Params, ModelRuntime, Array]:
     query_model = query_model_name(call.query)
     if call.content_type == NPY:
         params = validate_fields(params_type, call.query)

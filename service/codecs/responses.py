@@ -6,17 +6,17 @@ headers.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
 from starlette.responses import Response
 
+from service.codecs.accept import ResponseFormat
 from service.codecs.images import png_grid
 from service.codecs.npy import NPY, NPZ, npy_bytes, npz_bytes
 from service.ops import Result
 
-ResponseFormat = Literal["json", "npy", "png"]
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -25,17 +25,6 @@ class JSONBody(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=JSON_OPTIONS)
-
-
-def response_format(accept: str) -> ResponseFormat:
-    """The format an Accept header asks for; JSON when it names none this service writes."""
-    if "application/json" in accept or not accept:
-        return "json"
-    if NPY in accept or NPZ in accept:
-        return "npy"
-    if "image/png" in accept:
-        return "png"
-    return "json"
 
 
 def render(result: Result, fmt: ResponseFormat) -> Response:

@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import ops
+from service.codecs.accept import JSON, Offer, Offers, negotiate
 from service.codecs.multipart import read_multipart_images
 from service.codecs.npy import NPY, NPZ
 from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
-from service.codecs.responses import render, response_format
+from service.codecs.responses import render
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.schemas import (
@@ -60,16 +61,21 @@ class Endpoint(Generic[P]):
     tensor: TensorField | None  # the field that becomes the model's input; None: parameters only
     operation: Operation[P]
     response_model: type[BaseModel]  # the JSON answer
-    produces: dict[str, str]  # media type -> what an answer in it holds ("" for JSON)
+    produces: Offers  # what it answers in, in its order of preference (the first by default)
     answers: dict[int, str]  # the errors it can give besides the guard's, and when
     example_request: dict[str, Any]
     example_response: dict[str, Any]
 
 
-PNG_GRID = "With Accept: image/png: one PNG grid of all images."
-NPY_IMAGES = (
-    "With Accept: application/x-npy: one float32 .npy array of the images (N x 28 x 28, or "
-    "N x samples x 28 x 28)."
+IMAGE_ANSWERS = (
+    Offer(JSON, "json"),
+    Offer(
+        NPY,
+        "npy",
+        "With Accept: application/x-npy: one float32 .npy array of the images (N x 28 x 28, or "
+        "N x samples x 28 x 28).",
+    ),
+    Offer("image/png", "png", "With Accept: image/png: one PNG grid of all images."),
 )
 TENSOR_ANSWERS = {
     400: "Unreadable .npy or multipart body",
@@ -97,11 +103,16 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         tensor=IMAGES,
         operation=ops.encode,
         response_model=EncodeResponse,
-        produces={
-            "application/json": "",
-            NPZ: "With Accept: application/x-npy: an .npz archive of float32 `mu` and (VAE) "
-            "`logvar`, each N x latent.",
-        },
+        produces=(
+            Offer(JSON, "json"),
+            Offer(
+                NPZ,
+                "npy",
+                "With Accept: application/x-npz (or application/x-npy): an .npz archive of "
+                "float32 `mu` and (VAE) `logvar`, each N x latent.",
+            ),
+            Offer(NPY, "npy", alias_of=NPZ),  # as /encode always answered .npy requests
+        ),
         answers=TENSOR_ANSWERS,
         example_request={"model": "mnist-vae-2d", "images": [EXAMPLE_IMAGE]},
         example_response={
@@ -122,7 +133,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         tensor=IMAGES,
         operation=ops.reconstruct,
         response_model=ReconstructResponse,
-        produces={"application/json": "", NPY: NPY_IMAGES, "image/png": PNG_GRID},
+        produces=IMAGE_ANSWERS,
         answers=TENSOR_ANSWERS,
         example_request={
             "model": "mnist-vae",
@@ -149,7 +160,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         tensor=None,
         operation=ops.generate,
         response_model=GenerateResponse,
-        produces={"application/json": "", NPY: NPY_IMAGES, "image/png": PNG_GRID},
+        produces=IMAGE_ANSWERS,
         answers=PARAMS_ANSWERS,
         example_request={"model": "mnist-vae-2d", "n": 2, "seed": 42, "temperature": 1.0},
         example_response={
@@ -169,7 +180,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         tensor=LATENTS,
         operation=ops.decode,
         response_model=DecodeResponse,
-        produces={"application/json": "", NPY: NPY_IMAGES, "image/png": PNG_GRID},
+        produces=IMAGE_ANSWERS,
         answers=TENSOR_ANSWERS,
         example_request={"model": "mnist-vae-2d", "z": [[0.0, 0.0], [1.5, -0.5]]},
         example_response={"model": "mnist-vae-2d", "images": [_IMG, _IMG]},
@@ -186,8 +197,10 @@ OFF_LOOP_BODY_BYTES = 256 * 1024
 async def respond(
     endpoint: Endpoint[Any], call: Call, registry: ModelRegistry, settings: Settings
 ) -> Response:
-    """A JSON or .npy request to `endpoint`, answered: parse, run the operation, render."""
-    fmt = response_format(call.accept)
+    """A JSON or .npy request to `endpoint`, answered: parse, run the operation, render. The
+    answer's format is settled first: one the endpoint cannot produce is refused (406) before
+    the body is read."""
+    fmt = negotiate(call.accept, endpoint.produces, endpoint.path)
     if len(call.body) <= OFF_LOOP_BODY_BYTES:
         params, model, x = parse_request(call, endpoint, registry, settings)
     else:  # in the request's context, so that the model it picks is noted in its log line
@@ -206,7 +219,7 @@ async def respond_to_upload(
     query_model: str | None,
 ) -> Response:
     """A multipart/form-data request of image files to `endpoint`, answered."""
-    fmt = response_format(request.headers.get("accept", ""))
+    fmt = negotiate(request.headers.get("accept", ""), endpoint.produces, endpoint.path)
     params, model, x = await read_multipart_images(
         request, endpoint.params, registry, settings, query_model
     )

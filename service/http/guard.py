@@ -53,7 +53,9 @@ OPEN = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/", "/v2/health/")
 
 # Paths become bounded labels: a model name or a typo in the URL must not create a time series.
-FIXED_ENDPOINTS = frozenset({*(e.path for e in ENDPOINTS), "/models", "/v2", "/metrics"})
+FIXED_ENDPOINTS = frozenset(
+    {*(e.path for e in ENDPOINTS), "/models", "/models/reload", "/v2", "/metrics"}
+)
 ENDPOINT_PATTERNS = [
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$"), "/v2/models/{model}/infer"),
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"), "/v2/models/{model}/ready"),

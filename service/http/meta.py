@@ -1,8 +1,9 @@
-"""Metadata and health routes: the models, their latent maps and reloads; liveness, readiness and
-the Prometheus metrics."""
+"""Metadata and health routes: the models, their latent maps and reloads (one model, or the whole
+model folder); liveness, readiness and the Prometheus metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -13,15 +14,59 @@ from service.errors import Conflict, NotFound
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
 from service.manifest import ModelLoadError
-from service.models.registry import ModelRegistry
+from service.models.registry import ModelRegistry, RescanReport
 from service.models.runtime import ModelRuntime
-from service.schemas import Health, LatentMapResponse, ModelInfo, ModelList
+from service.schemas import (
+    Health,
+    LatentMapResponse,
+    ModelInfo,
+    ModelList,
+    RefusedFolder,
+    RepositoryReload,
+    RepositoryReloadRefused,
+)
 
 ModelName = Annotated[str, Path(description="Model name, as listed by /models")]
 
 
 def model_info(registry: ModelRegistry, runtime: ModelRuntime) -> ModelInfo:
     return ModelInfo(**runtime.describe(runtime.name == registry.default_name))
+
+
+def rescan_answer(registry: ModelRegistry, outcome: RescanReport | ModelLoadError) -> JSONResponse:
+    """What POST /models/reload answers: the report, with 409 when anything was refused."""
+    if isinstance(outcome, ModelLoadError):
+        nothing = RepositoryReloadRefused(
+            detail=f"reload of the model folder refused, nothing was changed: {outcome}",
+            added=[],
+            dropped=[],
+            reloaded=[],
+            unchanged=sorted(registry.models),
+            refused=[],
+            default=registry.default_name,
+        )
+        return JSONResponse(nothing.model_dump(mode="json"), status_code=409)
+    report = outcome
+    answer = RepositoryReload(
+        added=report.added,
+        dropped=report.dropped,
+        reloaded=report.reloaded,
+        unchanged=report.unchanged,
+        refused=[
+            RefusedFolder(folder=str(r.folder), model=r.model, problem=r.problem)
+            for r in report.refused
+        ],
+        default=report.default,
+    ).model_dump(mode="json")
+    if not report.refused:
+        return JSONResponse(answer)
+    names = ", ".join(r.model or r.folder.name for r in report.refused)
+    detail = (
+        f"refused: {names} (see `refused`; old versions keep serving, new folders were not "
+        "added); everything else was applied: "
+        + "; ".join(f"{r.folder}: {r.problem}" for r in report.refused)
+    )
+    return JSONResponse({"detail": detail, **answer}, status_code=409)
 
 
 def models_router() -> APIRouter:
@@ -74,6 +119,39 @@ def models_router() -> APIRouter:
             )
         return Response(runtime.latent_map_body, media_type="application/json")
 
+    return router
+
+
+def reload_router() -> APIRouter:
+    router = APIRouter(tags=["models"])
+
+    @router.post(
+        "/models/reload",
+        response_model=RepositoryReload,
+        summary="Read the model folder again: new models added, removed ones dropped, changed "
+        "ones reloaded",
+        responses={
+            409: error_doc(
+                "Something was refused (each in `refused`, with its problem; everything else "
+                "was applied), or the folder holds no model that can be served (nothing changed)",
+                "RepositoryReloadRefused",
+            ),
+            **GUARD_RESPONSES,
+        },
+    )
+    async def reload_repository(registry: Registry) -> JSONResponse:
+        """Scan VAE_MODEL_DIR as at start-up and serve what it now holds, swapped in at once:
+        a new folder is loaded (checked and warmed up) and added; a model whose folder is gone is
+        dropped (requests already running on it finish); a changed folder is reloaded; an
+        unchanged one is left as it is. What fails a check is refused and the rest goes ahead: a
+        broken new folder is not added, a broken new version leaves the old one serving (as
+        POST /models/{name}/reload). The VAE_DEFAULT_MODEL model is never dropped; without that
+        setting, the default is chosen again as at start-up (mnist-vae if loaded, else the first
+        folder). A folder with no servable model left changes nothing (409). SIGHUP does the
+        same, and logs it."""
+        # Shielded: a request that times out (504) leaves the scan to finish and swap.
+        return rescan_answer(registry, await asyncio.shield(registry.start_rescan()))
+
     @router.post(
         "/models/{name}/reload",
         response_model=ModelInfo,
@@ -88,8 +166,9 @@ def models_router() -> APIRouter:
     )
     async def reload_model(name: ModelName, registry: Registry) -> ModelInfo:
         """Re-read the model's folder (manifest, checksums, shapes), open and warm up the new
-        sessions, then swap them in; requests already running finish on the old version. The
-        same happens for every model on SIGHUP."""
+        sessions, then swap them in; requests already running finish on the old version.
+        POST /models/reload (and SIGHUP) does this for every changed folder, and adds and drops
+        models too."""
         registry.pick(None, name)  # 404 for an unknown name
         try:
             runtime = await registry.reload(name)

@@ -6,7 +6,8 @@ Each model's encoder and decoder are OIP models of their own: `mnist-vae-encoder
 version come from the model's manifest. Requests run through the same dynamic batching as the
 service's own endpoints. Errors are the service's own (`service.errors`), answered as
 `{"error": "..."}` (`service.http.errors`): status 400 for an invalid request, 404 for an unknown
-model, as the protocol asks.
+model, as the protocol asks. `parameters: {"invert": "auto" | true | false}` inverts encoder inputs
+as the service's own /encode does (default false: `x` is the model's input as it is).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__
-from service.codecs.images import MAX_LATENT, check_pixels
+from service.codecs.accept import JSON, Offer, negotiate
+from service.codecs.images import MAX_LATENT, Invert, check_pixels, invert_where_needed
+from service.codecs.json_input import describe_errors
 from service.codecs.responses import JSONBody
 from service.errors import BadRequest, InvalidInput, NotFound
 from service.http.openapi import GUARD_RESPONSES, error_doc
@@ -28,8 +31,10 @@ from service.manifest import TensorSpec
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.observability.context import note_model
+from service.schemas import EncodeParams
 
 GRAPHS = ("encoder", "decoder")
+INFER_ANSWERS = (Offer(JSON, "json"),)
 # OIP datatypes accepted for inputs; all are converted to float32, what the graphs take.
 FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
 
@@ -209,12 +214,39 @@ def _input_array(request: InferenceRequest, runtime: ModelRuntime, graph: str) -
     return rows.astype(np.float32)
 
 
+def _invert(request: InferenceRequest, graph: str) -> Invert:
+    """`invert` from the request's parameters or its input's (both given: they must agree)."""
+    given = [
+        parameters["invert"]
+        for parameters in (request.parameters, request.inputs[0].parameters)
+        if parameters and "invert" in parameters
+    ]
+    if not given:
+        return False
+    if graph != "encoder":
+        raise BadRequest("parameters.invert", "applies to an encoder's images; a decoder takes z")
+    try:
+        choices = {EncodeParams.model_validate({"invert": value}).invert for value in given}
+    except ValidationError as exc:
+        raise BadRequest("", f"parameters.{describe_errors(exc.errors())}") from None
+    if len(choices) > 1:
+        raise BadRequest("parameters.invert", "the request and its input say different things")
+    choice = choices.pop()
+    return False if choice is None else choice
+
+
 async def _infer(
-    registry: ModelRegistry, oip_name: str, version: str | None, request: InferenceRequest
+    registry: ModelRegistry,
+    oip_name: str,
+    version: str | None,
+    request: InferenceRequest,
+    accept: str,
 ) -> Response:
+    negotiate(accept, INFER_ANSWERS, "/v2/models/{model}/infer")
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
     x = _input_array(request, runtime, graph)
+    x = invert_where_needed(x, _invert(request, graph))
     if len(x) > registry.settings.max_images:
         raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
     if graph == "encoder":
@@ -254,6 +286,10 @@ ERRORS: dict[int | str, Any] = {
     400: error_doc("Invalid request", "ErrorBody"),
     404: error_doc("Unknown model or version", "ErrorBody"),
 }
+INFER_ERRORS: dict[int | str, Any] = {
+    **ERRORS,
+    406: error_doc("The Accept header does not take application/json", "ErrorBody"),
+}
 
 
 def oip_router() -> APIRouter:
@@ -261,6 +297,7 @@ def oip_router() -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
     guard_responses = GUARD_RESPONSES
     responses = {**ERRORS, **guard_responses}
+    infer_responses = {**INFER_ERRORS, **guard_responses}
 
     @router.get(
         "", response_model=ServerMetadata, summary="Server metadata", responses=guard_responses
@@ -318,24 +355,31 @@ def oip_router() -> APIRouter:
         "/models/{model_name}/infer",
         response_model=InferenceResponse,
         summary="Inference",
-        responses=responses,
+        responses=infer_responses,
     )
-    async def infer(model_name: ModelPath, body: InferenceRequest, registry: Registry) -> Response:
-        """Run the encoder (`x` -> `mu`, `logvar`) or the decoder (`z` -> images)."""
-        return await _infer(registry, model_name, None, body)
+    async def infer(
+        model_name: ModelPath, body: InferenceRequest, registry: Registry, request: Request
+    ) -> Response:
+        """Run the encoder (`x` -> `mu`, `logvar`) or the decoder (`z` -> images). For the
+        encoder, `parameters: {"invert": "auto" | true | false}` inverts the images first (see
+        /encode; default false)."""
+        accept = request.headers.get("accept", "")
+        return await _infer(registry, model_name, None, body, accept)
 
     @router.post(
         "/models/{model_name}/versions/{model_version}/infer",
         response_model=InferenceResponse,
         summary="Inference, one version",
-        responses=responses,
+        responses=infer_responses,
     )
     async def infer_version(
         model_name: ModelPath,
         model_version: VersionPath,
         body: InferenceRequest,
         registry: Registry,
+        request: Request,
     ) -> Response:
-        return await _infer(registry, model_name, model_version, body)
+        accept = request.headers.get("accept", "")
+        return await _infer(registry, model_name, model_version, body, accept)
 
     return router

@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 from service.codecs.npy import NPY
 from service.http.endpoints import ENDPOINTS, Endpoint
 from service.manifest import NAME_PATTERN
+from service.schemas import INVERT_VALUES
 
 
 def error_doc(description: str, schema: str = "ErrorResponse") -> dict[str, Any]:
@@ -53,11 +54,35 @@ def _schema_ref(model: type[BaseModel], example: dict[str, Any]) -> dict[str, An
     return {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}, "example": example}
 
 
-def _text_fields(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        name: {"type": "string", "description": field.description or ""}
-        for name, field in model.model_fields.items()
-    }
+# Fields whose text (a form field, a query parameter) is one of a few words.
+TEXT_CHOICES = {"invert": list(INVERT_VALUES)}
+
+
+def _text_fields(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """The fields other than the tensor, as text (form fields, query parameters)."""
+    fields = {}
+    for name, field in model.model_fields.items():
+        schema: dict[str, Any] = {"type": "string", "description": field.description or ""}
+        if name in TEXT_CHOICES:
+            schema["enum"] = TEXT_CHOICES[name]
+        fields[name] = schema
+    return fields
+
+
+def _npy_query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The fields a .npy request gives as query parameters (`model` is MODEL_QUERY)."""
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": "With an application/x-npy body (JSON and multipart requests give it "
+            f"as a field): {schema.pop('description')}",
+            "schema": schema,
+        }
+        for name, schema in _text_fields(model).items()
+        if name != "model"
+    ]
 
 
 def request_body(endpoint: Endpoint[Any]) -> dict[str, Any]:
@@ -85,7 +110,8 @@ def request_body(endpoint: Endpoint[Any]) -> dict[str, Any]:
                     tensor.name: {
                         "type": "array",
                         "items": BINARY,
-                        "description": "PNG or JPEG files, preprocessed as in training.",
+                        "description": "PNG or JPEG files, preprocessed as in training "
+                        "(and inverted as `invert` says: by default `auto`).",
                     },
                     **_text_fields(endpoint.params),
                 },
@@ -98,7 +124,7 @@ def request_body(endpoint: Endpoint[Any]) -> dict[str, Any]:
         )
     content[NPY] = {"schema": BINARY}
     return {
-        "parameters": [MODEL_QUERY],
+        "parameters": [MODEL_QUERY, *_npy_query_params(endpoint.params)],
         "requestBody": {"required": True, "description": description, "content": content},
     }
 
@@ -107,14 +133,19 @@ def responses(endpoint: Endpoint[Any]) -> dict[int | str, Any]:
     """The answers of an inference endpoint, from its row: the formats it produces, its errors
     and the guard's."""
     content: dict[str, Any] = {}
-    for media_type, description in endpoint.produces.items():
-        if media_type == "application/json":
-            content[media_type] = {"example": endpoint.example_response}
-        else:
-            content[media_type] = {"schema": BINARY, "description": description}
+    for offer in endpoint.produces:
+        if offer.fmt == "json":
+            content[offer.media_type] = {"example": endpoint.example_response}
+        elif offer.alias_of is None:
+            content[offer.media_type] = {"schema": BINARY, "description": offer.description}
     errors: dict[int | str, Any] = {
         status: error_doc(text) for status, text in endpoint.answers.items()
     }
+    errors[406] = error_doc(
+        "The Accept header takes none of the types this endpoint answers: "
+        + ", ".join(offer.media_type for offer in endpoint.produces)
+        + " (any of them with */*, or with no Accept header)"
+    )
     return {200: {"description": "Success", "content": content}, **GUARD_RESPONSES, **errors}
 
 

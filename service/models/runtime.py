@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,15 +16,16 @@ import onnxruntime as ort
 import orjson
 from numpy.typing import NDArray
 
-from service.models.batching import DynamicBatcher, Observer
 from service.manifest import (
     GraphSpec,
     LatentMap,
     Manifest,
     ModelLoadError,
+    folder_fingerprint,
     load_latent_map,
     load_manifest,
 )
+from service.models.batching import DynamicBatcher, Observer
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -106,6 +105,9 @@ class ModelRuntime:
     manifest: Manifest
     providers: list[str] = field(default_factory=list)
     ready: bool = False
+    # What the folder held when it was loaded (manifest.folder_fingerprint): a rescan of the
+    # model folder reloads only models whose folder changed since.
+    fingerprint: str = ""
     # GET /models/{name}/latent-map's answer, serialised once; the parsed map (10,000 points as
     # Python lists) is not kept.
     latent_map_body: bytes | None = None
@@ -139,7 +141,8 @@ class ModelRuntime:
         executor: ThreadPoolExecutor,
     ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
-        runtime = cls(folder, load_manifest(folder))
+        fingerprint = folder_fingerprint(folder)  # before reading: a change meanwhile shows next
+        runtime = cls(folder, load_manifest(folder), fingerprint=fingerprint)
         latent_map = load_latent_map(folder, runtime.manifest)
         if latent_map is not None:
             runtime.latent_map_body = runtime._latent_map_body(latent_map)
