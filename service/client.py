@@ -56,8 +56,8 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 Mode = Literal["deterministic", "sampled"]
 # Invert images into bright strokes on a dark background before the model sees them: True, False,
-# or "auto" (those brighter than 127/255 on average: dark ink on light paper). None: the
-# service's default for arrays, False.
+# or "auto" (those whose border is light, above 0.5 on average: dark ink on light paper). None:
+# the service's default for arrays, False.
 Invert = Literal["auto"] | bool | None
 T = TypeVar("T")
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)

@@ -58,8 +58,9 @@ InvertChoice = Annotated[Literal["auto"] | bool | None, BeforeValidator(_invert_
 InvertField = Field(
     None,
     description="Invert the images (1 - pixel) into bright strokes on a dark background, as the "
-    "models were trained: `true`, `false`, or `auto` (invert an image whose mean brightness is "
-    "above 127/255: dark ink on light paper, as the playground decides). Default: `auto` for "
+    "models were trained: `true`, `false`, or `auto` (invert an image whose border, its "
+    "outermost ring of pixels, is above 0.5 on average: dark ink on light paper, as the "
+    "playground decides; uploads are judged at their own size). Default: `auto` for "
     "uploaded files, `false` for arrays (JSON, .npy), which are taken as the model's input.",
     examples=["auto"],
 )

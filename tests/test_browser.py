@@ -358,7 +358,7 @@ def test_playground_explains_what_an_ae_cannot_do(
 def test_playground_uploads_an_image_file(
     watched: Watched, server: reliability.Server, tmp_path: Path
 ) -> None:
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageStat
 
     # Dark ink on white paper, off-centre, as a phone photo of a digit would be.
     image = Image.new("RGB", (300, 200), "white")
@@ -368,7 +368,29 @@ def test_playground_uploads_an_image_file(
     answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "one.png")))
     assert brightness(page, "#input-canvas") > 5  # inverted to bright-on-dark and centred
     assert brightness(page, "#recon-canvas") > 5
+    # On the pad (280 x 280, the picture fitted as 280 x 187): the paper inverted to black, the
+    # stroke bright, and the letterbox above and below left black, not inverted to white.
+    assert pixel(page, "#draw-canvas", 140, 10) == 0
+    assert pixel(page, "#draw-canvas", 250, 140) == 0
+    assert pixel(page, "#draw-canvas", 37, 140) > 200
+    # A bright garment filling a dark frame (brighter than mid-grey on the whole) is already
+    # bright-on-dark: its border is dark, so it is drawn as it is.
+    garment = Image.new("RGB", (280, 280), "black")
+    ImageDraw.Draw(garment).rectangle([(50, 0), (229, 279)], fill=(230, 230, 230))
+    assert ImageStat.Stat(garment.convert("L")).mean[0] > 127
+    garment.save(tmp_path / "trousers.png")
+    answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "trousers.png")))
+    assert pixel(page, "#draw-canvas", 140, 140) == 230
+    assert pixel(page, "#draw-canvas", 20, 140) == 0
     watched.check_clean()
+
+
+def pixel(page: Any, selector: str, x: int, y: int) -> int:
+    """The red value (0-255) of one pixel of a canvas."""
+    value: int = page.eval_on_selector(
+        selector, "(c, [x, y]) => c.getContext('2d').getImageData(x, y, 1, 1).data[0]", [x, y]
+    )
+    return value
 
 
 PAD = 280  # the drawing pad's own pixels, square

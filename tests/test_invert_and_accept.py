@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.codecs.accept import negotiate, parse_accept
-from service.codecs.images import invert_where_needed
+from service.codecs.images import invert_where_needed, light_background
 from service.codecs.npy import NPY, NPZ
 from service.errors import NotAcceptable
 from service.http.endpoints import BY_PATH
@@ -58,28 +58,81 @@ def png(pixels: np.ndarray) -> bytes:
 # --- the rule -------------------------------------------------------------------------------------
 
 
-def test_auto_inverts_each_image_brighter_than_the_playground_threshold() -> None:
-    batch = np.stack([DARK[0], LIGHT[1], np.full((28, 28), 0.49, np.float32)])[:, None]
+def garment(value: float = 0.95) -> np.ndarray:
+    """A Fashion-MNIST-like picture: bright trousers filling the frame top to bottom on a dark
+    background. Brighter than mid-grey on the whole (mean 0.68), yet bright-on-dark already."""
+    image = np.zeros((28, 28), np.float32)
+    image[:, 4:24] = value
+    return image
+
+
+def test_auto_inverts_each_image_whose_border_is_light() -> None:
+    trousers = garment()
+    assert trousers.mean() > 0.5
+    batch = np.stack([DARK[0], LIGHT[1], np.full((28, 28), 0.49, np.float32), trousers])[:, None]
     out = invert_where_needed(batch, "auto")
     np.testing.assert_array_equal(out[0], batch[0])
-    np.testing.assert_allclose(out[1], DARK[1][None], atol=1e-6)
-    np.testing.assert_array_equal(out[2], batch[2])  # mean 0.49: not above 127/255
-    # As the playground: a mean grey level of 128 (of 255) is inverted, 127 is not.
-    for dtype in (np.float32, np.float64):
-        grey_128 = np.full((1, 28, 28), 128 / 255, dtype)
-        grey_127 = np.full((1, 28, 28), 127 / 255, dtype)
-        np.testing.assert_allclose(invert_where_needed(grey_128, "auto"), 127 / 255, rtol=1e-6)
-        assert invert_where_needed(grey_127, "auto") is grey_127
-    # One pixel brighter than grey 127 all over tips it.
-    tipped = np.full((1, 28, 28), 127, np.uint8)
-    tipped[0, 0, 0] = 128
-    out = invert_where_needed(tipped.astype(np.float32) / 255, "auto")
-    assert out[0, 0, 0] == pytest.approx(127 / 255) and out[0, 0, 1] == pytest.approx(128 / 255)
+    np.testing.assert_allclose(out[1], DARK[1][None], atol=1e-6)  # dark digit on light paper
+    np.testing.assert_array_equal(out[2], batch[2])  # a border of 0.49: not above 0.5
+    np.testing.assert_array_equal(out[3], batch[3])  # bright garment, dark border: as sent
+    # Each picture's negative comes out the same: the garment's too.
+    np.testing.assert_allclose(invert_where_needed(1.0 - batch, "auto"), out, atol=1e-6)
+    # The inside does not count: light paper with a dark middle is still light paper.
+    framed = np.zeros((1, 1, 28, 28), np.float32)
+    framed[..., 0, :] = framed[..., -1, :] = framed[..., 0] = framed[..., -1] = 1.0
+    np.testing.assert_allclose(invert_where_needed(framed, "auto"), 1.0 - framed)
     np.testing.assert_array_equal(invert_where_needed(batch, True), 1.0 - batch)
     assert invert_where_needed(batch, False) is batch
     # A read-only view of a request body is never written to.
     view = np.frombuffer(LIGHT.tobytes(), np.float32).reshape(3, 1, 28, 28)
     np.testing.assert_allclose(invert_where_needed(view, "auto"), DARK[:, None], atol=1e-6)
+
+
+def test_auto_threshold_is_half_of_white_at_the_border_exactly() -> None:
+    # A uniform grey 128 (of 255) is light and inverted, 127 is not; in float32 and float64, and
+    # on 8-bit pixels (as uploads are judged).
+    for dtype in (np.float32, np.float64):
+        grey_128 = np.full((1, 28, 28), 128 / 255, dtype)
+        grey_127 = np.full((1, 28, 28), 127 / 255, dtype)
+        np.testing.assert_allclose(invert_where_needed(grey_128, "auto"), 127 / 255, rtol=1e-6)
+        assert invert_where_needed(grey_127, "auto") is grey_127
+    bytes_127_128 = np.array([np.full((28, 28), 127), np.full((28, 28), 128)], np.uint8)
+    assert light_background(bytes_127_128, white=255).tolist() == [False, True]
+    # A border exactly half 127 and half 128 is a tie, left as sent even after float32 rounding;
+    # one border pixel a level brighter tips it. Pixels inside the border never count.
+    tie = np.zeros((1, 28, 28), np.uint8)
+    tie[0, 0, :] = tie[0, -1, :] = tie[0, :, 0] = tie[0, :, -1] = 127
+    tie[0, 0, ::2] = tie[0, -1, ::2] = tie[0, 1:-1:2, 0] = tie[0, 1:-1:2, -1] = 128
+    tie[0, 1:-1, 1:-1] = 255
+    assert light_background(tie, white=255).tolist() == [False]
+    as_float = tie.astype(np.float32) / 255
+    assert invert_where_needed(as_float, "auto") is as_float
+    tipped = tie.copy()
+    tipped[0, -1, 1] = 128
+    assert light_background(tipped, white=255).tolist() == [True]
+    out = invert_where_needed(tipped.astype(np.float32) / 255, "auto")
+    assert out[0, 0, 0] == pytest.approx(127 / 255) and out[0, 5, 5] == 0.0
+    half_and_half = np.zeros((1, 28, 28), np.float32)
+    half_and_half[0, :14] = 1.0  # border: exactly half white
+    assert not light_background(half_and_half)[0]
+
+
+@pytest.mark.parametrize(
+    ("shape", "border"),
+    [((1, 1), 1), ((1, 5), 5), ((5, 1), 5), ((2, 2), 4), ((3, 3), 8), ((3, 28, 28), 3 * 108)],
+)
+def test_border_of_small_and_multichannel_images(shape: tuple[int, ...], border: int) -> None:
+    # Every border pixel counted once: exactly `border` light pixels tip a dark image.
+    image = np.zeros(shape, np.uint8)
+    inside = (..., slice(1, -1), slice(1, -1))
+    whole = np.full(shape, 255, np.uint8)
+    whole[inside] = 0
+    assert int((whole == 255).sum()) == border
+    assert light_background(whole[None], white=255).tolist() == [True]
+    assert light_background(image[None], white=255).tolist() == [False]
+    flat = np.full((2, 10), 0.6, np.float32)  # flat images: every pixel is border
+    flat[1, :6] = 0.0
+    assert light_background(flat).tolist() == [True, False]
 
 
 # --- JSON -----------------------------------------------------------------------------------------
@@ -168,6 +221,30 @@ def test_uploads_are_inverted_automatically_unless_told(client: TestClient) -> N
     np.testing.assert_allclose(upload_mu(mixed), as_json, atol=1e-5)
     response = client.post("/reconstruct", files=light_files[:1], data={"invert": "false"})
     assert response.status_code == 200, response.text
+
+
+def test_uploads_auto_judges_the_border_of_the_picture_as_sent(client: TestClient) -> None:
+    def upload_mu(pixels: np.ndarray, **form: str) -> np.ndarray:
+        files = [("images", ("a.png", png(pixels), "image/png"))]
+        response = client.post("/encode", files=files, data=form)
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["mu"])
+
+    # A bright garment on a dark background, brighter than mid-grey on the whole: left as sent;
+    # its negative (a dark garment on light paper) is inverted.
+    trousers = (garment() * 255).round().astype(np.uint8)
+    as_sent = mu(client, trousers[None] / 255.0)
+    np.testing.assert_allclose(upload_mu(trousers), as_sent, atol=1e-5)
+    np.testing.assert_allclose(upload_mu(255 - trousers), as_sent, atol=1e-5)
+    # A picture larger than the model's input is judged at its own size: a thin light frame on
+    # black makes a light border there, though resizing to 28 x 28 blurs it into a dark one.
+    framed = np.zeros((280, 280), np.uint8)
+    framed[[0, -1], :] = framed[:, [0, -1]] = 255
+    resized = np.asarray(Image.fromarray(framed).resize((28, 28), Image.Resampling.BILINEAR))
+    assert not light_background(resized[None], white=255)[0]
+    inverted = upload_mu(framed, invert="true")
+    np.testing.assert_allclose(upload_mu(framed), inverted, atol=1e-6)
+    assert not np.allclose(upload_mu(framed, invert="false"), inverted, atol=1e-3)
 
 
 # --- bad values -----------------------------------------------------------------------------------

@@ -20,12 +20,17 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its head
 MAX_LATENT = 1e6
 
 # Whether to invert an image (1 - pixel) so that it is bright strokes on a dark background, as the
-# models were trained: always, never, or "auto" (by its brightness, see `invert_where_needed`).
+# models were trained: always, never, or "auto" (by its background, see `light_background`).
 Invert = Literal["auto"] | bool
-# "auto" inverts an image whose mean grey level is above 127 of 255: dark ink on light paper. The
-# playground's rule (service/static/playground/playground.js, drawFile), so that the page and the
-# API treat the same picture alike.
-AUTO_INVERT_ABOVE = 127 / 255
+# "auto" inverts dark ink on light paper: an image whose background, seen at its border (the
+# outermost ring of pixels), is light on average. The playground's rule too
+# (service/static/playground/playground.js, lightBorder), so that the page and the API treat the
+# same picture alike. The border, not the whole picture: a bright garment filling a dark frame is
+# brighter than grey on the whole, yet already bright-on-dark.
+AUTO_INVERT_ABOVE = 0.5  # of white
+# A border mean within float32 rounding of a tie (up to 3e-8) is a tie, and left as sent; 8-bit
+# border means are 1 / (255 * pixels) apart, more than this for borders up to 39,000 pixels long.
+_TIE_MARGIN = 1e-7
 
 # Pillow is imported where images are decoded or drawn: most requests carry arrays, and the
 # service's resident memory is a budget (see README, "Performance").
@@ -95,19 +100,34 @@ def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> 
     return array.astype(np.float32, copy=False)
 
 
+def light_background(images: NDArray[Any], white: float = 1.0) -> NDArray[np.bool_]:
+    """For each image of `images` (N, ..., H, W), whether its background is light: the mean of
+    its border, the outermost ring of pixels, above half of `white` (1.0 for [0, 1] pixels, 255
+    for 8-bit ones). An exact tie is not light."""
+    if images.ndim < 3:  # flat images: no rows to find a border in, so every pixel is border
+        images = images[:, None, :]
+    height, width = images.shape[-2:]
+    top_and_bottom = images[..., :: max(height - 1, 1), :]  # row 0 and the last (one if height 1)
+    sides = images[..., 1:-1, :: max(width - 1, 1)]  # columns 0 and the last, between those rows
+    count = math.prod(top_and_bottom.shape[1:]) + math.prod(sides.shape[1:])
+    n = len(images)
+    # Sums in float64: exact for 8-bit pixels, and a float64 sum is cheaper than a float64 mean.
+    sums = top_and_bottom.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    sums += sides.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    light: NDArray[np.bool_] = sums > (AUTO_INVERT_ABOVE + _TIE_MARGIN) * white * count
+    return light
+
+
 def invert_where_needed(images: Array, invert: Invert) -> Array:
-    """Images (N, ...) in [0, 1], each inverted (1 - pixel) when `invert` is true, none when it is
-    false, and with "auto" those whose mean brightness is above 127/255 (dark on light). A new
-    array wherever anything is inverted: `images` may be a read-only view of a request body."""
+    """Images (N, ..., H, W) in [0, 1], each inverted (1 - pixel) when `invert` is true, none when
+    it is false, and with "auto" those on a light background (`light_background`: dark ink on
+    light paper). A new array wherever anything is inverted: `images` may be a read-only view of
+    a request body."""
     if invert is False:
         return images
     if invert is True:
         return 1.0 - images
-    # In float64, with a margin for float32 rounding (up to 1.5e-8 here): grey 127 as float32 is
-    # a hair above 127/255 and must not be inverted, grey 128 is. The margin stays below the
-    # smallest step of a mean of 8-bit pixels, 1 / (255 * pixels): 5e-6 for 28 x 28.
-    rows = images.reshape(len(images), -1)
-    light = rows.sum(axis=1, dtype=np.float64) > (AUTO_INVERT_ABOVE + 1e-7) * rows.shape[1]
+    light = light_background(images)
     if not light.any():
         return images
     out = images.copy()
@@ -123,8 +143,9 @@ def image_from_file(
     invert: Invert = "auto",
 ) -> Array:
     """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
-    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says (see
-    `invert_where_needed`)."""
+    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says. "auto"
+    judges the picture as sent, at its own resolution (`light_background`): resizing blends the
+    border with what lies inside it."""
     from PIL import Image
 
     c, h, w = shape
@@ -146,6 +167,8 @@ def image_from_file(
         raise InvalidInput(field, "is not a readable PNG or JPEG image (unknown format)") from exc
     except (OSError, ValueError) as exc:
         raise InvalidInput(field, f"is not a readable PNG or JPEG image ({exc})") from exc
+    if invert == "auto":
+        invert = bool(light_background(np.asarray(gray)[None], white=255)[0])
     if gray.size != (w, h):
         resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
         gray = gray.resize((w, h), resample)

@@ -209,9 +209,49 @@ function toModelInput(source) {
   return input;
 }
 
+// Whether a picture is dark ink on light paper: the mean grey of its border, the outermost ring
+// of its own pixels, above half of white. The server's "auto" invert rule (service/imaging.py,
+// light_background), judged on the file's pixels, not on the letterboxed canvas. The border,
+// not the whole picture: a bright garment filling a dark frame is bright-on-dark already.
+const BORDER_MAX = 4096; // a strip longer than this is scaled down: the mean barely moves
+function lightBorder(bitmap) {
+  const w = bitmap.width, h = bitmap.height;
+  const strip = (width, height) => {
+    const c = document.createElement("canvas");
+    c.width = width;
+    c.height = height;
+    const ctx = c.getContext("2d", {willReadFrequently: true});
+    ctx.fillStyle = "#000"; // transparency shows as black, as on the drawing pad
+    ctx.fillRect(0, 0, width, height);
+    ctx.imageSmoothingEnabled = true;
+    return ctx;
+  };
+  const parts = [];
+  const across = Math.min(w, BORDER_MAX);
+  const rows = strip(across, h > 1 ? 2 : 1); // row 0 and the last
+  rows.drawImage(bitmap, 0, 0, w, 1, 0, 0, across, 1);
+  if (h > 1) rows.drawImage(bitmap, 0, h - 1, w, 1, 0, 1, across, 1);
+  parts.push(rows.getImageData(0, 0, across, h > 1 ? 2 : 1).data);
+  if (h > 2) { // columns 0 and the last, between those rows
+    const down = Math.min(h - 2, BORDER_MAX);
+    const cols = strip(w > 1 ? 2 : 1, down);
+    cols.drawImage(bitmap, 0, 1, 1, h - 2, 0, 0, 1, down);
+    if (w > 1) cols.drawImage(bitmap, w - 1, 1, 1, h - 2, 1, 0, 1, down);
+    parts.push(cols.getImageData(0, 0, w > 1 ? 2 : 1, down).data);
+  }
+  let sum = 0, count = 0;
+  for (const d of parts) {
+    for (let i = 0; i < d.length; i += 4) {
+      sum += Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+      count++;
+    }
+  }
+  return 2 * sum > 255 * count;
+}
+
 // Draws an image file onto a canvas, fitted and centred, grey; dark ink on light paper (a photo
-// or a scan) is inverted to MNIST's bright-on-dark. False, with the reason shown, when the file
-// is not an image the browser can read.
+// or a scan, see lightBorder) is inverted to MNIST's bright-on-dark. False, with the reason
+// shown, when the file is not an image the browser can read.
 async function drawFile(file, canvas) {
   let bitmap;
   try {
@@ -220,23 +260,24 @@ async function drawFile(file, canvas) {
     setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
     return false;
   }
+  const invert = lightBorder(bitmap);
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   clearCanvas(canvas);
+  // In whole pixels, so that only the picture is made grey (and inverted): the letterbox stays
+  // black, the background the models know.
   const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
-  const w = bitmap.width * scale, h = bitmap.height * scale;
-  ctx.drawImage(bitmap, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  const w = Math.max(1, Math.round(bitmap.width * scale));
+  const h = Math.max(1, Math.round(bitmap.height * scale));
+  const x = Math.floor((canvas.width - w) / 2), y = Math.floor((canvas.height - h) / 2);
+  ctx.drawImage(bitmap, x, y, w, h);
   bitmap.close();
-  const image = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const image = ctx.getImageData(x, y, w, h);
   const d = image.data;
-  let total = 0;
   for (let i = 0; i < d.length; i += 4) {
-    d[i] = d[i + 1] = d[i + 2] = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
-    total += d[i];
+    const grey = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+    d[i] = d[i + 1] = d[i + 2] = invert ? 255 - grey : grey;
   }
-  if (total / (d.length / 4) > 127) {
-    for (let i = 0; i < d.length; i += 4) d[i] = d[i + 1] = d[i + 2] = 255 - d[i];
-  }
-  ctx.putImageData(image, 0, 0);
+  ctx.putImageData(image, x, y);
   return true;
 }
 
