@@ -48,11 +48,14 @@ class Call:
     query: dict[str, str]
 
     @classmethod
-    def of(cls, scope: Scope, headers: dict[bytes, bytes], body: bytes) -> Call:
-        """The call an ASGI request makes: `headers` are its headers as a dict."""
+    def of(
+        cls, scope: Scope, headers: dict[bytes, bytes], content_type: bytes, body: bytes
+    ) -> Call:
+        """The call an ASGI request makes: `headers` are its headers as a dict, `content_type`
+        their media_type()."""
         return cls(
             body,
-            media_type(headers).decode("latin-1"),
+            content_type.decode("latin-1"),
             headers.get(b"accept", b"").decode("latin-1"),
             query_of(scope),
         )

@@ -31,13 +31,14 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if media_type(headers) == b"multipart/form-data":
+        content_type = media_type(headers)
+        if content_type == b"multipart/form-data":
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)
         if body is None:
             return  # the client hung up: nobody to answer
-        call = Call.of(scope, headers, body)
+        call = Call.of(scope, headers, content_type, body)
         state = self.state
         try:
             response = await respond(endpoint, call, state.ready_registry(), state.settings)

@@ -25,10 +25,11 @@ def _route(endpoint: Endpoint[Any]) -> Route:
 
     async def route(request: Request, registry: Registry, settings: AppSettings) -> Response:
         headers = dict(request.scope["headers"])
-        if uploads and media_type(headers) == b"multipart/form-data":
+        content_type = media_type(headers)
+        if uploads and content_type == b"multipart/form-data":
             model = query_model_name(query_of(request.scope))
             return await respond_to_upload(endpoint, request, registry, settings, model)
-        call = Call.of(request.scope, headers, await request.body())
+        call = Call.of(request.scope, headers, content_type, await request.body())
         return await respond(endpoint, call, registry, settings)
 
     route.__name__ = endpoint.path.strip("/").replace("/", "_").replace("-", "_")
