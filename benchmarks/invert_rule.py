@@ -2,9 +2,10 @@
 
 On real MNIST-format data (IDX files, bright-on-dark: none should be inverted) and on their
 negatives (all should be): the misfire rate (originals inverted) and the catch rate (negatives
-inverted) of the service's border rule (`service.imaging.light_background`) and, for comparison,
-of the whole-picture mean rule it replaced (mean grey above 127/255). Then the rule's cost per
-call, for 1 and 256 images of 28 x 28 and for one 4000 x 3000 upload. Prints numbers only.
+inverted) of the service's border rule (`service.codecs.images.light_background`) and, for
+comparison, of the whole-picture mean rule it replaced (mean grey above 127/255). Then the rule's
+cost per call, for 1 and 256 images of 28 x 28 and for one 4000 x 3000 upload. Prints numbers
+only.
 
     python benchmarks/invert_rule.py ../shared/data/mnist ../shared/data/fashion-mnist
 """
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.imaging import invert_where_needed, light_background
+from service.codecs.images import invert_where_needed, light_background
 from training.data import read_idx
 
 Rule = Callable[[NDArray[Any]], NDArray[np.bool_]]

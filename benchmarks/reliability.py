@@ -55,7 +55,7 @@ MODELS = ROOT / "models"
 MODEL = "mnist-vae"  # the default model of the bundled models/
 VAES = ("mnist-vae", "mnist-vae-2d", "fashion-vae")  # sampled /reconstruct needs a VAE
 NPY = "application/x-npy"
-CUT_OFF = "cut off by shutdown"  # what service.guards logs for an abandoned accepted request
+CUT_OFF = "cut off by shutdown"  # what service.http.guard logs for an abandoned accepted request
 
 # Transport errors, by what they mean for the request.
 REFUSED = "refused"  # connect() failed: the server no longer listens

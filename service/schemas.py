@@ -222,11 +222,3 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "loading", "not ready", "shutting down"]
-
-
-def error_doc(description: str, schema: str = "ErrorResponse") -> dict[str, Any]:
-    """An error response in the OpenAPI document. A reference rather than FastAPI's `model=`,
-    which builds a validator per route and status (about a hundred here) that nothing uses:
-    ~50 ms of start-up. service.app's openapi() adds the schemas to the document."""
-    ref = {"$ref": f"#/components/schemas/{schema}"}
-    return {"description": description, "content": {"application/json": {"schema": ref}}}

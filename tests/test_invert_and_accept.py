@@ -16,8 +16,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from service.imaging import InputError, invert_where_needed, light_background
-from service.payloads import NPY, NPZ, negotiate, parse_accept
+from service.codecs.accept import negotiate, parse_accept
+from service.codecs.images import invert_where_needed, light_background
+from service.codecs.npy import NPY, NPZ
+from service.errors import NotAcceptable
+from service.http.endpoints import BY_PATH
 from service.settings import Settings
 
 from .conftest import digits
@@ -411,16 +414,16 @@ def test_oip_infer_answers_json_only(client: TestClient) -> None:
 
 
 def test_negotiation_unit() -> None:
-    assert negotiate("", "/encode") == "json"
-    assert negotiate(" , ", "/decode") == "json"
+    assert negotiate("", BY_PATH["/encode"].produces, "/encode") == "json"
+    assert negotiate(" , ", BY_PATH["/decode"].produces, "/decode") == "json"
     assert parse_accept("image/png;q=0.3, */x, foo, a/b;q=2, a/c;q=nan, text/*; q=0") == [
         ("image", "png", 0.3),
         ("text", "*", 0.0),
     ]
     long = ", ".join(["text/html"] * 100) + ", image/png"  # past the cache's size bound
-    assert negotiate(long, "/decode") == "png"
-    with pytest.raises(InputError) as refused:
-        negotiate(", ".join(["text/html"] * 100), "/decode")
+    assert negotiate(long, BY_PATH["/decode"].produces, "/decode") == "png"
+    with pytest.raises(NotAcceptable) as refused:
+        negotiate(", ".join(["text/html"] * 100), BY_PATH["/decode"].produces, "/decode")
     assert refused.value.status == 406 and len(str(refused.value)) < 300
 
 

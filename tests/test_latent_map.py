@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,6 @@ def _latent_map(folder: Path) -> dict[str, Any]:
 def _start(model_dir: Path) -> None:
     with TestClient(create_app(Settings(model_dir=model_dir))):
         pass
-
-
-@pytest.fixture
-def client(model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=model_dir, default_model="tiny-vae"))) as c:
-        yield c
 
 
 # --- export -------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.metrics import endpoint_label
-from service.runtime import ModelRuntime
+from service.http.guard import endpoint_label
+from service.models.runtime import ModelRuntime
 from service.settings import Settings
 
 from .conftest import digits
@@ -42,9 +41,9 @@ def models(model_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(models: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=models, default_model="tiny-vae"))) as c:
-        yield c
+def settings(models: Path) -> Settings:
+    """conftest's app and client, on a model folder of the test's own."""
+    return Settings(model_dir=models, default_model="tiny-vae")
 
 
 def copy_model(models: Path, source: str, name: str, folder: str | None = None) -> Path:
@@ -99,7 +98,7 @@ def encode(client: TestClient, model: str | None = None) -> Any:
 
 
 def runtime(client: TestClient, name: str) -> ModelRuntime:
-    found: ModelRuntime = client.app.state.registry.models[name]  # type: ignore[attr-defined]
+    found: ModelRuntime = client.app.state.service.registry.models[name]  # type: ignore[attr-defined]
     return found
 
 
@@ -338,7 +337,7 @@ def test_sighup_to_a_real_process(models: Path) -> None:
 
 def test_rescans_one_at_a_time(client: TestClient, models: Path) -> None:
     copy_model(models, "tiny-ae", "concurrent-ae")
-    registry: Any = client.app.state.registry  # type: ignore[attr-defined]
+    registry: Any = client.app.state.service.registry  # type: ignore[attr-defined]
 
     async def two_at_once() -> list[Any]:
         return list(await asyncio.gather(registry.rescan(), registry.rescan()))

@@ -10,6 +10,8 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from service.errors import InvalidInput, TooLarge, UnsupportedMediaType
+
 Array = NDArray[np.float32]
 Numbers = TypeVar("Numbers", bound=NDArray[Any])
 MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
@@ -34,15 +36,6 @@ _TIE_MARGIN = 1e-7
 # service's resident memory is a budget (see README, "Performance").
 
 
-class InputError(ValueError):
-    """A client sent something the model cannot take; becomes a 4xx naming `field`."""
-
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.status = status
-
-
 def check_pixels(array: Numbers, field: str) -> Numbers:
     """Checked before any cast to float32, which would turn a huge number into infinity."""
     low, high = float(array.min()), float(array.max())  # NaN propagates into both
@@ -50,10 +43,10 @@ def check_pixels(array: Numbers, field: str) -> Numbers:
         return array
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array).reshape(len(array), -1))[0, 0])
-        raise InputError(f"{field}[{bad}]", "NaN or infinity is not a pixel value; use [0, 1]")
+        raise InvalidInput(f"{field}[{bad}]", "NaN or infinity is not a pixel value; use [0, 1]")
     flat = array.reshape(len(array), -1)
     bad = int(np.argwhere((flat < 0) | (flat > 1))[0, 0])
-    raise InputError(
+    raise InvalidInput(
         f"{field}[{bad}]",
         f"pixel values must be in [0, 1] (found {low:.4g} .. {high:.4g}); divide 0-255 "
         "values by 255",
@@ -71,12 +64,12 @@ def images_from_lists(
         nested = bool(image) and isinstance(image[0], list)
         if nested and c == 1 and (len(image) != h or any(len(row) != w for row in image)):
             widths = sorted({len(row) for row in image})
-            raise InputError(
+            raise InvalidInput(
                 f"{field}[{i}]",
                 f"expected {h} rows of {w} numbers, got {len(image)} rows of {widths} numbers",
             )
         if not nested and len(image) != flat_size:
-            raise InputError(
+            raise InvalidInput(
                 f"{field}[{i}]",
                 f"expected {flat_size} numbers (or {h} rows of {w}), got {len(image)}",
             )
@@ -90,18 +83,18 @@ def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> 
     else:
         for i, vector in enumerate(z):
             if len(vector) != latent_dim:
-                raise InputError(
+                raise InvalidInput(
                     f"z[{i}]",
                     f"has {len(vector)} numbers but this model's latent size is {latent_dim}",
                 )
         array = np.asarray(z, dtype=np.float64)
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0, 0])
-        raise InputError(f"z[{bad}]", "NaN or infinity is not a latent value")
+        raise InvalidInput(f"z[{bad}]", "NaN or infinity is not a latent value")
     largest = float(np.abs(array).max()) if array.size else 0.0
     if largest > MAX_LATENT:
         bad = int(np.argwhere(np.abs(array) > MAX_LATENT)[0, 0])
-        raise InputError(
+        raise InvalidInput(
             f"z[{bad}]", f"latent values must be within +-{MAX_LATENT:g} (found {largest:.4g})"
         )
     return array.astype(np.float32, copy=False)
@@ -161,19 +154,19 @@ def image_from_file(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.format not in ("PNG", "JPEG"):
-                    raise InputError(field, f"is a {img.format} file; send PNG or JPEG", 415)
+                    raise UnsupportedMediaType(field, f"is a {img.format} file; send PNG or JPEG")
                 if img.width * img.height > MAX_UPLOAD_PIXELS:
                     raise _too_many_pixels(field, f"is {img.width}x{img.height} pixels")
                 gray = img.convert("L")
-    except InputError:
+    except (UnsupportedMediaType, TooLarge):
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         # Pillow's own, larger limits, hit while opening: the same refusal as above.
         raise _too_many_pixels(field, "claims far too many pixels") from exc
     except Image.UnidentifiedImageError as exc:  # its message is the repr of a BytesIO
-        raise InputError(field, "is not a readable PNG or JPEG image (unknown format)") from exc
+        raise InvalidInput(field, "is not a readable PNG or JPEG image (unknown format)") from exc
     except (OSError, ValueError) as exc:
-        raise InputError(field, f"is not a readable PNG or JPEG image ({exc})") from exc
+        raise InvalidInput(field, f"is not a readable PNG or JPEG image ({exc})") from exc
     if invert == "auto":
         invert = bool(light_background(np.asarray(gray)[None], white=255)[0])
     if gray.size != (w, h):
@@ -183,8 +176,8 @@ def image_from_file(
     return np.broadcast_to(pixels, (c, h, w)).copy()
 
 
-def _too_many_pixels(field: str, what: str) -> InputError:
-    return InputError(field, f"{what}; at most {MAX_UPLOAD_PIXELS} pixels are accepted", 413)
+def _too_many_pixels(field: str, what: str) -> TooLarge:
+    return TooLarge(field, f"{what}; at most {MAX_UPLOAD_PIXELS} pixels are accepted")
 
 
 def png_grid(images: Array) -> bytes:

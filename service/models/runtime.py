@@ -1,0 +1,286 @@
+"""onnxruntime sessions for the exported models: loading, checking, warming up and running them."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from numpy.typing import NDArray
+
+from service.manifest import (
+    GraphSpec,
+    LatentMap,
+    Manifest,
+    ModelLoadError,
+    folder_fingerprint,
+    load_latent_map,
+    load_manifest,
+)
+from service.models.batching import DynamicBatcher, Observer
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+Array = NDArray[np.float32]
+
+
+class BatchObservers(Protocol):
+    """Gives each graph of each model the observer of its batches (the metrics)."""
+
+    def batch_observer(self, model: str, graph: str) -> Observer: ...
+
+
+def resolve_providers(requested: list[str], available: list[str] | None = None) -> list[str]:
+    """`auto` -> CUDA then CPU when onnxruntime offers CUDA, else CPU. An explicit list must be
+    fully available: asking for a provider and silently running on another is worse than failing."""
+    available = ort.get_available_providers() if available is None else available
+    if requested == ["auto"]:
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    missing = [p for p in requested if p not in available]
+    if missing:
+        raise ModelLoadError(
+            f"VAE_PROVIDERS asks for {', '.join(missing)}, but this onnxruntime offers only "
+            f"{', '.join(available)}. Install the matching onnxruntime build (onnxruntime-gpu for "
+            "CUDA) or set VAE_PROVIDERS=auto."
+        )
+    return requested
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """glibc gives every thread that allocates its own heap arena, and keeps their freed pages
+    resident; the worker threads that parse large bodies and run large batches would each keep
+    one. Two arenas for the whole process is plenty for an event loop and a few workers."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, arenas))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+def memory_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), where there is one (Linux with glibc; not musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[settings.graph_optimization]
+    options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    options.enable_mem_pattern = settings.mem_pattern
+    spinning = "1" if settings.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return options
+
+
+@dataclass
+class ModelRuntime:
+    """One exported model: its manifest, its encoder and decoder sessions and, for a 2-D model
+    exported with its dataset, its latent map."""
+
+    folder: Path
+    manifest: Manifest
+    providers: list[str] = field(default_factory=list)
+    ready: bool = False
+    # What the folder held when it was loaded (manifest.folder_fingerprint): a rescan of the
+    # model folder reloads only models whose folder changed since.
+    fingerprint: str = ""
+    # GET /models/{name}/latent-map's answer, serialised once; the parsed map (10,000 points as
+    # Python lists) is not kept.
+    latent_map_body: bytes | None = None
+    _encoder: ort.InferenceSession | None = None
+    _decoder: ort.InferenceSession | None = None
+    _encode_batcher: DynamicBatcher | None = None
+    _decode_batcher: DynamicBatcher | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def is_vae(self) -> bool:
+        return self.manifest.kind == "vae"
+
+    @property
+    def latent_dim(self) -> int:
+        return self.manifest.latent_dim
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.manifest.image_shape
+
+    @classmethod
+    def load(
+        cls,
+        folder: Path,
+        settings: Settings,
+        providers: list[str],
+        executor: ThreadPoolExecutor,
+    ) -> ModelRuntime:
+        """Check the manifest and files, open both sessions on `providers` and warm them up."""
+        fingerprint = folder_fingerprint(folder)  # before reading: a change meanwhile shows next
+        runtime = cls(folder, load_manifest(folder), fingerprint=fingerprint)
+        latent_map = load_latent_map(folder, runtime.manifest)
+        if latent_map is not None:
+            runtime.latent_map_body = runtime._latent_map_body(latent_map)
+        options = session_options(settings)
+        runtime._encoder = runtime._open(runtime.manifest.encoder, options, providers)
+        runtime._decoder = runtime._open(runtime.manifest.decoder, options, providers)
+        runtime.providers = runtime._encoder.get_providers()
+        runtime._warm_up()
+        batching = (
+            settings.max_batch_size,
+            settings.max_batch_delay_ms / 1000,
+            settings.inline_max_rows,
+        )
+        runtime._encode_batcher = DynamicBatcher(runtime._encode_rows, *batching, executor)
+        runtime._decode_batcher = DynamicBatcher(runtime._decode_rows, *batching, executor)
+        runtime.ready = True
+        return runtime
+
+    def _latent_map_body(self, latent_map: LatentMap) -> bytes:
+        return orjson.dumps(
+            {
+                "model": self.name,
+                "version": self.manifest.version,
+                "split": latent_map.split,
+                "dataset": latent_map.dataset,
+                "label_names": latent_map.label_names,
+                "points": latent_map.points,
+                "mu": latent_map.mu,
+                "labels": latent_map.labels,
+            }
+        )
+
+    def _open(
+        self, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]
+    ) -> ort.InferenceSession:
+        path = self.folder / spec.file
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise ModelLoadError(
+                f"model {self.name!r}: {path} is not a loadable ONNX graph: {exc}"
+            ) from exc
+        # onnxruntime drops a provider that fails to initialise (a CUDA library missing, say)
+        # with only a warning; an explicitly requested provider must really be in use.
+        in_use = session.get_providers()
+        if providers[0] not in in_use:
+            raise ModelLoadError(
+                f"model {self.name!r}: {path}: provider {providers[0]} was requested but could not "
+                f"be initialised (in use: {', '.join(in_use)})"
+            )
+        self._check_signature(session, spec, path)
+        return session
+
+    def _check_signature(self, session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+        for kind, actual, declared in (
+            ("input", session.get_inputs(), spec.inputs),
+            ("output", session.get_outputs(), spec.outputs),
+        ):
+            actual_names = [t.name for t in actual]
+            declared_names = [t.name for t in declared]
+            if actual_names != declared_names:
+                raise ModelLoadError(
+                    f"model {self.name!r}: {path}: graph {kind}s {actual_names} differ from the "
+                    f"manifest's {declared_names}"
+                )
+            for tensor, spec_tensor in zip(actual, declared, strict=True):
+                fixed_actual = [d if isinstance(d, int) else None for d in tensor.shape]
+                fixed_declared = [d if isinstance(d, int) else None for d in spec_tensor.shape]
+                if fixed_actual != fixed_declared or tensor.type != "tensor(float)":
+                    raise ModelLoadError(
+                        f"model {self.name!r}: {path}: {kind} {tensor.name!r} is {tensor.type} "
+                        f"{tensor.shape}, the manifest says float32 {spec_tensor.shape}"
+                    )
+
+    def _warm_up(self) -> None:
+        # The first run of a session allocates its arena and picks kernels: pay that before ready.
+        for batch in (1, 8):
+            mu, _ = self.encode(np.zeros((batch, *self.image_shape), dtype=np.float32))
+            self.decode(mu)
+
+    def _encode_rows(self, images: Array) -> tuple[Array, ...]:
+        """(N, C, H, W) -> (code,) for an AE, (mu, logvar) for a VAE."""
+        assert self._encoder is not None
+        wanted = [self.manifest.latent.code_output]
+        if self.manifest.latent.logvar_output:
+            wanted.append(self.manifest.latent.logvar_output)
+        return tuple(self._encoder.run(wanted, {self.manifest.encoder.inputs[0].name: images}))
+
+    def _decode_rows(self, z: Array) -> tuple[Array, ...]:
+        assert self._decoder is not None
+        return tuple(self._decoder.run(None, {self.manifest.decoder.inputs[0].name: z}))
+
+    def encode(self, images: Array) -> tuple[Array, Array | None]:
+        """(N, C, H, W) in [0, 1] -> (mu, logvar); an AE's code comes back as mu, logvar None.
+        Runs here and now; the service's requests go through `encode_batched`."""
+        outputs = self._encode_rows(images)
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
+
+    def decode(self, z: Array) -> Array:
+        """(N, latent) -> (N, C, H, W) pixel means in [0, 1]."""
+        return self._decode_rows(z)[0]
+
+    async def encode_batched(self, images: Array) -> tuple[Array, Array | None]:
+        """As `encode`, sharing an onnxruntime call with concurrent requests."""
+        assert self._encode_batcher is not None
+        outputs = await self._encode_batcher.run(images)
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
+
+    async def decode_batched(self, z: Array) -> Array:
+        assert self._decode_batcher is not None
+        return (await self._decode_batcher.run(z))[0]
+
+    def describe(self, default: bool) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.manifest.version,
+            "kind": self.manifest.kind,
+            "latent_dim": self.latent_dim,
+            "image_shape": list(self.image_shape),
+            "default": default,
+            "ready": self.ready,
+            "providers": self.providers,
+            "latent_map": self.latent_map_body is not None,
+            "manifest": self.manifest.model_dump(mode="json"),
+        }
+
+    def attach(self, observers: BatchObservers) -> None:
+        """Report this model's batches to the observers `observers` gives."""
+        for graph, batcher in (
+            ("encoder", self._encode_batcher),
+            ("decoder", self._decode_batcher),
+        ):
+            if batcher is not None:
+                batcher.observer = observers.batch_observer(self.name, graph)
+
+    async def close(self) -> None:
+        self.ready = False
+        for batcher in (self._encode_batcher, self._decode_batcher):
+            if batcher is not None:
+                await batcher.close()
+        self._encoder = self._decoder = None
