@@ -247,7 +247,6 @@ def test_uploads_auto_judges_the_border_of_the_picture_as_sent(client: TestClien
     assert not np.allclose(upload_mu(framed, invert="false"), inverted, atol=1e-3)
 
 
-
 def test_upload_fields_may_come_as_query_parameters_too(client: TestClient) -> None:
     """As for a .npy body, `?invert=` (or `?mode=`) on an upload counts like the form field; a
     field given both ways must agree, and a bad value is refused the same way."""
@@ -271,6 +270,7 @@ def test_upload_fields_may_come_as_query_parameters_too(client: TestClient) -> N
     assert response.status_code == 200 and response.json()["seed"] == 3
     response = upload("/encode?colour=red")
     assert response.status_code == 422 and "colour" in response.json()["detail"]
+
 
 # --- bad values -----------------------------------------------------------------------------------
 
