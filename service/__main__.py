@@ -1,6 +1,6 @@
 """`python -m service`: check and load every model, then serve them with uvicorn.
 
-Flags override the matching VAE_ environment variables (see README, "Service settings").
+Flags override the matching VAE_ environment variables (see docs/settings.md).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@
         encoding = client.encode(images)  # images: (N, 28, 28) float in [0, 1] or uint8
         encoding.mu, encoding.sigma        # (N, latent) float32 arrays
 
-Needs only numpy and httpx (`pip install 'vae-serving[client]'`): this module must never import
-the service's own stack (FastAPI, onnxruntime) or torch.
+Needs only numpy and httpx (`pip install -e '.[client]'` from a checkout, or the wheel that
+`make wheel` builds, with its `[client]` extra): this module must never import the service's
+own stack (FastAPI, onnxruntime) or torch.
 
 Both clients share one implementation: each call is a generator that yields the HTTP requests
 it needs and receives their responses (`_Flow`), so request building, response parsing, error

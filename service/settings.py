@@ -21,7 +21,7 @@ def read_key_file(path: Path) -> list[str]:
 
 
 class Settings(BaseSettings):
-    # Each field's docstring documents it (the README's settings table is checked against them).
+    # Each field's docstring documents it (docs/settings.md's table is checked against them).
     # Not `use_attribute_docstrings`: pydantic would read and parse this file's source at every
     # start, for descriptions nothing at run time reads.
     model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", protected_namespaces=())

@@ -247,6 +247,31 @@ def test_uploads_auto_judges_the_border_of_the_picture_as_sent(client: TestClien
     assert not np.allclose(upload_mu(framed, invert="false"), inverted, atol=1e-3)
 
 
+def test_upload_fields_may_come_as_query_parameters_too(client: TestClient) -> None:
+    """As for a .npy body, `?invert=` (or `?mode=`) on an upload counts like the form field; a
+    field given both ways must agree, and a bad value is refused the same way."""
+    pixels = (DARK[0] * 255).round().astype(np.uint8)
+    files = [("images", ("a.png", png(255 - pixels), "image/png"))]
+
+    def upload(path: str, **form: str) -> Any:
+        return client.post(path, files=files, data=form)
+
+    light_json = mu(client, (255 - pixels)[None] / 255.0)
+    response = upload("/encode?invert=false")
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(np.array(response.json()["mu"]), light_json, atol=1e-5)
+    assert upload("/encode?invert=false", invert="false").status_code == 200
+    response = upload("/encode?invert=false", invert="true")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("invert: the form says 'true' but ?invert= says")
+    response = upload("/encode?invert=maybe")
+    assert response.status_code == 422 and ALLOWED in response.json()["detail"]
+    response = upload("/reconstruct?mode=sampled&seed=3")
+    assert response.status_code == 200 and response.json()["seed"] == 3
+    response = upload("/encode?colour=red")
+    assert response.status_code == 422 and "colour" in response.json()["detail"]
+
+
 # --- bad values -----------------------------------------------------------------------------------
 
 ALLOWED = "expected 'auto', true or false"

@@ -33,7 +33,7 @@ AUTO_INVERT_ABOVE = 0.5  # of white
 _TIE_MARGIN = 1e-7
 
 # Pillow is imported where images are decoded or drawn: most requests carry arrays, and the
-# service's resident memory is a budget (see README, "Performance").
+# service's resident memory is a budget (see docs/performance.md).
 
 
 def check_pixels(array: Numbers, field: str) -> Numbers:

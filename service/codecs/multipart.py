@@ -17,6 +17,7 @@ from service.codecs.requests import (
     Params,
     check_count,
     invert_choice,
+    query_of,
     validate_fields,
 )
 from service.errors import BadRequest, InvalidInput, TooLarge
@@ -44,7 +45,7 @@ async def read_multipart_images(
             raise InvalidInput("images", "multipart requests carry image files as `images` parts")
         check_count(len(uploads), settings, IMAGES)
         fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
-        params = validate_fields(params_type, fields)
+        params = validate_fields(params_type, _with_query(fields, query_of(request.scope)))
         model = registry.pick(getattr(params, "model", None), query_model)
         invert = invert_choice(params, FILE_INVERT_DEFAULT)
         batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
@@ -66,6 +67,22 @@ async def read_multipart_images(
     finally:
         await form.close()
     return params, model, batch
+
+
+def _with_query(form: dict[str, str], query: dict[str, str]) -> dict[str, str]:
+    """The form's fields and the query's (`?invert=auto` on an upload counts as the form field
+    would); a field given both ways must agree. `model` is left to the caller, which reads
+    ?model= for every kind of body alike."""
+    merged = dict(form)
+    for name, value in query.items():
+        if name == "model":
+            continue
+        if name in form and form[name] != value:
+            raise InvalidInput(
+                name, f"the form says {form[name]!r} but ?{name}= says {value!r}; send one"
+            )
+        merged[name] = value
+    return merged
 
 
 async def _read_form(request: Request, settings: Settings) -> FormData:

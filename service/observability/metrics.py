@@ -1,6 +1,6 @@
 """Prometheus metrics (prometheus-client), one set per app.
 
-Metric names (all prefixed `vae_`; the README lists them too):
+Metric names (all prefixed `vae_`; docs/deployment.md lists them too):
 - `vae_requests_total{endpoint, model, status}`: requests answered.
 - `vae_request_duration_seconds{endpoint}`: whole request, from the guard to the last byte.
 - `vae_batch_queue_wait_seconds{model, graph}`: time a request's rows waited for their batch.
