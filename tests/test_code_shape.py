@@ -13,12 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("service", "training")
 MAX_FUNCTION_LINES = 100
-# Functions known to be too long, each with the work that splits it. An entry that is no longer
-# too long is simply not found; a new offender fails the test.
-KNOWN_LONG: dict[str, str] = {
-    "training/train.py:train": "issue 15, training part: train() in named phases",
-    "training/export.py:export_run": "issue 15, training part: export checked by the service",
-}
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -67,8 +61,7 @@ def test_no_function_over_100_lines(package: str) -> None:
         if module.split(".")[0] == package
         for name, lines in long_functions(path)
     }
-    unexpected = {name: lines for name, lines in offenders.items() if name not in KNOWN_LONG}
-    assert not unexpected, f"functions over {MAX_FUNCTION_LINES} lines: {unexpected}"
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines: {offenders}"
 
 
 def test_no_import_cycle() -> None:
