@@ -96,11 +96,12 @@ def train(
         raise RunError(f"--resume: no checkpoint at {last_path}")
     if not resume and last_path.exists():
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or pick --out")
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    # Data first: when it cannot be read or downloaded, no run directory is left behind.
     splits = splits or load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, invert=cfg.invert)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     # The whole dataset fits on the device (60000 x 784 floats = 188 MB): indexing a tensor with a
     # shuffled permutation is much cheaper per batch than a DataLoader's Python collation.
     x_train = torch.from_numpy(splits.train.images).to(device)
