@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DATA_DIR ?= ../shared/data
+# Where mnist/ and fashion-mnist/ live: ./data (git-ignored), filled from the official mirrors
+# when online; DATA_DIR=path/to/folder for files you already have.
+DATA_DIR ?= data
 MODELS := mnist-vae mnist-vae-2d mnist-ae fashion-vae
 
 .PHONY: run train-env test lint check default-models literature-check clean
