@@ -8,13 +8,17 @@ BIN := $(VENV)/bin
 DATA_DIR ?= data
 MODELS := mnist-vae mnist-vae-2d mnist-ae fashion-vae
 
-.PHONY: run train-env test lint check default-models literature-check clean
+.PHONY: run train-env test lint check docs wheel default-models literature-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[serve]'
+	touch $@
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[serve,docs]'
 	touch $@
 
 # torch is pinned to 2.13.0 in the `train` extra; where a CPU wheel of it is on the pip path
@@ -46,6 +50,14 @@ lint: $(VENV)/.installed-dev  ## ruff lint + format check, mypy
 
 check: lint test
 
+# The build hook (docs/hooks.py) imports the service for its OpenAPI document, hence `serve`.
+# NO_MKDOCS_2_WARNING: Material prints a banner about MkDocs 2.0 on every build otherwise.
+docs: $(VENV)/.installed-docs  ## the documentation site in site/; a broken link fails it
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+wheel: | $(BIN)/python  ## dist/vae_serving-*.whl, e.g. for `pip install 'dist/...whl[client]'`
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
 # Retrain, evaluate, draw and export every bundled model from the MNIST/Fashion-MNIST files in
 # $(DATA_DIR) (downloaded there first if missing and online). About 30 min on 2 CPU cores.
 # The bundled numbers are computed once and compared with the literature, so their IWAE estimate
@@ -67,4 +79,4 @@ literature-check: | $(VENV)/.installed-train
 	$(BIN)/python -m training report runs/mnist-vae-50-binarized
 
 clean:
-	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf runs site dist build .pytest_cache .mypy_cache .ruff_cache docs/openapi.json

@@ -55,7 +55,7 @@ MODELS = ROOT / "models"
 MODEL = "mnist-vae"  # the default model of the bundled models/
 VAES = ("mnist-vae", "mnist-vae-2d", "fashion-vae")  # sampled /reconstruct needs a VAE
 NPY = "application/x-npy"
-CUT_OFF = "cut off by shutdown"  # what service.guards logs for an abandoned accepted request
+CUT_OFF = "cut off by shutdown"  # what service.http.guard logs for an abandoned accepted request
 
 # Transport errors, by what they mean for the request.
 REFUSED = "refused"  # connect() failed: the server no longer listens
@@ -735,6 +735,24 @@ class SigtermResult:
         ]
 
 
+async def wait_in_flight(url: str, at_least: int, timeout_s: float = 60.0) -> int:
+    """Poll /metrics until the server reports `at_least` requests in flight (or time runs out);
+    returns the last count seen."""
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                text = (await client.get("/metrics")).text
+                for line in text.splitlines():
+                    if line.startswith("vae_requests_in_flight "):
+                        seen = int(float(line.split()[1]))
+                if seen >= at_least:
+                    return seen
+            await asyncio.sleep(0.01)
+    return seen
+
+
 def scenario_sigterm(
     connections: int = 64, before_s: float = 1.0, grace_s: int = 10, images: int = 16
 ) -> SigtermResult:
@@ -759,6 +777,10 @@ def scenario_sigterm(
                 )
             )
             await asyncio.sleep(before_s)
+            # On a busy machine the load may not have reached the server yet after before_s:
+            # wait until the server itself counts requests in flight, so that SIGTERM lands
+            # while it is serving some (which the scenario is about).
+            await wait_in_flight(server.url, at_least=connections // 4)
             sigterm_at = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             exit_s = None

@@ -118,12 +118,12 @@ def wait_ready(url: str, timeout: float = 30.0) -> float:
 
 
 def start(
-    cmd: list[str], port: int, env: dict[str, str] | None = None
+    cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> tuple[subprocess.Popen[bytes], float]:
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         # Not a pipe: nobody reads it while the load runs, and a full pipe would block the

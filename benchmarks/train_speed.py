@@ -4,7 +4,7 @@ Both train the same MLP VAE (784-H-latent, Bernoulli likelihood, Adam 1e-3) on t
 training images at the same batch size, one after the other on this machine; the table shows the
 median epoch time of each and their ratio. Needs the MNIST files (VAE_DATA_DIR or --data-dir).
 
-    python benchmarks/train_speed.py --data-dir ../shared/data
+    python benchmarks/train_speed.py --data-dir DATA_DIR   # the folder holding mnist/
 """
 
 from __future__ import annotations

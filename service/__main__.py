@@ -1,6 +1,6 @@
 """`python -m service`: check and load every model, then serve them with uvicorn.
 
-Flags override the matching VAE_ environment variables (see README, "Service settings").
+Flags override the matching VAE_ environment variables (see docs/settings.md).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from types import FrameType
 from pydantic import ValidationError
 
 from service.manifest import ModelLoadError
-from service.metrics import configure_logging
-from service.runtime import ModelRegistry, limit_malloc_arenas, memory_trimmer
+from service.models.registry import ModelRegistry
+from service.models.runtime import limit_malloc_arenas, memory_trimmer
+from service.observability.logs import configure_logging
 from service.settings import Settings
 
 
@@ -53,13 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Load (check, open, warm up) before binding the port: a broken model stops the start with
     # one clear message instead of a server that never becomes ready. Hashing and opening the
     # ONNX files release the GIL, so they run in a thread while the web stack (FastAPI, uvicorn:
-    # about half of the start-up time) is imported here; measured ~0.1 s less to ready.
+    # a large part of the start-up time) is imported here.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as loader:
         loading = loader.submit(ModelRegistry.load, settings)
         import uvicorn
 
         from service.app import begin_shutdown, create_app
-        from service.http import CoalescingHttpToolsProtocol
+        from service.http.transport import CoalescingHttpToolsProtocol
 
         try:
             registry = loading.result()
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if app.state.draining or settings.shutdown_drain_s == 0:
+            if app.service.draining or settings.shutdown_drain_s == 0:
                 super().handle_exit(sig, frame)  # a second signal: stop draining now
                 return
             # Readiness 503 and new requests refused (503, Connection: close) at once; only
@@ -96,13 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # handler that would end the process as "killed by SIGTERM" after a clean drain. A no-op
     # handler underneath lets a graceful shutdown exit 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    # What start-up made (modules, routes, schemas, sessions: about 80,000 objects) lives as long
-    # as the process. Frozen, it is no longer scanned by the garbage collector's full passes,
-    # which otherwise took ~50 ms each, about once a second under load: the p99 latency. (No
-    # gc.collect() first: it found nothing to free here and cost 37 ms of start-up.)
+    # What start-up made (modules, routes, schemas, sessions) lives as long as the process.
+    # Frozen, it is not scanned by the garbage collector's full passes, which would otherwise
+    # set the p99 latency under load. No gc.collect() first: it finds nothing to free here and
+    # only lengthens the start.
     gc.freeze()
-    # Opening the ONNX files and importing leave freed heap behind: hand it back before serving
-    # (RSS at ready measured 1.5 MiB lower here).
+    # Opening the ONNX files and importing leave freed heap behind: hand it back before serving.
     trim = memory_trimmer()
     if trim is not None:
         trim()

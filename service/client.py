@@ -6,8 +6,9 @@
         encoding = client.encode(images)  # images: (N, 28, 28) float in [0, 1] or uint8
         encoding.mu, encoding.sigma        # (N, latent) float32 arrays
 
-Needs only numpy and httpx (`pip install 'vae-serving[client]'`): this module must never import
-the service's own stack (FastAPI, onnxruntime) or torch.
+Needs only numpy and httpx (`pip install -e '.[client]'` from a checkout, or the wheel that
+`make wheel` builds, with its `[client]` extra): this module must never import the service's
+own stack (FastAPI, onnxruntime) or torch.
 
 Both clients share one implementation: each call is a generator that yields the HTTP requests
 it needs and receives their responses (`_Flow`), so request building, response parsing, error
@@ -43,6 +44,7 @@ __all__ = [
     "Encoding",
     "Generation",
     "InvalidInputError",
+    "Invert",
     "ModelInfo",
     "ModelNotFoundError",
     "Reconstruction",
@@ -54,6 +56,10 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float32]
 Mode = Literal["deterministic", "sampled"]
+# Invert images into bright strokes on a dark background before the model sees them: True, False,
+# or "auto" (those whose border is light, above 0.5 on average: dark ink on light paper). None:
+# the service's default for arrays, False.
+Invert = Literal["auto"] | bool | None
 T = TypeVar("T")
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)
 # A call: yields the requests it needs, is sent each one's final response, returns the result.
@@ -287,6 +293,14 @@ def _expect(response: httpx.Response, media_type: str) -> None:
         )
 
 
+def _invert_param(invert: Invert) -> str | None:
+    if invert is None or invert == "auto":
+        return invert
+    if isinstance(invert, bool):
+        return "true" if invert else "false"
+    raise ValueError(f"invert must be 'auto', True, False or None, got {invert!r}")
+
+
 def _model_of(response: httpx.Response) -> str:
     return response.headers.get("x-model", "")  # binary answers name their model here
 
@@ -376,11 +390,11 @@ class _BaseClient(Generic[H]):
 
     # --- calls -----------------------------------------------------------------------------
 
-    def _encode(self, images: npt.ArrayLike, model: str | None) -> _Flow[Encoding]:
+    def _encode(self, images: npt.ArrayLike, model: str | None, invert: Invert) -> _Flow[Encoding]:
         response = yield self._request(
             "POST",
             "/encode",
-            params={"model": model or self.default_model},
+            params={"model": model or self.default_model, "invert": _invert_param(invert)},
             content=_npy_bytes(as_images(images)),
             content_type=NPY,
             accept=NPZ,
@@ -399,12 +413,14 @@ class _BaseClient(Generic[H]):
         seed: int | None,
         samples: int | None,
         model: str | None,
+        invert: Invert,
     ) -> _Flow[Reconstruction]:
         params = {
             "model": model or self.default_model,
             "mode": mode,
             "seed": seed,
             "samples": samples,
+            "invert": _invert_param(invert),
         }
         response = yield self._request(
             "POST",
@@ -535,9 +551,12 @@ class Client(_BaseClient[httpx.Client]):
         except httpx.TransportError:
             return False
 
-    def encode(self, images: npt.ArrayLike, model: str | None = None) -> Encoding:
-        """Posterior mu and logvar of each image (see `as_images` for the shapes taken)."""
-        return self._run(self._encode(images, model))
+    def encode(
+        self, images: npt.ArrayLike, model: str | None = None, *, invert: Invert = None
+    ) -> Encoding:
+        """Posterior mu and logvar of each image (see `as_images` for the shapes taken).
+        `invert`: True, False or "auto" (see `Invert`); None sends the images as they are."""
+        return self._run(self._encode(images, model, invert))
 
     def reconstruct(
         self,
@@ -546,9 +565,12 @@ class Client(_BaseClient[httpx.Client]):
         seed: int | None = None,
         samples: int | None = None,
         model: str | None = None,
+        *,
+        invert: Invert = None,
     ) -> Reconstruction:
-        """decode(mu), or with mode="sampled" decode(mu + sigma * eps) with eps from `seed`."""
-        return self._run(self._reconstruct(images, mode, seed, samples, model))
+        """decode(mu), or with mode="sampled" decode(mu + sigma * eps) with eps from `seed`.
+        `invert` as for `encode`."""
+        return self._run(self._reconstruct(images, mode, seed, samples, model, invert))
 
     def generate(
         self,
@@ -653,9 +675,11 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
             return False
         return response.status_code == 200
 
-    async def encode(self, images: npt.ArrayLike, model: str | None = None) -> Encoding:
+    async def encode(
+        self, images: npt.ArrayLike, model: str | None = None, *, invert: Invert = None
+    ) -> Encoding:
         """See `Client.encode`."""
-        return await self._run(self._encode(images, model))
+        return await self._run(self._encode(images, model, invert))
 
     async def reconstruct(
         self,
@@ -664,9 +688,11 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
         seed: int | None = None,
         samples: int | None = None,
         model: str | None = None,
+        *,
+        invert: Invert = None,
     ) -> Reconstruction:
         """See `Client.reconstruct`."""
-        return await self._run(self._reconstruct(images, mode, seed, samples, model))
+        return await self._run(self._reconstruct(images, mode, seed, samples, model, invert))
 
     async def generate(
         self,

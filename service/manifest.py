@@ -37,6 +37,7 @@ class GraphSpec(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: list[TensorSpec] = Field(min_length=1, max_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
+    output_range: tuple[float, float] | None = None  # the decoder's pixel range
 
 
 RESAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -65,6 +66,16 @@ class InputSpec(BaseModel):
 class LatentSpec(BaseModel):
     code_output: str
     logvar_output: str | None = None
+    sigma: str | None = None  # how a VAE's standard deviation follows from logvar, for readers
+    prior: str | None = None  # the prior /generate samples from, for readers
+
+
+class ParityReport(BaseModel):
+    """How far onnxruntime's outputs were from torch's at export, per batch size."""
+
+    atol: float = Field(ge=0)
+    encoder_max_abs_diff: dict[str, FiniteFloat]
+    decoder_max_abs_diff: dict[str, FiniteFloat]
 
 
 class LatentMapSpec(BaseModel):
@@ -97,8 +108,11 @@ class LatentMap(BaseModel):
 
 
 class Manifest(BaseModel):
+    """manifest.json; `training export` validates what it writes against this same schema."""
+
     model_config = ConfigDict(extra="allow")
 
+    manifest_version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN)
     version: str = "1"
     description: str = ""
@@ -112,6 +126,13 @@ class Manifest(BaseModel):
     dataset: dict[str, Any] = {}
     metrics: dict[str, Any] | None = None
     latent_map: LatentMapSpec | None = None
+    # A record of how the model was made; the service shows it and does not act on it.
+    architecture: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    parity: ParityReport | None = None
+    created_at: str | None = None
+    package_version: str | None = None
+    producer: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -148,6 +169,29 @@ def _problems(exc: ValidationError, what: str) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}" for e in exc.errors()
     )
+
+
+def model_folders(model_dir: Path) -> list[Path]:
+    """Every sub-folder of `model_dir` holding a manifest.json, by name."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"VAE_MODEL_DIR={model_dir} is not a folder")
+    return sorted(p.parent for p in model_dir.glob("*/manifest.json"))
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """What a model folder holds now, cheaply: the manifest's bytes (which carry the sha256 of
+    every file it names) and the name, size and modification time of every file beside it. Two
+    equal fingerprints: nothing to reload. A folder that cannot be read gets a fingerprint of its
+    own, so that loading it is tried (and tells what is wrong)."""
+    digest = hashlib.sha256()
+    try:
+        digest.update((folder / "manifest.json").read_bytes())
+        for path in sorted(folder.iterdir()):
+            info = path.stat()
+            digest.update(f"\0{path.name}\0{info.st_size}\0{info.st_mtime_ns}".encode())
+    except OSError as exc:
+        digest.update(f"unreadable: {exc}".encode())
+    return digest.hexdigest()
 
 
 def load_manifest(folder: Path) -> Manifest:

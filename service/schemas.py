@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic_core import PydanticCustomError
 
 MAX_SEED = 2**63 - 1
 
@@ -38,6 +39,32 @@ SeedField = Field(
     "absent, so any result can be reproduced.",
 )
 
+INVERT_VALUES = ("auto", "true", "false")
+
+
+def _invert_choice(value: object) -> object:
+    """`invert` as JSON (true, false, "auto") or as text (a form field, a query parameter)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in INVERT_VALUES:
+        word = value.strip().lower()
+        return word if word == "auto" else word == "true"
+    raise PydanticCustomError(
+        "invert", "expected 'auto', true or false, got {got}", {"got": repr(value)[:40]}
+    )
+
+
+InvertChoice = Annotated[Literal["auto"] | bool | None, BeforeValidator(_invert_choice)]
+InvertField = Field(
+    None,
+    description="Invert the images (1 - pixel) into bright strokes on a dark background, as the "
+    "models were trained: `true`, `false`, or `auto` (invert an image whose border, its "
+    "outermost ring of pixels, is above 0.5 on average: dark ink on light paper, as the "
+    "playground decides; uploads are judged at their own size). Default: `auto` for "
+    "uploaded files, `false` for arrays (JSON, .npy), which are taken as the model's input.",
+    examples=["auto"],
+)
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -45,6 +72,7 @@ class _Request(BaseModel):
 
 class EncodeParams(_Request):
     model: str | None = ModelField
+    invert: InvertChoice = InvertField
 
 
 class EncodeRequest(EncodeParams):
@@ -53,6 +81,7 @@ class EncodeRequest(EncodeParams):
 
 class ReconstructParams(_Request):
     model: str | None = ModelField
+    invert: InvertChoice = InvertField
     mode: Literal["deterministic", "sampled"] = Field(
         "deterministic",
         description="`deterministic`: decode(mu), identical on every call. `sampled`: decode(z) "
@@ -161,17 +190,35 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
+class RefusedFolder(BaseModel):
+    folder: str
+    model: str | None = Field(
+        description="The model served from this folder before, which keeps serving; null for a "
+        "new folder, which was not added."
+    )
+    problem: str = Field(description="What is wrong, naming the file.")
+
+
+class RepositoryReload(BaseModel):
+    added: list[str] = Field(description="Models loaded from new folders.")
+    dropped: list[str] = Field(
+        description="Models whose folder is gone; requests already running on them finish."
+    )
+    reloaded: list[str] = Field(description="Models whose folder changed: a new version.")
+    unchanged: list[str] = Field(description="Models whose folder did not change.")
+    refused: list[RefusedFolder] = Field(
+        description="Folders not taken, each with its problem; everything else was applied."
+    )
+    default: str = Field(description="The default model now.")
+
+
+class RepositoryReloadRefused(RepositoryReload):
+    detail: str = Field(description="What was refused, and why.")
+
+
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What was wrong, naming the field, and what is expected.")
 
 
 class Health(BaseModel):
     status: Literal["ok", "loading", "not ready", "shutting down"]
-
-
-def error_doc(description: str, schema: str = "ErrorResponse") -> dict[str, Any]:
-    """An error response in the OpenAPI document. A reference rather than FastAPI's `model=`,
-    which builds a validator per route and status (about a hundred here) that nothing uses:
-    ~50 ms of start-up. service.app's openapi() adds the schemas to the document."""
-    ref = {"$ref": f"#/components/schemas/{schema}"}
-    return {"description": description, "content": {"application/json": {"schema": ref}}}

@@ -21,9 +21,9 @@ def read_key_file(path: Path) -> list[str]:
 
 
 class Settings(BaseSettings):
-    # Each field's docstring documents it (the README's settings table is checked against them).
+    # Each field's docstring documents it (docs/settings.md's table is checked against them).
     # Not `use_attribute_docstrings`: pydantic would read and parse this file's source at every
-    # start, 19 ms of it, for descriptions nothing at run time reads.
+    # start, for descriptions nothing at run time reads.
     model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", protected_namespaces=())
 
     host: str = "127.0.0.1"

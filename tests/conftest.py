@@ -1,16 +1,21 @@
-"""Fixtures: tiny synthetic IDX datasets -> configs -> trained runs -> exported models.
+"""Fixtures: tiny synthetic IDX datasets -> configs -> trained runs -> exported models (the
+artifact) -> service settings -> app -> client.
 
 Nothing here reads ../shared or the network: every dataset is generated in tmp_path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from service.app import ServiceApp, create_app
+from service.settings import Settings
 from training.config import TrainConfig
 from training.data import IDX_DATASETS, write_idx
 from training.train import train
@@ -111,3 +116,24 @@ def exported_vae(tmp_path_factory: pytest.TempPathFactory, vae_run: Path) -> Pat
     out = tmp_path_factory.mktemp("models") / "tiny-vae"
     export_run(vae_run, out)
     return out
+
+
+@pytest.fixture
+def settings(model_dir: Path) -> Settings:
+    """The service on the tiny models, with small limits (tests override this fixture to change
+    them)."""
+    return Settings(
+        model_dir=model_dir, default_model="tiny-vae", max_images=64, max_generate=32, max_samples=8
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> ServiceApp:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: ServiceApp) -> Iterator[TestClient]:
+    """A client of `app`, its lifespan run (models loaded) for the test's duration."""
+    with TestClient(app) as test_client:
+        yield test_client

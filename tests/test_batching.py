@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
-from service.runtime import ModelRegistry
+from service.models.batching import DynamicBatcher
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 
 EXECUTOR = ThreadPoolExecutor(max_workers=2)
@@ -132,7 +132,7 @@ def test_batched_model_results_equal_single_calls(model_dir: Path, max_batch_siz
 
 
 def test_memory_trimmer_runs_where_glibc_has_it() -> None:
-    from service.runtime import memory_trimmer
+    from service.models.runtime import memory_trimmer
 
     trim = memory_trimmer()
     if trim is None:

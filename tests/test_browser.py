@@ -6,16 +6,23 @@ bundled models; every request that would leave 127.0.0.1 is blocked and counted,
 proven to work with the network cut off. Screenshots go to test-artifacts/browser/ (not
 committed), with the answer times each interaction measured (timings.json): printed, never
 asserted. Skipped, saying why, only where Playwright or Chromium is missing.
+
+The tests wait on the page's own state, never on time, so a busy machine only makes them slower:
+`window.playground` counts the work under way (`busy`), the strokes and taps finished on the
+drawing pad (`strokes`) and the service's answers painted (`answers`). Every action waits for
+its effect: an answer painted after it, a stroke counted, a canvas changed, the focus moved.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +50,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-features=Translate,OptimizationHints,MediaRouter",
 ]
+# How long any wait may last before the test fails: a bound for a page that is stuck, not a
+# synchronisation (every wait ends as soon as the page's state says so). Generous, for machines
+# whose cores are all taken by other work.
+PATIENCE_MS = 90_000
 
 
 def chromium_path() -> str | None:
@@ -62,7 +73,9 @@ def browser() -> Iterator[Any]:
     if executable is None:
         pytest.skip("no Chromium: apt-get install chromium (or set VAE_CHROMIUM)")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, timeout=PATIENCE_MS
+        )
         yield browser
         browser.close()
 
@@ -106,9 +119,18 @@ class Watched:
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
+def new_context(browser: Any, **options: Any) -> Any:
+    """A browser context (a desktop window unless told otherwise) whose waits give up only
+    after PATIENCE_MS."""
+    options.setdefault("viewport", {"width": 1280, "height": 900})
+    context = browser.new_context(**options)
+    context.set_default_timeout(PATIENCE_MS)
+    return context
+
+
 @pytest.fixture
 def watched(browser: Any) -> Iterator[Watched]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = new_context(browser)
     yield Watched(context.new_page())
     context.close()
 
@@ -116,7 +138,8 @@ def watched(browser: Any) -> Iterator[Watched]:
 def open_playground(watched: Watched, server: reliability.Server, model: str) -> Any:
     page = watched.page
     page.goto(f"{server.url}/?model={model}")
-    page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+    page.wait_for_selector("body[data-ready=true]")
+    settle(page)
     return page
 
 
@@ -125,42 +148,68 @@ def picture(page: Any, canvas_id: str) -> str:
     return data
 
 
+# Mean red value (0-255) of a canvas: 0 while it is black. The canvases are grey, red is enough.
+MEAN = """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                 let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i];
+                 return s / (d.length / 4); }"""
+
+
 def brightness(page: Any, selector: str) -> float:
     """Mean pixel value (0-255) of a canvas: 0 while it is still black."""
-    value: float = page.eval_on_selector(
-        selector,
-        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                  let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i];
-                  return s / (d.length / 4); }""",
-    )
+    value: float = page.eval_on_selector(selector, MEAN)
     return value
 
 
-def changes(page: Any, canvas_id: str, before: str) -> None:
+def settle(page: Any) -> None:
+    """Wait until the page has no work under way (requests, file decoding)."""
+    page.wait_for_selector("body[data-state=idle]", state="attached")
+
+
+def answered(page: Any, action: Callable[[], object]) -> None:
+    """Do `action` on an idle page, then wait until an answer of the service to it has been
+    painted and nothing else is under way. An answer counted after an idle start can only come
+    from the action, so this holds however late the browser handles the action's events."""
+    settle(page)
+    before = page.evaluate("window.playground.answers")
+    action()
     page.wait_for_function(
-        "([id, before]) => document.getElementById(id).toDataURL() !== before",
-        arg=[canvas_id, before],
-        timeout=5_000,
+        "n => window.playground.answers > n && window.playground.busy === 0", arg=before
     )
 
 
-def settle(page: Any) -> None:
-    """Wait until the page has no work under way (requests, file decoding): the playground
-    counts it in `window.playground.busy`."""
-    page.wait_for_function("window.playground.busy === 0", timeout=10_000)
+def stroked(page: Any, action: Callable[[], object], strokes: int = 1) -> None:
+    """Do `action` (pointer input on the drawing pad), then wait until the pad has counted its
+    `strokes` strokes or taps as finished and the answer to the drawing has been painted."""
+    settle(page)
+    wanted = page.evaluate("window.playground.strokes") + strokes
+    action()
+    page.wait_for_function(
+        "n => window.playground.strokes === n && window.playground.busy === 0", arg=wanted
+    )
 
 
 def draw(page: Any, strokes: list[list[tuple[float, float]]]) -> None:
     """Strokes in fractions of the pad's size, as a mouse would draw them."""
     box = page.locator("#draw-canvas").bounding_box()
-    for stroke in strokes:
-        x, y = stroke[0]
-        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=8)
-        page.mouse.up()
-    settle(page)
+
+    def move_mouse() -> None:
+        for stroke in strokes:
+            x, y = stroke[0]
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+            page.mouse.down()
+            for x, y in stroke[1:]:
+                page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=8)
+            page.mouse.up()
+
+    stroked(page, move_mouse, strokes=len(strokes))
+
+
+def wait_brightness(page: Any, selector: str, test: str) -> None:
+    """Wait until a canvas's mean brightness `b` passes `test` (JavaScript, say "b > 0")."""
+    page.wait_for_function(
+        f"s => {{ const b = ({MEAN})(document.querySelector(s)); return {test}; }}",
+        arg=selector,
+    )
 
 
 SEVEN = [[(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)]]
@@ -202,7 +251,7 @@ def test_playground_draw_resample_map_generate_interpolate(
     first = picture(page, "recon-canvas")
     # More strokes: the reconstruction follows.
     draw(page, [[(0.35, 0.55), (0.65, 0.55)]])
-    changes(page, "recon-canvas", first)
+    assert picture(page, "recon-canvas") != first
 
     # Sampled reconstructions: six, reproducible by seed, different between seeds.
     assert page.locator("#samples canvas").count() == 6
@@ -212,19 +261,18 @@ def test_playground_draw_resample_map_generate_interpolate(
             page.eval_on_selector_all("#samples canvas", "cs => cs.map(c => c.toDataURL())")
         )
 
-    page.fill("#seed-input", "1")
-    page.dispatch_event("#seed-input", "change")
-    settle(page)
+    def pick_seed(seed: str) -> None:
+        page.fill("#seed-input", seed)
+        page.dispatch_event("#seed-input", "change")
+
+    answered(page, lambda: pick_seed("1"))
     seed_1 = samples()
     assert len(set(seed_1)) > 1  # six different draws of eps
-    page.click("#resample-btn")
-    settle(page)
+    answered(page, lambda: page.click("#resample-btn"))
     assert page.input_value("#seed-input") == "2"
     seed_2 = samples()
     assert seed_2 != seed_1
-    page.fill("#seed-input", "1")
-    page.dispatch_event("#seed-input", "change")
-    settle(page)
+    answered(page, lambda: pick_seed("1"))
     assert samples() == seed_1
 
     # The latent map: the test set's points in colour, the drawing as a marker, and a live
@@ -243,42 +291,41 @@ def test_playground_draw_resample_map_generate_interpolate(
     box = page.locator("#map-canvas").bounding_box()
     previews = []
     for fx, fy in [(0.3, 0.3), (0.7, 0.7), (0.5, 0.2)]:
-        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=4)
-        settle(page)
+        # One pointer event, straight onto the point: its decoded answer is the one painted.
+        x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+        answered(page, partial(page.mouse.move, x, y))
         assert brightness(page, "#map-preview") > 5
         previews.append(picture(page, "map-preview"))
         assert page.inner_text("#map-z").startswith("decode(z = [")
     assert len(set(previews)) == 3
-    # The keyboard moves the point too.
+    # The keyboard moves the point too: each press is decoded.
     page.focus("#map-canvas")
     before = picture(page, "map-preview")
     for _ in range(6):
-        page.keyboard.press("ArrowRight")
-    settle(page)
-    changes(page, "map-preview", before)
+        answered(page, lambda: page.keyboard.press("ArrowRight"))
+    assert picture(page, "map-preview") != before
 
     # Generate: a grid of prior samples, reproducible by seed.
-    page.select_option("#gen-n", "16")
+    answered(page, lambda: page.select_option("#gen-n", "16"))
     page.fill("#gen-seed", "5")
-    page.click("#gen-btn")
-    settle(page)
+    answered(page, lambda: page.click("#gen-btn"))
     grid = page.eval_on_selector("#gen-canvas", "c => [c.width, c.height]")
     assert grid == [4 * 28, 4 * 28]
     assert brightness(page, "#gen-canvas") > 10
     generated = picture(page, "gen-canvas")
     page.fill("#gen-seed", "6")
-    page.click("#gen-btn")
-    settle(page)
+    answered(page, lambda: page.click("#gen-btn"))
     assert picture(page, "gen-canvas") != generated
 
     # Interpolate between the seven and a zero.
     page.click("#interp-set-a")
+    wait_brightness(page, "#interp-a", "b > 10")
     page.click("#clear-btn")
+    wait_brightness(page, "#input-canvas", "b === 0")
     settle(page)
     assert brightness(page, "#recon-canvas") == 0  # a cleared pad has no reconstruction
     draw(page, ZERO)
-    page.click("#interp-set-b")
-    settle(page)
+    answered(page, lambda: page.click("#interp-set-b"))
     strip = page.eval_on_selector("#interp-canvas", "c => [c.width, c.height]")
     assert strip == [10 * 28, 28]
     assert brightness(page, "#interp-canvas") > 10
@@ -301,8 +348,7 @@ def test_playground_explains_what_an_ae_cannot_do(
     assert brightness(page, "#recon-canvas") > 10
     assert page.locator("#latent-bars").is_visible()
     # Switching to a VAE brings the sampled row back, and its samples.
-    page.select_option("#model-select", "mnist-vae")
-    settle(page)
+    answered(page, lambda: page.select_option("#model-select", "mnist-vae"))
     assert page.is_visible("#sampled-block") and page.locator("#samples canvas").count() == 6
     assert not page.is_disabled("#gen-btn") and brightness(page, "#gen-canvas") > 10
     watched.shot("playground-mnist-ae-then-vae")
@@ -312,46 +358,159 @@ def test_playground_explains_what_an_ae_cannot_do(
 def test_playground_uploads_an_image_file(
     watched: Watched, server: reliability.Server, tmp_path: Path
 ) -> None:
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageStat
 
     # Dark ink on white paper, off-centre, as a phone photo of a digit would be.
     image = Image.new("RGB", (300, 200), "white")
     ImageDraw.Draw(image).line([(40, 40), (40, 160)], fill="black", width=14)
     image.save(tmp_path / "one.png")
     page = open_playground(watched, server, "mnist-vae")
-    page.set_input_files("#upload-input", str(tmp_path / "one.png"))
-    settle(page)
+    answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "one.png")))
     assert brightness(page, "#input-canvas") > 5  # inverted to bright-on-dark and centred
     assert brightness(page, "#recon-canvas") > 5
+    # On the pad (280 x 280, the picture fitted as 280 x 187): the paper inverted to black, the
+    # stroke bright, and the letterbox above and below left black, not inverted to white.
+    assert pixel(page, "#draw-canvas", 140, 10) == 0
+    assert pixel(page, "#draw-canvas", 250, 140) == 0
+    assert pixel(page, "#draw-canvas", 37, 140) > 200
+    # A bright garment filling a dark frame (brighter than mid-grey on the whole) is already
+    # bright-on-dark: its border is dark, so it is drawn as it is.
+    garment = Image.new("RGB", (280, 280), "black")
+    ImageDraw.Draw(garment).rectangle([(50, 0), (229, 279)], fill=(230, 230, 230))
+    assert ImageStat.Stat(garment.convert("L")).mean[0] > 127
+    garment.save(tmp_path / "trousers.png")
+    answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "trousers.png")))
+    assert pixel(page, "#draw-canvas", 140, 140) == 230
+    assert pixel(page, "#draw-canvas", 20, 140) == 0
     watched.check_clean()
+
+
+def pixel(page: Any, selector: str, x: int, y: int) -> int:
+    """The red value (0-255) of one pixel of a canvas."""
+    value: int = page.eval_on_selector(
+        selector, "(c, [x, y]) => c.getContext('2d').getImageData(x, y, 1, 1).data[0]", [x, y]
+    )
+    return value
+
+
+PAD = 280  # the drawing pad's own pixels, square
+BRUSH = 22  # the pad's brush, in its pixels: a tap leaves a disc this wide
+DOT = math.pi * (BRUSH / 2) ** 2  # a dot's area, pixels
+
+
+def tap_pad(page: Any, kind: str, fx: float, fy: float) -> tuple[float, float]:
+    """Press and lift a `kind` pointer ("mouse", "pen" or "touch") at one point of the drawing
+    pad, given in fractions of its size, with no move between; wait until the pad has counted
+    the tap and the answer to the drawing is painted. Returns the point in the pad's pixels."""
+    box = page.locator("#draw-canvas").bounding_box()
+    x, y = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    def tap() -> None:
+        if kind == "touch":
+            page.touchscreen.tap(x, y)
+        elif kind == "mouse":
+            page.mouse.click(x, y)
+        else:
+            # Playwright has no pen; Chromium's DevTools protocol sends one as a mouse event
+            # with pointerType "pen".
+            session = page.context.new_cdp_session(page)
+            for event, buttons in (("mousePressed", 1), ("mouseReleased", 0)):
+                pen = {"pointerType": "pen", "button": "left", "buttons": buttons, "clickCount": 1}
+                session.send("Input.dispatchMouseEvent", {"type": event, "x": x, "y": y, **pen})
+            session.detach()
+
+    stroked(page, tap)
+    return fx * PAD, fy * PAD
+
+
+def pad_ink(page: Any) -> dict[str, float]:
+    """What is drawn on the pad: `lit` pixels (over half bright), their bounding box
+    (`left`, `top`, `right`, `bottom`) and its centre (`x`, `y`), in the pad's pixels."""
+    ink: dict[str, float] = page.eval_on_selector(
+        "#draw-canvas",
+        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let lit = 0, left = c.width, top = c.height, right = -1, bottom = -1;
+                  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+                    if (d[4 * (y * c.width + x)] <= 127) continue;
+                    lit++; left = Math.min(left, x); right = Math.max(right, x);
+                    top = Math.min(top, y); bottom = Math.max(bottom, y); }
+                  return {lit, left, top, right, bottom,
+                          x: (left + right + 1) / 2, y: (top + bottom + 1) / 2}; }""",
+    )
+    return ink
+
+
+def assert_one_dot(page: Any, at: tuple[float, float]) -> None:
+    """The pad holds one dot, BRUSH wide, centred on `at`, as a pen tapped on paper leaves."""
+    ink = pad_ink(page)
+    assert 0.8 * DOT < ink["lit"] < 1.2 * DOT, ink
+    assert BRUSH - 3 <= ink["right"] - ink["left"] + 1 <= BRUSH + 1, ink
+    assert BRUSH - 3 <= ink["bottom"] - ink["top"] + 1 <= BRUSH + 1, ink
+    assert abs(ink["x"] - at[0]) <= 1.5 and abs(ink["y"] - at[1]) <= 1.5, (ink, at)
+
+
+@pytest.mark.parametrize("kind", ["mouse", "pen", "touch"])
+def test_a_tap_on_the_pad_draws_a_dot_that_is_reconstructed(
+    browser: Any, server: reliability.Server, kind: str
+) -> None:
+    context = new_context(browser, has_touch=True)
+    watched = Watched(context.new_page())
+    page = open_playground(watched, server, "mnist-vae")
+    page.eval_on_selector(
+        "#draw-canvas",
+        "c => { window.pointerKinds = [];"
+        " c.addEventListener('pointerdown', e => window.pointerKinds.push(e.pointerType)); }",
+    )
+    answers = page.evaluate("window.playground.answers")
+    at = tap_pad(page, kind, 0.3, 0.6)
+    assert page.evaluate("window.pointerKinds") == [kind]  # the pointer the test meant
+    assert_one_dot(page, at)
+    # Encoded and reconstructed like any stroke.
+    assert page.evaluate("window.playground.answers") > answers
+    assert brightness(page, "#input-canvas") > 10
+    assert brightness(page, "#recon-canvas") > 0
+    assert page.locator("#samples canvas").count() == 6
+    # A second tap elsewhere is a second dot, not a line from the first.
+    tap_pad(page, kind, 0.7, 0.3)
+    assert page.evaluate("window.playground.strokes") == 2
+    assert 1.6 * DOT < pad_ink(page)["lit"] < 2.4 * DOT
+    watched.shot(f"playground-tap-{kind}")
+    watched.check_clean()
+    context.close()
 
 
 def test_playground_fits_a_phone_and_is_keyboard_reachable(
     browser: Any, server: reliability.Server
 ) -> None:
-    context = browser.new_context(
-        viewport={"width": 375, "height": 812}, has_touch=True, is_mobile=True
+    context = new_context(
+        browser, viewport={"width": 375, "height": 812}, has_touch=True, is_mobile=True
     )
     watched = Watched(context.new_page())
     page = open_playground(watched, server, "mnist-vae-2d")
     width = page.evaluate("document.scrollingElement.scrollWidth")
     assert width <= 375, f"the page scrolls sideways on a phone: {width} px wide"
-    # A finger on the pad draws too.
+    # A finger tapping the pad leaves a dot, and the dot is reconstructed.
     box = page.locator("#draw-canvas").bounding_box()
     assert box["width"] <= 375
-    page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    settle(page)
+    at = tap_pad(page, "touch", 0.5, 0.5)
+    assert_one_dot(page, at)
     assert brightness(page, "#input-canvas") > 0
+    assert brightness(page, "#recon-canvas") > 0
+    # The page did not scroll or zoom under the finger.
+    assert page.evaluate("[window.scrollX, window.visualViewport.scale]") == [0, 1]
     watched.shot("playground-phone")
+    watched.check_clean()
     context.close()
 
     # Every control is reachable with Tab.
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = new_context(browser)
     watched = Watched(context.new_page())
     page = open_playground(watched, server, "mnist-vae-2d")
     reached = []
     for _ in range(40):
+        focused = page.evaluate_handle("document.activeElement")
         page.keyboard.press("Tab")
+        page.wait_for_function("before => document.activeElement !== before", arg=focused)
         reached.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
     wanted = {
         "model-select",
@@ -375,16 +534,21 @@ def test_playground_fits_a_phone_and_is_keyboard_reachable(
 
 def test_playground_asks_for_the_api_key(browser: Any) -> None:
     with reliability.serve({"VAE_ACCESS_LOG": "false", "VAE_API_KEYS": "sesame"}) as server:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = new_context(browser)
         page = context.new_page()
         page.goto(f"{server.url}/?model=mnist-vae")
         page.wait_for_selector("body[data-ready=true]")
+        settle(page)
         assert "401" in page.inner_text("#status") and "API key" in page.inner_text("#status")
         assert page.evaluate("document.getElementById('key-box').open")
-        page.fill("#api-key", "sesame")
-        page.dispatch_event("#api-key", "change")
-        page.wait_for_function("document.getElementById('model-select').options.length > 0")
-        settle(page)
+        assert page.locator("#model-select option").count() == 0
+
+        def give_key() -> None:
+            page.fill("#api-key", "sesame")
+            page.dispatch_event("#api-key", "change")
+
+        answered(page, give_key)
+        assert page.locator("#model-select option").count() >= 4
         assert page.inner_text("#status") == ""
         assert "VAE" in page.inner_text("#model-info")
         context.close()

@@ -121,6 +121,29 @@ def test_reconstruct(client: Client) -> None:
     assert many.images.shape == (3, 4, 28, 28)
 
 
+def test_invert(client: Client) -> None:
+    dark = digits(3)
+    light = 1.0 - dark  # dark ink on light paper
+    reference = client.encode(dark).mu
+    assert not np.allclose(client.encode(light).mu, reference, atol=1e-3)  # arrays: as sent
+    np.testing.assert_array_equal(client.encode(light, invert=False).mu, client.encode(light).mu)
+    np.testing.assert_allclose(client.encode(light, invert=True).mu, reference, atol=1e-5)
+    mixed = np.stack([light[0], dark[1], light[2]])
+    np.testing.assert_allclose(client.encode(mixed, invert="auto").mu, reference, atol=1e-5)
+    as_uint8 = np.round(light * 255).astype(np.uint8)
+    np.testing.assert_allclose(
+        client.encode(as_uint8, invert="auto").mu,
+        client.encode(255 - as_uint8).mu,
+        atol=1e-5,
+    )
+    expected = client.reconstruct(dark, mode="sampled", seed=3).images
+    np.testing.assert_allclose(
+        client.reconstruct(light, mode="sampled", seed=3, invert="auto").images, expected, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="invert must be 'auto', True, False or None"):
+        client.encode(dark, invert="yes")  # type: ignore[arg-type]
+
+
 def test_generate_and_decode(client: Client) -> None:
     g = client.generate(5, seed=3)
     assert g.model == "tiny-vae" and g.seed == 3
@@ -223,6 +246,10 @@ def test_async_client(server: str, client: Client) -> None:
             np.testing.assert_array_equal(encoding.mu, client.encode(x).mu)
             det = await ac.reconstruct(x)
             np.testing.assert_array_equal(det.images, client.reconstruct(x).images)
+            inverted = await ac.encode(1.0 - x, invert=True)
+            np.testing.assert_allclose(inverted.mu, encoding.mu, atol=1e-5)
+            auto = await ac.reconstruct(1.0 - x, invert="auto")
+            np.testing.assert_allclose(auto.images, det.images, atol=1e-5)
             sampled = await asyncio.gather(
                 *(ac.reconstruct(x, mode="sampled", seed=5) for _ in range(4))
             )

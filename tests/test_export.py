@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,18 @@ import pytest
 import torch
 
 import training.export as export_module
-from training.export import ExportError, ManifestError, export_run, read_manifest, sha256sum
+from service.manifest import (
+    GraphSpec,
+    InputSpec,
+    LatentMapSpec,
+    LatentSpec,
+    Manifest,
+    ParityReport,
+    load_manifest,
+    sha256sum,
+)
+from training.cli import main
+from training.export import ExportError, export_run
 from training.train import load_run
 
 from .conftest import tiny_config
@@ -27,7 +40,8 @@ def test_exported_files_are_self_contained_and_described(exported_vae: Path) -> 
         "latent_map.json",  # latent_dim 2: see test_latent_map.py
         "manifest.json",
     ]
-    manifest = read_manifest(exported_vae)
+    manifest = json.loads((exported_vae / "manifest.json").read_text())
+    assert manifest["encoder"]["sha256"] == sha256sum(exported_vae / "encoder.onnx")
     assert (
         manifest["name"] == "tiny-vae" and manifest["kind"] == "vae" and manifest["latent_dim"] == 2
     )
@@ -102,26 +116,64 @@ def test_conv_model_exports_with_parity(tmp_path: Path, data_dir: Path) -> None:
     assert max(manifest["parity"]["encoder_max_abs_diff"].values()) <= manifest["parity"]["atol"]
 
 
-def test_manifest_round_trip_and_checksum_mismatch(exported_vae: Path, tmp_path: Path) -> None:
+def test_the_service_reads_back_every_entry_export_writes(exported_vae: Path) -> None:
     written = json.loads((exported_vae / "manifest.json").read_text())
-    assert read_manifest(exported_vae) == written
-    assert written["encoder"]["sha256"] == sha256sum(exported_vae / "encoder.onnx")
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for p in exported_vae.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
-    data = bytearray((copy / "decoder.onnx").read_bytes())
-    data[-10] ^= 0xFF
-    (copy / "decoder.onnx").write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=r"decoder.onnx: sha256 .* does not match"):
-        read_manifest(copy)
-    read_manifest(copy, verify_files=False)  # the JSON itself is still fine
-    (copy / "encoder.onnx").unlink()
-    with pytest.raises(ManifestError, match=r"encoder file .* is missing"):
-        read_manifest(copy)
-    (copy / "manifest.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="not valid JSON"):
-        read_manifest(copy)
+    loaded = load_manifest(exported_vae)  # the service's loader: schema and checksums
+    assert loaded.model_dump(mode="json", exclude_unset=True) == written  # nothing lost
+    assert loaded.model_extra == {}  # every entry is declared in the service's schema
+    parts = {
+        "input": InputSpec,
+        "encoder": GraphSpec,
+        "decoder": GraphSpec,
+        "latent": LatentSpec,
+        "latent_map": LatentMapSpec,
+        "parity": ParityReport,
+    }
+    for part, schema in parts.items():
+        assert set(written[part]) <= set(schema.model_fields), part
+    assert set(written) <= set(Manifest.model_fields)
+
+
+def test_export_refuses_a_model_the_service_would_refuse(
+    vae_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    with pytest.raises(ExportError) as info:
+        export_run(vae_run, models / "out", name="two words")
+    message = str(info.value)
+    assert message.startswith("the service would refuse this model: model folder ")
+    assert "name: String should match pattern" in message
+    assert str(models / "out") in message and ".out." not in message  # not the temporary name
+    assert list(models.iterdir()) == []  # nothing written, no temporary folder left behind
+
+    monkeypatch.setattr(export_module, "MANIFEST_VERSION", 2)
+    with pytest.raises(ExportError, match="manifest_version: Input should be 1"):
+        export_run(vae_run, models / "out")
+    assert list(models.iterdir()) == []
+
+
+def test_export_command_reports_a_refused_name(
+    vae_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "my model"  # the name defaults to the folder's, which has a space
+    assert main(["export", str(vae_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the service would refuse this model") and "name:" in err
+    assert not out.exists()
+
+
+def test_the_manifest_schema_needs_only_pydantic() -> None:
+    """Training imports the service's manifest module: it must not pull in the server."""
+    code = (
+        "import sys, service.manifest; "
+        "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'onnxruntime', 'PIL')"
+        " if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_failed_parity_fails_loudly_and_writes_nothing(

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.app import create_app
-from service.payloads import NPY, NPZ
+from service.codecs.npy import NPY, NPZ
 from service.settings import Settings
 
 EXAMPLES_PER_OPERATION = 100

@@ -9,16 +9,13 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.guards import is_open
-from service.settings import Settings
+from service.http.guard import is_open
 
 JSON = {"Content-Type": "application/json"}
 NPY = {"Content-Type": "application/x-npy"}
@@ -26,20 +23,6 @@ IMAGE = [0.0] * 784
 LIMIT = 16 * 2**20  # VAE_MAX_BODY_BYTES, the default
 
 Request = Callable[[], dict[str, Any]]  # -> keyword arguments of TestClient.request
-
-
-@pytest.fixture
-def client(model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(
-        model_dir=model_dir,
-        default_model="tiny-vae",
-        max_images=64,
-        max_generate=32,
-        max_samples=8,
-        max_body_bytes=LIMIT,
-    )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 # --- bodies -------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The service as a real process (`python -m service` on a free port of 127.0.0.1, the bundled
 models/): load below and above capacity, memory over every batch size, SIGTERM during load,
 corrupted models at start-up and on reload. The scenarios live in benchmarks/reliability.py,
-which runs them longer and prints the figures the README quotes; here they run short, with
-assertions on behaviour (statuses, exit codes, log lines), never on speed."""
+which runs them longer and prints the figures docs/reliability.md quotes; here they run short,
+with assertions on behaviour (statuses, exit codes, log lines), never on speed."""
 
 from __future__ import annotations
 

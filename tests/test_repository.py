@@ -6,8 +6,8 @@ import itertools
 from pathlib import Path
 
 import service.settings
+from service.manifest import load_manifest
 from service.settings import Settings
-from training.export import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,9 +16,9 @@ def test_bundled_models_match_their_manifests() -> None:
     folders = sorted(p.parent for p in (ROOT / "models").glob("*/manifest.json"))
     assert [f.name for f in folders] == ["fashion-vae", "mnist-ae", "mnist-vae", "mnist-vae-2d"]
     for folder in folders:
-        manifest = read_manifest(folder)  # checks each ONNX file's sha256
-        assert manifest["name"] == folder.name
-        assert manifest["metrics"] is not None, f"{folder.name}: exported before evaluation"
+        manifest = load_manifest(folder)  # checks each ONNX file's sha256
+        assert manifest.name == folder.name
+        assert manifest.metrics is not None, f"{folder.name}: exported before evaluation"
 
 
 def settings_docstrings() -> dict[str, str]:
@@ -46,7 +46,8 @@ def test_every_setting_has_a_docstring() -> None:
 
 
 def settings_rows() -> list[str]:
-    """The README's settings table, one row per setting, from the settings' own docstrings."""
+    """The settings table of docs/settings.md, one row per setting, from the settings' own
+    docstrings."""
     rows = []
     docs = settings_docstrings()
     for name, field in Settings.model_fields.items():
@@ -60,7 +61,7 @@ def settings_rows() -> list[str]:
     return rows
 
 
-def test_readme_documents_every_setting_as_the_code_does() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_docs_document_every_setting_as_the_code_does() -> None:
+    page = (ROOT / "docs" / "settings.md").read_text()
     for row in settings_rows():
-        assert row in readme, f"README settings table is out of date; expected row:\n{row}"
+        assert row in page, f"docs/settings.md settings table is out of date; expected row:\n{row}"

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,13 @@ from PIL import Image
 
 from service.app import create_app
 from service.manifest import ModelLoadError
-from service.runtime import CPU, CUDA, resolve_providers
+from service.models.runtime import CPU, CUDA, resolve_providers
 from service.settings import Settings
 from training.data import preprocess_image
 
 from .conftest import digits
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def settings(model_dir: Path) -> Settings:
-    return Settings(
-        model_dir=model_dir, default_model="tiny-vae", max_images=64, max_generate=32, max_samples=8
-    )
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def start(settings: Settings) -> None:
@@ -197,7 +183,12 @@ def test_upload_matches_json_input(client: TestClient) -> None:
 def test_upload_is_preprocessed_exactly_as_in_training(client: TestClient) -> None:
     rgb = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
     image = Image.fromarray(rgb)
-    response = client.post("/encode", files=[("images", ("big.jpg", _png_bytes(rgb), "image/png"))])
+    # Noise is about as bright as it is dark: `auto` could go either way, so it is turned off.
+    response = client.post(
+        "/encode",
+        files=[("images", ("big.jpg", _png_bytes(rgb), "image/png"))],
+        data={"invert": "false"},
+    )
     expected = post(client, "/encode", {"images": [preprocess_image(image).tolist()]})
     np.testing.assert_allclose(response.json()["mu"], expected["mu"], atol=1e-6)
 
@@ -217,16 +208,24 @@ def test_models_and_health(client: TestClient) -> None:
 
 
 def test_not_ready_before_the_models_are_loaded(settings: Settings) -> None:
-    app = create_app(settings)
+    app = create_app(settings.model_copy(update={"retry_after_s": 7}))
     bare = TestClient(app)  # not entered: the lifespan has not loaded anything
     assert bare.get("/healthz").status_code == 200
     assert bare.get("/readyz").status_code == 503
+    # Every way in says so, with the Retry-After of the settings: the fast path, the routes
+    # (an upload, the model list) and the Open Inference Protocol (in its own shape).
     refused = bare.post("/encode", json={"images": digits(1).tolist()})
     assert refused.status_code == 503 and "loading" in refused.json()["detail"]
-    assert refused.headers["retry-after"] == "1"  # clients know when to come back
+    assert refused.headers["retry-after"] == "7"  # clients know when to come back
+    png = _png_bytes(np.zeros((28, 28), np.uint8))
+    upload = bare.post("/encode", files={"images": ("a.png", png)})
+    assert upload.status_code == 503 and upload.headers["retry-after"] == "7"
+    listing = bare.get("/models")
+    assert listing.status_code == 503 and listing.headers["retry-after"] == "7"
     z = {"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [0.0, 0.0]}
     oip = bare.post("/v2/models/tiny-vae-decoder/infer", json={"inputs": [z]})
-    assert oip.status_code == 503 and oip.headers["retry-after"] == "1"
+    assert oip.status_code == 503 and oip.headers["retry-after"] == "7"
+    assert "loading" in oip.json()["error"]
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -1,23 +1,31 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from training.cli import main
-from training.config import ConfigError, TrainConfig
-from training.data import IDX_DATASETS, load_splits
+import training.train
+from training.checkpoint import Checkpoint
+from training.config import TrainConfig
+from training.data import load_splits
 from training.model import AutoEncoder
-from training.train import RunError, _beta_at, evaluate_loss, load_run, train
+from training.train import (
+    RunError,
+    TrainingData,
+    TrainingState,
+    beta_at,
+    evaluate_loss,
+    load_run,
+    train,
+)
 
 from .conftest import tiny_config
 
 
 def _weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / f"{which}.pt", weights_only=False)["model"]
+    return Checkpoint.load(run_dir / "checkpoints" / f"{which}.pt").model_state
 
 
 def test_one_epoch_lowers_the_validation_loss(tmp_path: Path, data_dir: Path) -> None:
@@ -66,6 +74,40 @@ def test_same_seed_same_weights_and_other_seed_differs(tmp_path: Path, data_dir:
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_run_that_crashed_resumes_bit_for_bit(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cosine schedule, so the scheduler's state must come back too, not only the weights."""
+    cfg = tiny_config(data_dir, epochs=3, lr_schedule="cosine", binarize=True)
+    straight = train(cfg, tmp_path / "straight", progress=False)
+    one_epoch = training.train.train_one_epoch
+
+    def crash_in_epoch_3(
+        state: TrainingState, data: TrainingData, epoch: int, progress: bool
+    ) -> dict[str, float]:
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return one_epoch(state, data, epoch, progress)
+
+    monkeypatch.setattr(training.train, "train_one_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "crashed", progress=False)
+    monkeypatch.undo()
+    assert Checkpoint.load(tmp_path / "crashed" / "checkpoints" / "last.pt").epoch == 2
+    resumed = train(cfg, tmp_path / "crashed", resume=True, progress=False)
+
+    def without_time(history: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+    assert without_time(resumed.history) == without_time(straight.history)  # lr included
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (resumed.best_epoch, resumed.best_val_loss) == (
+        straight.best_epoch,
+        straight.best_val_loss,
+    )
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     tmp_path: Path, data_dir: Path
 ) -> None:
@@ -99,71 +141,5 @@ def test_run_directory_guards(tmp_path: Path, data_dir: Path) -> None:
 
 def test_kl_warm_up_is_linear() -> None:
     cfg = TrainConfig(beta=2.0, warmup_epochs=4)
-    assert [_beta_at(cfg, e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
-    assert _beta_at(TrainConfig(beta=0.5), 0) == 0.5
-
-
-def test_config_validation_names_the_field() -> None:
-    with pytest.raises(ConfigError, match="model='gan'"):
-        TrainConfig(model="gan")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="latent_dim must be > 0"):
-        TrainConfig(latent_dim=0)
-    with pytest.raises(ConfigError, match="unknown setting 'hiden'"):
-        TrainConfig.from_dict({"hiden": [3]})
-    with pytest.raises(ConfigError, match="binarize needs"):
-        TrainConfig(binarize=True, likelihood="gaussian")
-
-
-def test_cli_config_file_and_flags(
-    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text('model = "ae"\nlatent_dim = 3\nhidden = [16]\nepochs = 2\nval_size = 40\n')
-    out = tmp_path / "run"
-    args = [
-        "train",
-        "--config",
-        str(config),
-        "--epochs",
-        "1",
-        "--data-dir",
-        str(data_dir),
-        "--out",
-        str(out),
-        "--quiet",
-        "--device",
-        "cpu",
-    ]
-    assert main(args) == 0
-    saved = json.loads((out / "config.json").read_text())
-    assert (saved["model"], saved["latent_dim"], saved["hidden"], saved["epochs"]) == (
-        "ae",
-        3,
-        [16],
-        1,
-    )
-    # --resume reads the run's own config.json; --epochs extends the run.
-    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    config.write_text("latnet_dim = 3\n")
-    assert main(["train", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
-    assert "unknown setting 'latnet_dim'" in capsys.readouterr().err
-
-
-def test_cli_offline_leaves_no_folders_behind(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A mirror that cannot answer, so the test never touches the network.
-    offline = dataclasses.replace(
-        IDX_DATASETS["mnist"], mirrors=((tmp_path / "offline").as_uri() + "/",)
-    )
-    monkeypatch.setitem(IDX_DATASETS, "mnist", offline)
-    monkeypatch.chdir(tmp_path)
-    args = ["train", "--dataset", "mnist", "--data-dir", "data", "--out", "runs/my-vae", "--quiet"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: mnist: 4 of 4 file(s) missing from data/mnist")
-    assert "Traceback" not in err
-    assert "data/mnist/train-images-idx3-ubyte.gz  <- " in err
-    # Neither the data folder nor the run folder (nor its checkpoints/) was created.
-    assert list(tmp_path.iterdir()) == []
+    assert [beta_at(cfg, e) for e in (0, 1, 2, 4, 9)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert beta_at(TrainConfig(beta=0.5), 0) == 0.5

@@ -177,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Imports here keep `--help` fast: torch takes seconds to load.
-    from training.export import ExportError, ManifestError
+    from training.checkpoint import CheckpointError
+    from training.export import ExportError
     from training.train import RunError
 
     try:
@@ -236,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"sizes {', '.join(parity['encoder_max_abs_diff'])} within {worst:.2e} "
                 f"(tolerance {parity['atol']})"
             )
-    except (ConfigError, DatasetError, RunError, ExportError, ManifestError) as exc:
+    except (ConfigError, DatasetError, RunError, CheckpointError, ExportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

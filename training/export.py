@@ -3,7 +3,8 @@
   encoder.onnx     x (N, 1, 28, 28) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
                    x (N, 1, 28, 28) float32 in [0, 1] -> z (N, latent)            [AE]
   decoder.onnx     z (N, latent) float32 -> x_mean (N, 1, 28, 28) float32 in [0, 1]
-  manifest.json    everything the service needs to load, check and describe them
+  manifest.json    everything the service needs to load, check and describe them, checked
+                   against the service's own schema (service.manifest) before anything is kept
   latent_map.json  latent_dim 2 only: the test split's latent means (AE: codes) and labels, for
                    a scatter of the latent space; left out, with a warning, when the run's
                    dataset cannot be read at export time
@@ -16,7 +17,6 @@ sizes or the export fails.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -34,18 +34,19 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from service.manifest import ModelLoadError, load_latent_map, load_manifest, sha256sum
 from training import __version__
 from training.config import TrainConfig
 from training.data import IDX_DATASETS, PREPROCESSING, DatasetError, load_splits
 from training.evaluate import test_images
 from training.model import AutoEncoder
-from training.train import load_run
+from training.train import LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
 
 OPSET = 18
 PARITY_BATCH_SIZES = (1, 2, 7, 64)
-PARITY_ATOL = 1e-4  # float32 accumulation differences between torch and onnxruntime are ~1e-6
+PARITY_ATOL = 1e-4  # well above float32 accumulation differences between the two runtimes
 RANDOM_OPS = {
     "RandomNormal",
     "RandomNormalLike",
@@ -56,15 +57,11 @@ RANDOM_OPS = {
 }
 MANIFEST_VERSION = 1
 LATENT_MAP_FILE = "latent_map.json"
-LATENT_MAP_DECIMALS = 3  # 10,000 MNIST test points in about 170 KB
+LATENT_MAP_DECIMALS = 3  # finer than a scatter plot shows; keeps the file small
 
 
 class ExportError(RuntimeError):
     """The exported graphs are not what the service may trust; the message says why."""
-
-
-class ManifestError(ValueError):
-    """A manifest is missing, malformed or does not match its files."""
 
 
 class EncoderGraph(nn.Module):
@@ -86,14 +83,6 @@ class DecoderGraph(nn.Module):
         # The sigmoid turns logits into pixel means in [0, 1], the images the service returns.
         logits = self.model.decode_logits(z)
         return torch.sigmoid(logits).reshape(-1, *self.model.config.image_shape)
-
-
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _export_graph(
@@ -220,15 +209,47 @@ def export_run(
     2-D latent space latent_map.json from the run's test split (`data_dir` overrides the data
     folder recorded in the run).
 
-    Files are built in a temporary folder and moved into place only once every check passed, so
-    a failed export never leaves a half model where the service would load it.
+    Files are built in a temporary folder and moved into place only once every check passed, the
+    service's own loading of the folder included, so a failed export never leaves a half model,
+    or one the service would refuse, where the service would load it.
     """
     run = load_run(run_dir, checkpoint, device="cpu")
-    model, cfg = run.model, run.config
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        dir=out_dir.parent, prefix=f".{out_dir.name}.", ignore_cleanup_errors=True
+    ) as tmp_name:
+        tmp = Path(tmp_name)
+        parity = export_graphs(run.model, tmp)
+        latent_map = (
+            write_latent_map(run.model, run.config, tmp / LATENT_MAP_FILE, data_dir)
+            if run.model.config.latent_dim == 2
+            else None
+        )
+        manifest = build_manifest(
+            run,
+            tmp,
+            name=name or out_dir.name,
+            version=version,
+            description=description,
+            checkpoint=checkpoint,
+            parity=parity,
+            latent_map=latent_map,
+        )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        check_the_service_loads(tmp, out_dir)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)  # the emptied temporary name is then ignored by the cleanup
+        out_dir.chmod(0o755)  # mkdtemp made it owner-only; a non-root service user must read it
+    return manifest
+
+
+def export_graphs(model: AutoEncoder, folder: Path) -> dict[str, Any]:
+    """encoder.onnx and decoder.onnx in `folder`, each checked against torch at several batch
+    sizes; returns the manifest's `parity` entry."""
     mcfg = model.config
-    name = name or Path(out_dir).name
     enc_outputs = ["mu", "logvar"] if model.is_vae else ["z"]
-    image_shape = list(mcfg.image_shape)
     gen = torch.Generator().manual_seed(0)
 
     def images(n: int) -> Tensor:
@@ -238,117 +259,99 @@ def export_run(
         return torch.randn(n, mcfg.latent_dim, generator=gen)
 
     encoder, decoder = EncoderGraph(model).eval(), DecoderGraph(model).eval()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(
-        dir=out_dir.parent, prefix=f".{out_dir.name}.", ignore_cleanup_errors=True
-    ) as tmp_name:
-        tmp = Path(tmp_name)
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        _export_graph(encoder, images(2), "x", enc_outputs, tmp / "encoder.onnx")
-        _export_graph(decoder, latents(2), "z", ["x_mean"], tmp / "decoder.onnx")
-        parity = {
-            "atol": PARITY_ATOL,
-            "encoder_max_abs_diff": check_parity(
-                encoder, tmp / "encoder.onnx", images, "x", atol=PARITY_ATOL
-            ),
-            "decoder_max_abs_diff": check_parity(
-                decoder, tmp / "decoder.onnx", latents, "z", atol=PARITY_ATOL
-            ),
-        }
-        latent_map = (
-            write_latent_map(model, cfg, tmp / LATENT_MAP_FILE, data_dir)
-            if mcfg.latent_dim == 2
-            else None
-        )
-        evaluation_path = Path(run_dir) / "evaluation.json"
-        metrics = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else None
-        dataset = run.dataset
-        if dataset is None:  # checkpoints written before the dataset was recorded in them
-            spec = IDX_DATASETS.get(cfg.dataset)
-            dataset = {
-                "name": cfg.dataset if spec else Path(cfg.dataset).name,
-                "label_names": list(spec.label_names) if spec else [],
-            }
-        manifest: dict[str, Any] = {
-            "manifest_version": MANIFEST_VERSION,
-            "name": name,
-            "version": version,
-            "description": description,
-            "kind": mcfg.kind,
-            "architecture": mcfg.to_dict(),
-            "latent_dim": mcfg.latent_dim,
-            "input": {
-                "shape": image_shape,
-                "dtype": "float32",
-                "pixel_range": [0.0, 1.0],
-                "preprocessing": {**PREPROCESSING, "invert": cfg.invert},
-            },
-            "encoder": {
-                "file": "encoder.onnx",
-                "sha256": sha256sum(tmp / "encoder.onnx"),
-                "inputs": [_tensor_spec("x", ["batch", *image_shape])],
-                "outputs": [_tensor_spec(o, ["batch", mcfg.latent_dim]) for o in enc_outputs],
-            },
-            "decoder": {
-                "file": "decoder.onnx",
-                "sha256": sha256sum(tmp / "decoder.onnx"),
-                "inputs": [_tensor_spec("z", ["batch", mcfg.latent_dim])],
-                "outputs": [_tensor_spec("x_mean", ["batch", *image_shape])],
-                "output_range": [0.0, 1.0],
-            },
-            "latent": {
-                "code_output": "mu" if model.is_vae else "z",
-                "logvar_output": "logvar" if model.is_vae else None,
-                "sigma": "exp(logvar / 2)" if model.is_vae else None,
-                "prior": "standard normal N(0, I)" if model.is_vae else None,
-            },
-            **({"latent_map": latent_map} if latent_map is not None else {}),
-            "opset": OPSET,
-            "parity": parity,
-            "dataset": {**dataset, "binarized": cfg.binarize},
-            "training": {**cfg.to_dict(), "epoch": run.epoch, "checkpoint": checkpoint},
-            "metrics": metrics,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "package_version": __version__,
-            "producer": {"torch": torch.__version__, "onnx": onnx.__version__},
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        read_manifest(tmp)  # the manifest we wrote must pass the reader's checks
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)  # the emptied temporary name is then ignored by the cleanup
-        out_dir.chmod(0o755)  # mkdtemp made it owner-only; a non-root service user must read it
-    return manifest
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    _export_graph(encoder, images(2), "x", enc_outputs, folder / "encoder.onnx")
+    _export_graph(decoder, latents(2), "z", ["x_mean"], folder / "decoder.onnx")
+    return {
+        "atol": PARITY_ATOL,
+        "encoder_max_abs_diff": check_parity(
+            encoder, folder / "encoder.onnx", images, "x", atol=PARITY_ATOL
+        ),
+        "decoder_max_abs_diff": check_parity(
+            decoder, folder / "decoder.onnx", latents, "z", atol=PARITY_ATOL
+        ),
+    }
 
 
-def read_manifest(model_dir: Path, verify_files: bool = True) -> dict[str, Any]:
-    """Load `model_dir/manifest.json`; with `verify_files`, check the sha256 of each file it
-    names (the ONNX graphs and, where there is one, the latent map)."""
-    model_dir = Path(model_dir)
-    path = model_dir / "manifest.json"
+def build_manifest(
+    run: LoadedRun,
+    folder: Path,
+    *,
+    name: str,
+    version: str,
+    description: str,
+    checkpoint: str,
+    parity: dict[str, Any],
+    latent_map: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest of the graphs in `folder`, as `service.manifest.Manifest` describes it."""
+    model, cfg = run.model, run.config
+    mcfg = model.config
+    image_shape = list(mcfg.image_shape)
+    enc_outputs = ["mu", "logvar"] if model.is_vae else ["z"]
+    evaluation_path = run.run_dir / "evaluation.json"
+    metrics = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else None
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "name": name,
+        "version": version,
+        "description": description,
+        "kind": mcfg.kind,
+        "architecture": mcfg.to_dict(),
+        "latent_dim": mcfg.latent_dim,
+        "input": {
+            "shape": image_shape,
+            "dtype": "float32",
+            "pixel_range": [0.0, 1.0],
+            "preprocessing": {**PREPROCESSING, "invert": cfg.invert},
+        },
+        "encoder": {
+            "file": "encoder.onnx",
+            "sha256": sha256sum(folder / "encoder.onnx"),
+            "inputs": [_tensor_spec("x", ["batch", *image_shape])],
+            "outputs": [_tensor_spec(o, ["batch", mcfg.latent_dim]) for o in enc_outputs],
+        },
+        "decoder": {
+            "file": "decoder.onnx",
+            "sha256": sha256sum(folder / "decoder.onnx"),
+            "inputs": [_tensor_spec("z", ["batch", mcfg.latent_dim])],
+            "outputs": [_tensor_spec("x_mean", ["batch", *image_shape])],
+            "output_range": [0.0, 1.0],
+        },
+        "latent": {
+            "code_output": "mu" if model.is_vae else "z",
+            "logvar_output": "logvar" if model.is_vae else None,
+            "sigma": "exp(logvar / 2)" if model.is_vae else None,
+            "prior": "standard normal N(0, I)" if model.is_vae else None,
+        },
+        **({"latent_map": latent_map} if latent_map is not None else {}),
+        "opset": OPSET,
+        "parity": parity,
+        "dataset": {**_dataset_entry(run), "binarized": cfg.binarize},
+        "training": {**cfg.to_dict(), "epoch": run.epoch, "checkpoint": checkpoint},
+        "metrics": metrics,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "package_version": __version__,
+        "producer": {"torch": torch.__version__, "onnx": onnx.__version__},
+    }
+
+
+def _dataset_entry(run: LoadedRun) -> dict[str, Any]:
+    if run.dataset is not None:
+        return run.dataset
+    # A checkpoint that records no dataset: what the config tells, without the split sizes.
+    spec = IDX_DATASETS.get(run.config.dataset)
+    return {
+        "name": run.config.dataset if spec else Path(run.config.dataset).name,
+        "label_names": list(spec.label_names) if spec else [],
+    }
+
+
+def check_the_service_loads(folder: Path, out_dir: Path) -> None:
+    """Load `folder` with the service's own manifest schema and checks (checksums, the latent
+    map's content): an export the service would refuse fails here instead."""
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ManifestError(f"{path}: no manifest") from exc
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
-    required = ("name", "kind", "latent_dim", "input", "encoder", "decoder", "opset")
-    missing = [key for key in required if key not in manifest]
-    if missing:
-        raise ManifestError(f"{path}: missing {', '.join(missing)}")
-    if verify_files:
-        for part in ("encoder", "decoder", "latent_map"):
-            if part not in manifest:  # only 2-D models exported with their data have a map
-                continue
-            file = model_dir / manifest[part]["file"]
-            if not file.exists():
-                raise ManifestError(f"{path}: {part} file {file} is missing")
-            actual = sha256sum(file)
-            if actual != manifest[part]["sha256"]:
-                raise ManifestError(
-                    f"{file}: sha256 {actual} does not match the manifest's "
-                    f"{manifest[part]['sha256']};"
-                    " the file was changed or corrupted after export"
-                )
-    return manifest
+        load_latent_map(folder, load_manifest(folder))
+    except ModelLoadError as exc:
+        problem = str(exc).replace(str(folder), str(out_dir))  # not the temporary folder's name
+        raise ExportError(f"the service would refuse this model: {problem}") from exc

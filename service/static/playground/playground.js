@@ -21,17 +21,30 @@ const state = {
   slots: {a: null, b: null},
 };
 
-// Per interaction, how long the service took to answer (ms), shown in the footer; `busy` counts
-// work under way (requests, file decoding). Both are read by the browser tests.
-window.playground = {timings: [], ready: false, busy: 0};
+// What the page is doing, for whoever watches it (the browser tests wait on it, never on time):
+// `timings` per interaction, how long the service took to answer (ms, the last one shown in the
+// footer); `busy` the work under way (requests, file decoding); `strokes` the strokes and taps
+// finished on the drawing pad; `answers` the service's answers painted so far. publish() mirrors
+// the counters on <body> as data-state="busy|idle", data-strokes and data-answers.
+window.playground = {timings: [], ready: false, busy: 0, strokes: 0, answers: 0};
+
+function publish() {
+  const page = window.playground;
+  const data = document.body.dataset;
+  data.state = page.busy ? "busy" : "idle";
+  data.strokes = String(page.strokes);
+  data.answers = String(page.answers);
+}
 
 // Counts `promise` as work under way until it settles.
 async function track(promise) {
   window.playground.busy++;
+  publish();
   try {
     return await promise;
   } finally {
     window.playground.busy--;
+    publish();
   }
 }
 
@@ -72,6 +85,8 @@ async function timed(what, work) {
     const result = await work();
     const ms = performance.now() - start;
     window.playground.timings.push({what, ms});
+    window.playground.answers++;
+    publish();
     $("timing").textContent = `${what}: answered in ${ms.toFixed(1)} ms`;
     setStatus("");
     return result;
@@ -194,9 +209,49 @@ function toModelInput(source) {
   return input;
 }
 
+// Whether a picture is dark ink on light paper: the mean grey of its border, the outermost ring
+// of its own pixels, above half of white. The server's "auto" invert rule (service/imaging.py,
+// light_background), judged on the file's pixels, not on the letterboxed canvas. The border,
+// not the whole picture: a bright garment filling a dark frame is bright-on-dark already.
+const BORDER_MAX = 4096; // a strip longer than this is scaled down: the mean barely moves
+function lightBorder(bitmap) {
+  const w = bitmap.width, h = bitmap.height;
+  const strip = (width, height) => {
+    const c = document.createElement("canvas");
+    c.width = width;
+    c.height = height;
+    const ctx = c.getContext("2d", {willReadFrequently: true});
+    ctx.fillStyle = "#000"; // transparency shows as black, as on the drawing pad
+    ctx.fillRect(0, 0, width, height);
+    ctx.imageSmoothingEnabled = true;
+    return ctx;
+  };
+  const parts = [];
+  const across = Math.min(w, BORDER_MAX);
+  const rows = strip(across, h > 1 ? 2 : 1); // row 0 and the last
+  rows.drawImage(bitmap, 0, 0, w, 1, 0, 0, across, 1);
+  if (h > 1) rows.drawImage(bitmap, 0, h - 1, w, 1, 0, 1, across, 1);
+  parts.push(rows.getImageData(0, 0, across, h > 1 ? 2 : 1).data);
+  if (h > 2) { // columns 0 and the last, between those rows
+    const down = Math.min(h - 2, BORDER_MAX);
+    const cols = strip(w > 1 ? 2 : 1, down);
+    cols.drawImage(bitmap, 0, 1, 1, h - 2, 0, 0, 1, down);
+    if (w > 1) cols.drawImage(bitmap, w - 1, 1, 1, h - 2, 1, 0, 1, down);
+    parts.push(cols.getImageData(0, 0, w > 1 ? 2 : 1, down).data);
+  }
+  let sum = 0, count = 0;
+  for (const d of parts) {
+    for (let i = 0; i < d.length; i += 4) {
+      sum += Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+      count++;
+    }
+  }
+  return 2 * sum > 255 * count;
+}
+
 // Draws an image file onto a canvas, fitted and centred, grey; dark ink on light paper (a photo
-// or a scan) is inverted to MNIST's bright-on-dark. False, with the reason shown, when the file
-// is not an image the browser can read.
+// or a scan, see lightBorder) is inverted to MNIST's bright-on-dark. False, with the reason
+// shown, when the file is not an image the browser can read.
 async function drawFile(file, canvas) {
   let bitmap;
   try {
@@ -205,23 +260,24 @@ async function drawFile(file, canvas) {
     setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
     return false;
   }
+  const invert = lightBorder(bitmap);
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   clearCanvas(canvas);
+  // In whole pixels, so that only the picture is made grey (and inverted): the letterbox stays
+  // black, the background the models know.
   const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
-  const w = bitmap.width * scale, h = bitmap.height * scale;
-  ctx.drawImage(bitmap, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+  const w = Math.max(1, Math.round(bitmap.width * scale));
+  const h = Math.max(1, Math.round(bitmap.height * scale));
+  const x = Math.floor((canvas.width - w) / 2), y = Math.floor((canvas.height - h) / 2);
+  ctx.drawImage(bitmap, x, y, w, h);
   bitmap.close();
-  const image = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const image = ctx.getImageData(x, y, w, h);
   const d = image.data;
-  let total = 0;
   for (let i = 0; i < d.length; i += 4) {
-    d[i] = d[i + 1] = d[i + 2] = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
-    total += d[i];
+    const grey = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+    d[i] = d[i + 1] = d[i + 2] = invert ? 255 - grey : grey;
   }
-  if (total / (d.length / 4) > 127) {
-    for (let i = 0; i < d.length; i += 4) d[i] = d[i + 1] = d[i + 2] = 255 - d[i];
-  }
-  ctx.putImageData(image, 0, 0);
+  ctx.putImageData(image, x, y);
   return true;
 }
 
@@ -286,40 +342,59 @@ async function pickModel(name) {
 
 // --- draw or drop --------------------------------------------------------------------------------
 
+const BRUSH = 22; // pixels of the 280-pixel pad: about MNIST's stroke once scaled to 20 x 20
+
 function setupDrawing() {
   const canvas = $("draw-canvas");
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   clearCanvas(canvas);
-  let last = null;
+  // Set before each mark: clearing the pad and dropping a file change the context's styles.
+  const ink = () => {
+    ctx.fillStyle = ctx.strokeStyle = "#fff";
+    ctx.lineWidth = BRUSH;
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+  };
+  // The pointer drawing the current stroke (mouse, pen or finger) and where it last was; null
+  // between strokes. One pointer draws at a time: a second finger does not join the stroke.
+  let pen = null;
   const at = (event) => {
     const r = canvas.getBoundingClientRect();
     return [(event.clientX - r.left) * canvas.width / r.width,
             (event.clientY - r.top) * canvas.height / r.height];
   };
-  const stroke = (from, to) => {
-    ctx.strokeStyle = "#fff";
-    ctx.lineWidth = 22; // about MNIST's stroke once the digit is scaled to 20 px
-    ctx.lineCap = ctx.lineJoin = "round";
-    ctx.beginPath();
-    ctx.moveTo(...from);
-    ctx.lineTo(...to);
-    ctx.stroke();
-  };
   canvas.addEventListener("pointerdown", (event) => {
+    if (pen !== null || event.button !== 0) return; // main button, pen tip or finger only
     canvas.setPointerCapture(event.pointerId);
-    last = at(event);
-    stroke(last, last);
+    pen = {id: event.pointerId, last: at(event)};
+    // The ink starts where the pointer lands, so a tap leaves a dot, as on paper. A filled disc,
+    // not a zero-length line: whether that gets round caps differs between browsers.
+    const [x, y] = pen.last;
+    ink();
+    ctx.arc(x, y, BRUSH / 2, 0, 2 * Math.PI);
+    ctx.fill();
     refreshDrawing();
   });
   canvas.addEventListener("pointermove", (event) => {
-    if (last === null) return;
-    const point = at(event);
-    stroke(last, point);
-    last = point;
+    if (pen === null || event.pointerId !== pen.id) return;
+    // Every position the pointer reported, also those merged into this event while the page
+    // was busy: the stroke has the same shape however loaded the machine is.
+    const coalesced = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    ink();
+    ctx.moveTo(...pen.last);
+    for (const moved of coalesced.length ? coalesced : [event]) {
+      pen.last = at(moved);
+      ctx.lineTo(...pen.last);
+    }
+    ctx.stroke();
     refreshDrawing(); // live while drawing; `latest` keeps one request in flight
   });
-  const end = () => {
-    if (last !== null) { last = null; refreshDrawing(); }
+  const end = (event) => {
+    if (pen === null || event.pointerId !== pen.id) return;
+    pen = null;
+    window.playground.strokes++;
+    refreshDrawing(); // the whole stroke, tap or line, is encoded and reconstructed
+    publish();
   };
   canvas.addEventListener("pointerup", end);
   canvas.addEventListener("pointercancel", end);
@@ -725,9 +800,9 @@ async function start() {
   $("api-key").value = sessionStorage.getItem("vae-api-key") || "";
   $("api-key").addEventListener("change", () => {
     sessionStorage.setItem("vae-api-key", $("api-key").value.trim());
-    loadModels();
+    track(loadModels());
   });
-  $("model-select").addEventListener("change", (event) => pickModel(event.target.value));
+  $("model-select").addEventListener("change", (event) => track(pickModel(event.target.value)));
   setupDrawing();
   setupMap();
   setupGenerate();
@@ -736,7 +811,8 @@ async function start() {
   clearCanvas($("recon-canvas"));
   clearCanvas($("map-preview"));
   drawBars();
-  await loadModels();
+  publish();
+  await track(loadModels());
   window.playground.ready = true;
   document.body.dataset.ready = "true";
 }

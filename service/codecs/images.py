@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+from service.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
 Array = NDArray[np.float32]
 Numbers = TypeVar("Numbers", bound=NDArray[Any])
@@ -17,17 +19,21 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its head
 # overflow the decoder's float32 arithmetic into NaN images (3.4e38 does on the bundled models).
 MAX_LATENT = 1e6
 
+# Whether to invert an image (1 - pixel) so that it is bright strokes on a dark background, as the
+# models were trained: always, never, or "auto" (by its background, see `light_background`).
+Invert = Literal["auto"] | bool
+# "auto" inverts dark ink on light paper: an image whose background, seen at its border (the
+# outermost ring of pixels), is light on average. The playground's rule too
+# (service/static/playground/playground.js, lightBorder), so that the page and the API treat the
+# same picture alike. The border, not the whole picture: a bright garment filling a dark frame is
+# brighter than grey on the whole, yet already bright-on-dark.
+AUTO_INVERT_ABOVE = 0.5  # of white
+# A border mean within float32 rounding of a tie (up to 3e-8) is a tie, and left as sent; 8-bit
+# border means are 1 / (255 * pixels) apart, more than this for borders up to 39,000 pixels long.
+_TIE_MARGIN = 1e-7
+
 # Pillow is imported where images are decoded or drawn: most requests carry arrays, and the
-# service's resident memory is a budget (see README, "Performance").
-
-
-class InputError(ValueError):
-    """A client sent something the model cannot take; becomes a 4xx naming `field`."""
-
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.status = status
+# service's resident memory is a budget (see docs/performance.md).
 
 
 def check_pixels(array: Numbers, field: str) -> Numbers:
@@ -37,10 +43,10 @@ def check_pixels(array: Numbers, field: str) -> Numbers:
         return array
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array).reshape(len(array), -1))[0, 0])
-        raise InputError(f"{field}[{bad}]", "NaN or infinity is not a pixel value; use [0, 1]")
+        raise InvalidInput(f"{field}[{bad}]", "NaN or infinity is not a pixel value; use [0, 1]")
     flat = array.reshape(len(array), -1)
     bad = int(np.argwhere((flat < 0) | (flat > 1))[0, 0])
-    raise InputError(
+    raise InvalidInput(
         f"{field}[{bad}]",
         f"pixel values must be in [0, 1] (found {low:.4g} .. {high:.4g}); divide 0-255 "
         "values by 255",
@@ -58,12 +64,12 @@ def images_from_lists(
         nested = bool(image) and isinstance(image[0], list)
         if nested and c == 1 and (len(image) != h or any(len(row) != w for row in image)):
             widths = sorted({len(row) for row in image})
-            raise InputError(
+            raise InvalidInput(
                 f"{field}[{i}]",
                 f"expected {h} rows of {w} numbers, got {len(image)} rows of {widths} numbers",
             )
         if not nested and len(image) != flat_size:
-            raise InputError(
+            raise InvalidInput(
                 f"{field}[{i}]",
                 f"expected {flat_size} numbers (or {h} rows of {w}), got {len(image)}",
             )
@@ -77,28 +83,69 @@ def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> 
     else:
         for i, vector in enumerate(z):
             if len(vector) != latent_dim:
-                raise InputError(
+                raise InvalidInput(
                     f"z[{i}]",
                     f"has {len(vector)} numbers but this model's latent size is {latent_dim}",
                 )
         array = np.asarray(z, dtype=np.float64)
     if not np.isfinite(array).all():
         bad = int(np.argwhere(~np.isfinite(array))[0, 0])
-        raise InputError(f"z[{bad}]", "NaN or infinity is not a latent value")
+        raise InvalidInput(f"z[{bad}]", "NaN or infinity is not a latent value")
     largest = float(np.abs(array).max()) if array.size else 0.0
     if largest > MAX_LATENT:
         bad = int(np.argwhere(np.abs(array) > MAX_LATENT)[0, 0])
-        raise InputError(
+        raise InvalidInput(
             f"z[{bad}]", f"latent values must be within +-{MAX_LATENT:g} (found {largest:.4g})"
         )
     return array.astype(np.float32, copy=False)
 
 
+def light_background(images: NDArray[Any], white: float = 1.0) -> NDArray[np.bool_]:
+    """For each image of `images` (N, ..., H, W), whether its background is light: the mean of
+    its border, the outermost ring of pixels, above half of `white` (1.0 for [0, 1] pixels, 255
+    for 8-bit ones). An exact tie is not light."""
+    if images.ndim < 3:  # flat images: no rows to find a border in, so every pixel is border
+        images = images[:, None, :]
+    height, width = images.shape[-2:]
+    top_and_bottom = images[..., :: max(height - 1, 1), :]  # row 0 and the last (one if height 1)
+    sides = images[..., 1:-1, :: max(width - 1, 1)]  # columns 0 and the last, between those rows
+    count = math.prod(top_and_bottom.shape[1:]) + math.prod(sides.shape[1:])
+    n = len(images)
+    # Sums in float64: exact for 8-bit pixels, and a float64 sum is cheaper than a float64 mean.
+    sums = top_and_bottom.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    sums += sides.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    light: NDArray[np.bool_] = sums > (AUTO_INVERT_ABOVE + _TIE_MARGIN) * white * count
+    return light
+
+
+def invert_where_needed(images: Array, invert: Invert) -> Array:
+    """Images (N, ..., H, W) in [0, 1], each inverted (1 - pixel) when `invert` is true, none when
+    it is false, and with "auto" those on a light background (`light_background`: dark ink on
+    light paper). A new array wherever anything is inverted: `images` may be a read-only view of
+    a request body."""
+    if invert is False:
+        return images
+    if invert is True:
+        return 1.0 - images
+    light = light_background(images)
+    if not light.any():
+        return images
+    out = images.copy()
+    out[light] = 1.0 - out[light]
+    return out
+
+
 def image_from_file(
-    data: bytes, field: str, shape: tuple[int, int, int], preprocessing: dict[str, Any]
+    data: bytes,
+    field: str,
+    shape: tuple[int, int, int],
+    preprocessing: dict[str, Any],
+    invert: Invert = "auto",
 ) -> Array:
     """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
-    grayscale, resize (bilinear by default), pixel / 255, optional inversion."""
+    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says. "auto"
+    judges the picture as sent, at its own resolution (`light_background`): resizing blends the
+    border with what lies inside it."""
     from PIL import Image
 
     c, h, w = shape
@@ -107,30 +154,30 @@ def image_from_file(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.format not in ("PNG", "JPEG"):
-                    raise InputError(field, f"is a {img.format} file; send PNG or JPEG", 415)
+                    raise UnsupportedMediaType(field, f"is a {img.format} file; send PNG or JPEG")
                 if img.width * img.height > MAX_UPLOAD_PIXELS:
                     raise _too_many_pixels(field, f"is {img.width}x{img.height} pixels")
                 gray = img.convert("L")
-    except InputError:
+    except (UnsupportedMediaType, TooLarge):
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         # Pillow's own, larger limits, hit while opening: the same refusal as above.
         raise _too_many_pixels(field, "claims far too many pixels") from exc
     except Image.UnidentifiedImageError as exc:  # its message is the repr of a BytesIO
-        raise InputError(field, "is not a readable PNG or JPEG image (unknown format)") from exc
+        raise InvalidInput(field, "is not a readable PNG or JPEG image (unknown format)") from exc
     except (OSError, ValueError) as exc:
-        raise InputError(field, f"is not a readable PNG or JPEG image ({exc})") from exc
+        raise InvalidInput(field, f"is not a readable PNG or JPEG image ({exc})") from exc
+    if invert == "auto":
+        invert = bool(light_background(np.asarray(gray)[None], white=255)[0])
     if gray.size != (w, h):
         resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
         gray = gray.resize((w, h), resample)
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
-    if preprocessing.get("invert"):
-        pixels = 1.0 - pixels
+    pixels = invert_where_needed((np.asarray(gray, dtype=np.float32) / 255.0)[None], invert)[0]
     return np.broadcast_to(pixels, (c, h, w)).copy()
 
 
-def _too_many_pixels(field: str, what: str) -> InputError:
-    return InputError(field, f"{what}; at most {MAX_UPLOAD_PIXELS} pixels are accepted", 413)
+def _too_many_pixels(field: str, what: str) -> TooLarge:
+    return TooLarge(field, f"{what}; at most {MAX_UPLOAD_PIXELS} pixels are accepted")
 
 
 def png_grid(images: Array) -> bytes:

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.payloads import _npy_body, json_tensor_body, npz_response, stored_zip
+from service.codecs.json_input import json_tensor_body
+from service.codecs.npy import npz_bytes, read_npy, stored_zip
 
 RNG = np.random.default_rng(0)
 
@@ -93,7 +94,7 @@ def test_a_bracket_inside_a_string_only_turns_the_fast_path_down() -> None:
 
 def test_npz_answers_are_archives_numpy_and_zip_tools_read() -> None:
     mu = RNG.normal(size=(3, 16)).astype(np.float32)
-    body = npz_response({"mu": mu, "logvar": 2 * mu}).body
+    body = npz_bytes({"mu": mu, "logvar": 2 * mu})
     with np.load(io.BytesIO(body)) as archive:
         assert archive.files == ["mu", "logvar"]
         assert np.array_equal(archive["mu"], mu) and np.array_equal(archive["logvar"], 2 * mu)
@@ -113,4 +114,4 @@ def test_npy_bodies_of_every_version_read_alike(version: tuple[int, int], fortra
     for _ in range(2):  # the second time from the header cache
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, x, version=version)
-        assert np.array_equal(_npy_body(buffer.getvalue(), "images"), x)
+        assert np.array_equal(read_npy(buffer.getvalue(), "images"), x)

@@ -1,6 +1,6 @@
-"""service.http: a response's head and body leave in one write. The transport on a recording
-fake (what reaches the socket, and when); the protocol in the real server, on every kind of
-response it sends (JSON, bodyless HEAD, a streamed file, Connection: close, keep-alive)."""
+"""service.http.transport: a response's head and body leave in one write. The transport on a
+recording fake (what reaches the socket, and when); the protocol in the real server, on every kind
+of response it sends (JSON, bodyless HEAD, a streamed file, Connection: close, keep-alive)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.http import JOIN_MAX_BYTES, CoalescingTransport
+from service.http.transport import JOIN_MAX_BYTES, CoalescingTransport
 
 from .conftest import digits
 

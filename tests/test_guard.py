@@ -22,17 +22,13 @@ from PIL import Image
 from starlette.types import Message, Receive, Scope, Send
 
 from service.app import begin_shutdown, create_app
-from service.guards import Guard, KeyCheck, presented_key
-from service.metrics import Metrics
+from service.http.guard import Guard, KeyCheck, presented_key
+from service.http.state import AppState
+from service.observability.metrics import Metrics
 from service.settings import Settings
 
 KEY = "k3y-for-tests-0123456789"
 IMAGE = np.zeros((1, 784)).tolist()
-
-
-@pytest.fixture
-def settings(model_dir: Path) -> Settings:
-    return Settings(model_dir=model_dir, default_model="tiny-vae")
 
 
 @pytest.fixture
@@ -164,13 +160,9 @@ def test_body_over_the_limit_is_413_with_the_limit(model_dir: Path) -> None:
 # --- the bare guard: capacity, timeouts, crashes --------------------------------------------------
 
 
-class Owner:
-    """Stands in for the FastAPI app: the guard reads its `state` (draining, metrics, log)."""
-
-    class state:  # mirrors app.state
-        draining = False
-        metrics = Metrics()
-        access_log = None
+def app_state(settings: Settings) -> AppState:
+    """What the guard reads: settings, draining, metrics, access log."""
+    return AppState(settings, Metrics(), access_log=None)
 
 
 def http_scope(path: str = "/encode", headers: list[tuple[bytes, bytes]] | None = None) -> Scope:
@@ -223,7 +215,7 @@ def test_capacity_is_bounded_and_probes_always_pass() -> None:
     async def wait() -> None:
         await release.wait()
 
-    guard = Guard(downstream(wait), Owner, Settings(max_concurrent_requests=2, retry_after_s=3))
+    guard = Guard(downstream(wait), app_state(Settings(max_concurrent_requests=2, retry_after_s=3)))
 
     async def scenario() -> None:
         held = [asyncio.create_task(call(guard, http_scope())) for _ in range(2)]
@@ -250,7 +242,7 @@ def test_timeout_answers_504_and_frees_the_slot() -> None:
         await asyncio.sleep(3600)
 
     settings = Settings(request_timeout_s=0.05, max_concurrent_requests=1)
-    guard = Guard(downstream(hang), Owner, settings)
+    guard = Guard(downstream(hang), app_state(settings))
 
     async def scenario() -> None:
         for _ in range(2):  # the second would be refused if the first kept its slot
@@ -267,7 +259,7 @@ def test_a_crash_fails_only_its_own_request(caplog: pytest.LogCaptureFixture) ->
             raise RuntimeError("onnxruntime exploded")
 
     crash = [False, True]  # popped from the end: the first request crashes
-    guard = Guard(downstream(crash_on_demand), Owner, Settings())
+    guard = Guard(downstream(crash_on_demand), app_state(Settings()))
 
     async def scenario() -> None:
         status, _, body = await call(guard, http_scope())
@@ -283,7 +275,7 @@ def test_a_failing_graph_fails_its_batch_and_the_service_goes_on(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with TestClient(create_app(settings)) as client:
-        runtime = client.app.state.registry.models["tiny-vae"]  # type: ignore[attr-defined]
+        runtime = client.app.state.service.registry.models["tiny-vae"]  # type: ignore[attr-defined]
         healthy = runtime._encode_rows
 
         def broken(images: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -306,21 +298,15 @@ def test_a_failing_graph_fails_its_batch_and_the_service_goes_on(
 # --- shutdown -------------------------------------------------------------------------------------
 
 
-def test_shutdown_turns_readiness_off_and_refuses_new_requests(client_app: TestClient) -> None:
-    assert client_app.get("/readyz").status_code == 200
-    begin_shutdown(client_app.app)  # type: ignore[arg-type]
-    ready = client_app.get("/readyz")
+def test_shutdown_turns_readiness_off_and_refuses_new_requests(client: TestClient) -> None:
+    assert client.get("/readyz").status_code == 200
+    begin_shutdown(client.app)  # type: ignore[arg-type]
+    ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json() == {"status": "shutting down"}
-    refused = client_app.post("/encode", json={"images": IMAGE})
+    refused = client.post("/encode", json={"images": IMAGE})
     assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
     assert refused.headers["retry-after"] == "1"
-    assert client_app.get("/healthz").status_code == 200  # alive: let it finish its requests
-
-
-@pytest.fixture
-def client_app(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
-        yield client
+    assert client.get("/healthz").status_code == 200  # alive: let it finish its requests
 
 
 # --- reload ---------------------------------------------------------------------------------------
@@ -385,8 +371,8 @@ def preflight(client: TestClient, origin: str) -> Any:
     )
 
 
-def test_cors_is_off_by_default(client_app: TestClient) -> None:
-    response = client_app.post(
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    response = client.post(
         "/encode", json={"images": IMAGE}, headers={"Origin": "https://x.example"}
     )
     assert "access-control-allow-origin" not in response.headers

@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
 import orjson
 from numpy.typing import NDArray
 
-from service.batching import DynamicBatcher
 from service.manifest import (
     GraphSpec,
     LatentMap,
     Manifest,
     ModelLoadError,
+    folder_fingerprint,
     load_latent_map,
     load_manifest,
 )
-from service.metrics import Metrics
-from service.settings import DEFAULT_MODEL_NAME, Settings
+from service.models.batching import DynamicBatcher, Observer
+from service.settings import Settings
 
 logger = logging.getLogger("service")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 Array = NDArray[np.float32]
+
+
+class BatchObservers(Protocol):
+    """Gives each graph of each model the observer of its batches (the metrics)."""
+
+    def batch_observer(self, model: str, graph: str) -> Observer: ...
 
 
 def resolve_providers(requested: list[str], available: list[str] | None = None) -> list[str]:
@@ -101,6 +105,9 @@ class ModelRuntime:
     manifest: Manifest
     providers: list[str] = field(default_factory=list)
     ready: bool = False
+    # What the folder held when it was loaded (manifest.folder_fingerprint): a rescan of the
+    # model folder reloads only models whose folder changed since.
+    fingerprint: str = ""
     # GET /models/{name}/latent-map's answer, serialised once; the parsed map (10,000 points as
     # Python lists) is not kept.
     latent_map_body: bytes | None = None
@@ -134,7 +141,8 @@ class ModelRuntime:
         executor: ThreadPoolExecutor,
     ) -> ModelRuntime:
         """Check the manifest and files, open both sessions on `providers` and warm them up."""
-        runtime = cls(folder, load_manifest(folder))
+        fingerprint = folder_fingerprint(folder)  # before reading: a change meanwhile shows next
+        runtime = cls(folder, load_manifest(folder), fingerprint=fingerprint)
         latent_map = load_latent_map(folder, runtime.manifest)
         if latent_map is not None:
             runtime.latent_map_body = runtime._latent_map_body(latent_map)
@@ -261,14 +269,14 @@ class ModelRuntime:
             "manifest": self.manifest.model_dump(mode="json"),
         }
 
-    def attach(self, metrics: Metrics) -> None:
-        """Record this model's batches in `metrics`."""
+    def attach(self, observers: BatchObservers) -> None:
+        """Report this model's batches to the observers `observers` gives."""
         for graph, batcher in (
             ("encoder", self._encode_batcher),
             ("decoder", self._decode_batcher),
         ):
             if batcher is not None:
-                batcher.observer = metrics.batch_observer(self.name, graph)
+                batcher.observer = observers.batch_observer(self.name, graph)
 
     async def close(self) -> None:
         self.ready = False
@@ -276,119 +284,3 @@ class ModelRuntime:
             if batcher is not None:
                 await batcher.close()
         self._encoder = self._decoder = None
-
-
-@dataclass
-class ModelRegistry:
-    """Every model in the model directory, by name, and which one is the default."""
-
-    models: dict[str, ModelRuntime]
-    default_name: str
-    executor: ThreadPoolExecutor
-    providers: list[str]
-    settings: Settings
-    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
-    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-    metrics: Metrics | None = None
-
-    def attach(self, metrics: Metrics) -> None:
-        """Record every model's batches, and which versions are loaded, in `metrics`."""
-        self.metrics = metrics
-        for runtime in self.models.values():
-            runtime.attach(metrics)
-            metrics.describe_model(runtime)
-
-    @classmethod
-    def load(cls, settings: Settings) -> ModelRegistry:
-        model_dir = settings.model_dir
-        if not model_dir.is_dir():
-            raise ModelLoadError(f"VAE_MODEL_DIR={model_dir} is not a folder")
-        folders = sorted(p.parent for p in model_dir.glob("*/manifest.json"))
-        if not folders:
-            raise ModelLoadError(
-                f"VAE_MODEL_DIR={model_dir} holds no model: each model is a sub-folder with a "
-                "manifest.json (python -m training export RUN --out DIR/NAME writes one)"
-            )
-        providers = resolve_providers(settings.providers)
-        # Worker threads for large batches, shared by every graph.
-        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ort")
-        models: dict[str, ModelRuntime] = {}
-        for folder in folders:
-            runtime = ModelRuntime.load(folder, settings, providers, executor)
-            if runtime.name in models:
-                raise ModelLoadError(
-                    f"model name {runtime.name!r} is used by both {models[runtime.name].folder} "
-                    f"and {folder}; names must be unique"
-                )
-            models[runtime.name] = runtime
-            logger.info(
-                "loaded model %s (%s, latent %d) from %s on %s",
-                runtime.name,
-                runtime.manifest.kind,
-                runtime.latent_dim,
-                folder,
-                ", ".join(runtime.providers),
-            )
-        if settings.default_model is not None:
-            if settings.default_model not in models:
-                raise ModelLoadError(
-                    f"VAE_DEFAULT_MODEL={settings.default_model} is not among the loaded models: "
-                    f"{', '.join(models)}"
-                )
-            default = settings.default_model
-        else:
-            default = DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in models else next(iter(models))
-        return cls(models, default, executor, providers, settings)
-
-    async def reload(self, name: str) -> ModelRuntime:
-        """Load `name` again from its folder (a new version put there) and swap it in. A new
-        version that fails any check raises ModelLoadError and the old one keeps serving."""
-        async with self._reloading:  # one at a time: each swap must see the one before it
-            return await self._reload(name)
-
-    async def _reload(self, name: str) -> ModelRuntime:
-        old = self.models[name]
-        loop = asyncio.get_running_loop()
-        new = await loop.run_in_executor(
-            self.executor,
-            ModelRuntime.load,
-            old.folder,
-            self.settings,
-            self.providers,
-            self.executor,
-        )
-        if new.name != name:
-            await new.close()
-            raise ModelLoadError(
-                f"{old.folder}/manifest.json now names the model {new.name!r}, not {name!r}; "
-                "a reload cannot rename a model (restart the service instead)"
-            )
-        if self.metrics is not None:
-            new.attach(self.metrics)
-            self.metrics.describe_model(new, previous=old)
-        self.models[name] = new
-        # Requests that picked the old version finish on it; none outlives the request
-        # timeout, so it is closed after that.
-        retire = loop.create_task(self._close_later(old, self.settings.request_timeout_s))
-        self._retiring.add(retire)
-        retire.add_done_callback(self._retiring.discard)
-        logger.info(
-            "reloaded model %s: version %s -> %s", name, old.manifest.version, new.manifest.version
-        )
-        return new
-
-    @staticmethod
-    async def _close_later(runtime: ModelRuntime, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        await runtime.close()
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.models) and all(m.ready for m in self.models.values())
-
-    async def close(self) -> None:
-        for retire in list(self._retiring):
-            retire.cancel()
-        for model in self.models.values():
-            await model.close()
-        self.executor.shutdown(wait=True)

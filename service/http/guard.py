@@ -30,13 +30,21 @@ import logging
 import os
 import re
 import time
-from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import AccessLog, Metrics, RequestInfo, current_request, endpoint_label
-from service.settings import Settings
+from service.errors import (
+    InternalError,
+    ServiceError,
+    TimedOut,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from service.http.endpoints import ENDPOINTS
+from service.http.errors import INTERNAL_ERROR, error_response
+from service.http.state import AppState
+from service.observability.context import RequestInfo, current_request
 
 logger = logging.getLogger("service")
 
@@ -44,14 +52,28 @@ PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN = frozenset({"/", "/docs", "/redoc", "/openapi.json", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/", "/v2/health/")
 
-
-INTERNAL_ERROR = (
-    "internal error while serving this request; it is logged, and other requests are unaffected"
+# Paths become bounded labels: a model name or a typo in the URL must not create a time series.
+FIXED_ENDPOINTS = frozenset(
+    {*(e.path for e in ENDPOINTS), "/models", "/models/reload", "/v2", "/metrics"}
 )
+ENDPOINT_PATTERNS = [
+    (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$"), "/v2/models/{model}/infer"),
+    (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"), "/v2/models/{model}/ready"),
+    (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?$"), "/v2/models/{model}"),
+    (re.compile(r"^/models/[^/]+/reload$"), "/models/{name}/reload"),
+    (re.compile(r"^/models/[^/]+/latent-map$"), "/models/{name}/latent-map"),
+    (re.compile(r"^/models/[^/]+$"), "/models/{name}"),
+]
 
 
-class BodyTooLarge(Exception):
-    """Raised from `receive` once a body passes the limit; the message says what to do."""
+def endpoint_label(path: str) -> str:
+    """The metrics' `endpoint` label of a request path."""
+    if path in FIXED_ENDPOINTS:
+        return path
+    for pattern, label in ENDPOINT_PATTERNS:
+        if pattern.match(path):
+            return label
+    return "other"
 
 
 def is_open(path: str) -> bool:
@@ -98,27 +120,18 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     return api_key or None
 
 
-async def send_error(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    status: int,
-    detail: str,
-    headers: dict[str, str] | None = None,
-) -> None:
-    await JSONResponse({"detail": detail}, status_code=status, headers=headers)(
-        scope, receive, send
-    )
+async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    await error_response(error)(scope, receive, send)
 
 
 class Guard:
-    """See the module docstring. `owner.state.draining` turns true when shutdown begins."""
+    """See the module docstring. `state.draining` turns true when shutdown begins."""
 
-    def __init__(self, app: ASGIApp, owner: Any, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
-        self.owner = owner
-        self.settings = settings
-        self.keys = KeyCheck(settings.api_key_list())
+        self.state = state
+        self.settings = state.settings
+        self.keys = KeyCheck(state.settings.api_key_list())
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -148,9 +161,8 @@ class Guard:
             self._record(scope, info, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
-        metrics: Metrics = self.owner.state.metrics
-        metrics.count_request(endpoint_label(scope["path"]), info.model, status, seconds)
-        access_log: AccessLog | None = self.owner.state.access_log
+        self.state.metrics.count_request(endpoint_label(scope["path"]), info.model, status, seconds)
+        access_log = self.state.access_log
         if access_log is not None:
             fields = {
                 "request_id": info.request_id,
@@ -167,48 +179,24 @@ class Guard:
     async def _check(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
     ) -> None:
-        settings = self.settings
         if self.keys.enabled:
             key = presented_key(headers)
             if key is None or not self.keys.matches(key):
                 problem = "missing" if key is None else "invalid"
-                await send_error(
-                    scope,
-                    receive,
-                    send,
-                    401,
+                unauthorized = Unauthorized(
+                    "",
                     f"{problem} API key: send it as `Authorization: Bearer <key>` or "
                     "`X-API-Key: <key>`",
                     {"WWW-Authenticate": "Bearer"},
                 )
+                await send_error(scope, receive, send, unauthorized)
                 return
-        if self.owner.state.draining:
-            await send_error(
-                scope,
-                receive,
-                send,
-                503,
-                "the service is shutting down; retry on another replica",
-                {"Connection": "close", "Retry-After": str(settings.retry_after_s)},
-            )
-            return
-        if self.in_flight >= settings.max_concurrent_requests:
-            await send_error(
-                scope,
-                receive,
-                send,
-                503,
-                f"the service is at capacity ({settings.max_concurrent_requests} requests in "
-                f"flight, VAE_MAX_CONCURRENT_REQUESTS); retry after {settings.retry_after_s} s",
-                {"Retry-After": str(settings.retry_after_s)},
-            )
-            return
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > settings.max_body_bytes:
-            await send_error(scope, receive, send, 413, self._too_large(), {"Connection": "close"})
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            await send_error(scope, receive, send, refusal)
             return
         self.in_flight += 1
-        metrics = self.owner.state.metrics
+        metrics = self.state.metrics
         metrics.in_flight = self.in_flight
         try:
             await self._serve(scope, receive, send)
@@ -216,12 +204,36 @@ class Guard:
             self.in_flight -= 1
             metrics.in_flight = self.in_flight
 
-    def _too_large(self) -> str:
+    def _refusal(self, headers: dict[bytes, bytes]) -> ServiceError | None:
+        """Why a request is turned away before any of its body is read, if it is."""
+        settings = self.settings
+        if self.state.draining:
+            return Unavailable(
+                "",
+                "the service is shutting down; retry on another replica",
+                settings.retry_after_s,
+                {"Connection": "close"},
+            )
+        if self.in_flight >= settings.max_concurrent_requests:
+            return Unavailable(
+                "",
+                f"the service is at capacity ({settings.max_concurrent_requests} requests in "
+                f"flight, VAE_MAX_CONCURRENT_REQUESTS); retry after {settings.retry_after_s} s",
+                settings.retry_after_s,
+            )
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> TooLarge:
         limit = self.settings.max_body_bytes
         size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit / 2**10:g} KiB"
-        return (
+        return TooLarge(
+            "",
             f"request body larger than {limit} bytes ({size}, VAE_MAX_BODY_BYTES): send fewer "
-            "images per request, or application/x-npy uint8"
+            "images per request, or application/x-npy uint8",
+            {"Connection": "close"},
         )
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -236,8 +248,8 @@ class Guard:
             expired = True
             task.cancel()
 
-        # A bare timer rather than asyncio.timeout(): the same cancellation, at a quarter of
-        # the cost, and this runs for every request.
+        # A bare timer rather than asyncio.timeout(): the same cancellation for less work, and
+        # this runs for every request.
         deadline = asyncio.get_running_loop().call_later(self.settings.request_timeout_s, expire)
 
         async def limited_receive() -> Message:
@@ -246,7 +258,7 @@ class Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(self._too_large())
+                    raise self._too_large()
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -275,20 +287,18 @@ class Guard:
                 self.settings.request_timeout_s,
             )
             if not started:
-                await send_error(
-                    scope,
-                    receive,
-                    send,
-                    504,
+                timed_out = TimedOut(
+                    "",
                     f"no answer within {self.settings.request_timeout_s} s "
                     "(VAE_REQUEST_TIMEOUT_S); send fewer images per request or retry",
                 )
-        except BodyTooLarge as exc:
+                await send_error(scope, receive, send, timed_out)
+        except TooLarge as exc:  # from limited_receive
             if not started:
-                await send_error(scope, receive, send, 413, str(exc), {"Connection": "close"})
+                await send_error(scope, receive, send, exc)
         except Exception:
             logger.exception("%s %s failed", scope["method"], scope["path"])
             if not started:
-                await send_error(scope, receive, send, 500, INTERNAL_ERROR)
+                await send_error(scope, receive, send, InternalError("", INTERNAL_ERROR))
         finally:
             deadline.cancel()

@@ -1,0 +1,1 @@
+"""Requests in (JSON, .npy, multipart uploads, image files), results out (JSON, .npy/.npz, PNG)."""

@@ -1,0 +1,145 @@
+""".npy request bodies in, .npy and .npz answers out."""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.codecs.images import check_pixels
+from service.errors import BadRequest, InvalidInput
+
+Array = NDArray[np.float32]
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+# numpy's own bound on the header it reads; also bounds what the header cache keeps.
+NPY_HEADER_MAX = 10_000
+
+
+def _npy_header_bytes(body: bytes) -> bytes:
+    """The magic, version and header of a .npy body: everything before the data. Its length
+    is a little-endian uint16 at bytes 8-9 in version 1.0, a uint32 at 8-11 in 2.0 and 3.0."""
+    if body[6:7] == b"\x01":
+        end = 10 + int.from_bytes(body[8:10], "little")
+    else:
+        end = 12 + int.from_bytes(body[8:12], "little")
+    return body[: min(end, NPY_HEADER_MAX)]
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(start: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int]:
+    """Shape, Fortran order, dtype and data offset from the first bytes of a .npy body. numpy
+    reads the header with ast.literal_eval, slow next to a one-image request, and a client sends
+    the same header again and again, so it is cached on those bytes."""
+    stream = io.BytesIO(start)
+    version = np.lib.format.read_magic(stream)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran_order, dtype = read_header(stream)
+    return shape, fortran_order, dtype, stream.tell()
+
+
+def read_npy(body: bytes, field: str) -> NDArray[Any]:
+    if body.startswith(ZIP_MAGIC):
+        raise BadRequest(field, "send one .npy array, not an .npz archive")
+    if not body.startswith(NPY_MAGIC):  # numpy would call anything else pickled data
+        raise BadRequest(
+            field,
+            "the body is not a readable .npy array (it does not start with \\x93NUMPY); write it "
+            "with np.save",
+        )
+    try:
+        shape, fortran_order, dtype, offset = _npy_header(_npy_header_bytes(body))
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted; send float32 or uint8")
+        # Not np.load: it allocates the whole array the header declares before reading any data,
+        # so a 100-byte body claiming (10**12, 784) was a MemoryError, a 500. The data is read in
+        # place instead (read-only), once its size matches the header.
+        count = math.prod(shape)
+        if count * dtype.itemsize != len(body) - offset:
+            raise ValueError(
+                f"the header declares {dtype} {shape} but {len(body) - offset} bytes of data "
+                "follow it"
+            )
+        data = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+        return data.reshape(shape[::-1]).T if fortran_order else data.reshape(shape)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BadRequest(field, f"the body is not a readable .npy array ({exc})") from exc
+
+
+def images_from_npy(array: NDArray[Any], shape: tuple[int, int, int]) -> Array:
+    c, h, w = shape
+    if array.dtype == np.uint8:
+        images = array.astype(np.float32) / 255.0
+    elif array.dtype == np.float32:
+        images = array
+    else:
+        raise InvalidInput("images", f"dtype {array.dtype}: send float32 in [0, 1] or uint8 0-255")
+    if (images.ndim == 2 and images.shape[1] == c * h * w) or (
+        images.ndim == 3 and images.shape[1:] == (h, w)
+    ):
+        images = images.reshape(len(images), c, h, w)
+    elif images.shape[1:] != (c, h, w):
+        raise InvalidInput(
+            "images",
+            f"array of shape {array.shape}; expected (N, {c * h * w}), (N, {h}, {w}) or "
+            f"(N, {c}, {h}, {w})",
+        )
+    if len(images) == 0:
+        raise InvalidInput("images", "the array holds no images")
+    return check_pixels(np.ascontiguousarray(images, dtype=np.float32), "images")
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+
+def npy_bytes(array: Array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def stored_zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive of uncompressed members, as np.savez writes it and np.load reads it.
+
+    Written here rather than with zipfile (which np.savez uses), whose overhead is large next to
+    the two small arrays of a one-image /encode answer. The layout (PKWARE APPNOTE 4.3): per
+    member a local header, then its bytes; then one central directory record per member; then
+    the end record. Times are the DOS epoch, 1980-01-01.
+    """
+    out, directory = bytearray(), bytearray()
+    for name, data in members.items():
+        encoded, crc, size, offset = name.encode(), zlib.crc32(data), len(data), len(out)
+        # signature, version needed (2.0), flags, method (0: stored), time, date, crc, sizes,
+        # name length, extra length
+        out += struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, size, size, len(encoded), 0
+        )
+        out += encoded + data
+        # as above, after "version made by"; then comment length, disk, attributes, offset
+        directory += struct.pack(
+            "<IHHHHHHIIIHHHHHII",
+            0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size, len(encoded), 0, 0, 0, 0, 0, offset,
+        )  # fmt: skip
+        directory += encoded
+    count, start = len(members), len(out)
+    out += directory
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(directory), start, 0)
+    return bytes(out)
+
+
+def npz_bytes(arrays: dict[str, Array]) -> bytes:
+    """Float32 arrays as an .npz archive (uncompressed), as np.savez writes it."""
+    return stored_zip({f"{name}.npy": npy_bytes(array) for name, array in arrays.items()})

@@ -1,0 +1,226 @@
+"""THE endpoint table: one row per inference endpoint.
+
+From these rows come the fast path's dispatch (`fastpath`), the FastAPI routes that read
+multipart uploads and document the endpoints (`routes`), their OpenAPI request bodies and answers
+(`openapi`) and the endpoints' metric labels (`guard`). Adding an endpoint is one row here plus
+its operation in `service.ops`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import ops
+from service.codecs.accept import JSON, Offer, Offers, negotiate
+from service.codecs.multipart import read_multipart_images
+from service.codecs.npy import NPY, NPZ
+from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
+from service.codecs.responses import render
+from service.models.registry import ModelRegistry
+from service.models.runtime import ModelRuntime
+from service.schemas import (
+    EXAMPLE_IMAGE,
+    DecodeParams,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeParams,
+    EncodeRequest,
+    EncodeResponse,
+    GenerateRequest,
+    GenerateResponse,
+    ReconstructParams,
+    ReconstructRequest,
+    ReconstructResponse,
+)
+from service.settings import Settings
+
+P = TypeVar("P", bound=BaseModel)
+Array = NDArray[np.float32]
+Operation = Callable[[P, ModelRuntime, Array | None, Settings], Awaitable[ops.Result]]
+
+
+@dataclass(frozen=True)
+class Endpoint(Generic[P]):
+    """One inference endpoint: POST `path`."""
+
+    path: str
+    summary: str
+    description: str
+    params: type[P]  # every field but the tensor; a .npy request's query, a multipart's form
+    body: type[BaseModel]  # the JSON body
+    tensor: TensorField | None  # the field that becomes the model's input; None: parameters only
+    operation: Operation[P]
+    response_model: type[BaseModel]  # the JSON answer
+    produces: Offers  # what it answers in, in its order of preference (the first by default)
+    answers: dict[int, str]  # the errors it can give besides the guard's, and when
+    example_request: dict[str, Any]
+    example_response: dict[str, Any]
+
+
+IMAGE_ANSWERS = (
+    Offer(JSON, "json"),
+    Offer(
+        NPY,
+        "npy",
+        "With Accept: application/x-npy: one float32 .npy array of the images (N x 28 x 28, or "
+        "N x samples x 28 x 28).",
+    ),
+    Offer("image/png", "png", "With Accept: image/png: one PNG grid of all images."),
+)
+TENSOR_ANSWERS = {
+    400: "Unreadable .npy or multipart body",
+    404: "Unknown model",
+    415: "Unsupported content type or image format",
+    422: "Invalid input; the message names the field",
+    413: "Body or uploaded file too large",
+}
+PARAMS_ANSWERS = {
+    404: "Unknown model",
+    415: "Unsupported content type",
+    422: "Invalid input; the message names the field",
+}
+_IMG = [[0.0] * 28] * 28
+
+ENDPOINTS: tuple[Endpoint[Any], ...] = (
+    Endpoint(
+        path="/encode",
+        summary="Images -> latent mu and logvar",
+        description="Posterior mean and log-variance of each image. For an AE, `mu` holds the "
+        "code and `logvar` is null. With `Accept: application/x-npy` the answer is an .npz "
+        "archive holding `mu` and (VAE) `logvar`.",
+        params=EncodeParams,
+        body=EncodeRequest,
+        tensor=IMAGES,
+        operation=ops.encode,
+        response_model=EncodeResponse,
+        produces=(
+            Offer(JSON, "json"),
+            Offer(
+                NPZ,
+                "npy",
+                "With Accept: application/x-npz (or application/x-npy): an .npz archive of "
+                "float32 `mu` and (VAE) `logvar`, each N x latent.",
+            ),
+            Offer(NPY, "npy", alias_of=NPZ),  # as /encode always answered .npy requests
+        ),
+        answers=TENSOR_ANSWERS,
+        example_request={"model": "mnist-vae-2d", "images": [EXAMPLE_IMAGE]},
+        example_response={
+            "model": "mnist-vae-2d",
+            "latent_dim": 2,
+            "mu": [[0.41, -1.2]],
+            "logvar": [[-3.1, -2.8]],
+        },
+    ),
+    Endpoint(
+        path="/reconstruct",
+        summary="Images -> decode(encode(images)), deterministic or sampled",
+        description="`deterministic` decodes mu: the same output on every call. `sampled` "
+        "decodes z = mu + exp(logvar / 2) * eps with eps drawn from `seed` (returned, so any "
+        "result can be reproduced); a VAE's reconstructions differ from draw to draw by design.",
+        params=ReconstructParams,
+        body=ReconstructRequest,
+        tensor=IMAGES,
+        operation=ops.reconstruct,
+        response_model=ReconstructResponse,
+        produces=IMAGE_ANSWERS,
+        answers=TENSOR_ANSWERS,
+        example_request={
+            "model": "mnist-vae",
+            "images": [EXAMPLE_IMAGE],
+            "mode": "sampled",
+            "seed": 7,
+            "samples": 2,
+        },
+        example_response={
+            "model": "mnist-vae",
+            "mode": "sampled",
+            "seed": 7,
+            "images": [[_IMG, _IMG]],
+        },
+    ),
+    Endpoint(
+        path="/generate",
+        summary="Decode samples of the prior z ~ N(0, I)",
+        description="New images from z = temperature * eps, eps ~ N(0, I) drawn from `seed`. "
+        "The seed also comes back in the `X-Seed` header (the only place for it with PNG or .npy "
+        "output).",
+        params=GenerateRequest,
+        body=GenerateRequest,
+        tensor=None,
+        operation=ops.generate,
+        response_model=GenerateResponse,
+        produces=IMAGE_ANSWERS,
+        answers=PARAMS_ANSWERS,
+        example_request={"model": "mnist-vae-2d", "n": 2, "seed": 42, "temperature": 1.0},
+        example_response={
+            "model": "mnist-vae-2d",
+            "seed": 42,
+            "z": [[0.3, -0.5], [1.1, 0.2]],
+            "images": [_IMG, _IMG],
+        },
+    ),
+    Endpoint(
+        path="/decode",
+        summary="Latent vectors -> images",
+        description="Decode the given latent vectors (for a VAE, points of its latent space; for "
+        "an AE, codes from /encode).",
+        params=DecodeParams,
+        body=DecodeRequest,
+        tensor=LATENTS,
+        operation=ops.decode,
+        response_model=DecodeResponse,
+        produces=IMAGE_ANSWERS,
+        answers=TENSOR_ANSWERS,
+        example_request={"model": "mnist-vae-2d", "z": [[0.0, 0.0], [1.5, -0.5]]},
+        example_response={"model": "mnist-vae-2d", "images": [_IMG, _IMG]},
+    ),
+)
+BY_PATH: dict[str, Endpoint[Any]] = {endpoint.path: endpoint for endpoint in ENDPOINTS}
+
+# Bodies larger than this are parsed in a worker thread: the largest bodies allowed take long
+# enough to parse that, on the event loop, they would stall every other request and the health
+# probes with them. Small bodies parse faster than a thread hop.
+OFF_LOOP_BODY_BYTES = 256 * 1024
+
+
+async def respond(
+    endpoint: Endpoint[Any], call: Call, registry: ModelRegistry, settings: Settings
+) -> Response:
+    """A JSON or .npy request to `endpoint`, answered: parse, run the operation, render. The
+    answer's format is settled first: one the endpoint cannot produce is refused (406) before
+    the body is read."""
+    fmt = negotiate(call.accept, endpoint.produces, endpoint.path)
+    if len(call.body) <= OFF_LOOP_BODY_BYTES:
+        params, model, x = parse_request(call, endpoint, registry, settings)
+    else:  # in the request's context, so that the model it picks is noted in its log line
+        context = contextvars.copy_context()
+        params, model, x = await asyncio.get_running_loop().run_in_executor(
+            registry.executor, context.run, parse_request, call, endpoint, registry, settings
+        )
+    return render(await endpoint.operation(params, model, x, settings), fmt)
+
+
+async def respond_to_upload(
+    endpoint: Endpoint[Any],
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    query_model: str | None,
+) -> Response:
+    """A multipart/form-data request of image files to `endpoint`, answered."""
+    fmt = negotiate(request.headers.get("accept", ""), endpoint.produces, endpoint.path)
+    params, model, x = await read_multipart_images(
+        request, endpoint.params, registry, settings, query_model
+    )
+    return render(await endpoint.operation(params, model, x, settings), fmt)

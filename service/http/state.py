@@ -1,0 +1,55 @@
+"""The app's state, typed: what the guard, the fast path and the routes read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import Unavailable
+from service.models.registry import ModelRegistry
+from service.observability.access_log import AccessLog
+from service.observability.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    access_log: AccessLog | None
+    registry: ModelRegistry | None = None  # set by the lifespan once every model is loaded
+    draining: bool = False  # set on SIGTERM: readiness and new requests answer 503
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.registry is not None and self.registry.ready
+
+    def ready_registry(self) -> ModelRegistry:
+        """The registry, once every model is loaded and warmed up; 503 before that."""
+        registry = self.registry
+        if registry is None or not registry.ready:
+            raise Unavailable(
+                "service", "models are still loading; retry shortly", self.settings.retry_after_s
+            )
+        return registry
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.service
+    return state
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return get_state(request).ready_registry()
+
+
+def get_settings(request: Request) -> Settings:
+    return get_state(request).settings
+
+
+# FastAPI dependencies (tests may override them)
+State = Annotated[AppState, Depends(get_state)]
+Registry = Annotated[ModelRegistry, Depends(get_registry)]
+AppSettings = Annotated[Settings, Depends(get_settings)]

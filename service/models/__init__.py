@@ -1,0 +1,1 @@
+"""The models: onnxruntime sessions (runtime), the set being served (registry), batching."""

@@ -1,0 +1,361 @@
+"""Every model of the model directory, by name: loading, the default, reloading a new version,
+and reading the whole folder again (rescan)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from service.errors import InvalidInput, NotFound
+from service.manifest import ModelLoadError, folder_fingerprint, model_folders
+from service.models.runtime import BatchObservers, ModelRuntime, resolve_providers
+from service.observability.context import note_model
+from service.settings import DEFAULT_MODEL_NAME, Settings
+
+logger = logging.getLogger("service")
+
+
+class ModelObserver(BatchObservers, Protocol):
+    """Told which model versions are loaded, and gives their batches' observers (the metrics)."""
+
+    def model_loaded(
+        self, model: str, version: str, kind: str, providers: Sequence[str]
+    ) -> None: ...
+    def model_unloaded(self, model: str) -> None: ...
+
+
+def default_model_name(models: dict[str, ModelRuntime], settings: Settings) -> str:
+    """VAE_DEFAULT_MODEL when set; else mnist-vae when loaded, else the first model."""
+    if settings.default_model is not None:
+        return settings.default_model
+    return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in models else next(iter(models))
+
+
+def _name_taken(runtime: ModelRuntime, holder: ModelRuntime) -> str:
+    return (
+        f"model name {runtime.name!r} is used by both {holder.folder} and {runtime.folder}; "
+        "names must be unique"
+    )
+
+
+def _renamed(old: ModelRuntime, new: ModelRuntime) -> str:
+    return (
+        f"{old.folder}/manifest.json now names the model {new.name!r}, not {old.name!r}; a reload "
+        "cannot rename a model: give the renamed one a folder of its own, remove this one, and "
+        "reload the model folder (POST /models/reload or SIGHUP)"
+    )
+
+
+def _log_loaded(runtime: ModelRuntime) -> None:
+    logger.info(
+        "loaded model %s (%s, latent %d) from %s on %s",
+        runtime.name,
+        runtime.manifest.kind,
+        runtime.latent_dim,
+        runtime.folder,
+        ", ".join(runtime.providers),
+    )
+
+
+def _log_reloaded(old: ModelRuntime, new: ModelRuntime) -> None:
+    logger.info(
+        "reloaded model %s: version %s -> %s", new.name, old.manifest.version, new.manifest.version
+    )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A folder a rescan did not take: `model` is the name served from it before (None for a
+    new folder), `problem` what is wrong (its message names the file)."""
+
+    model: str | None
+    folder: Path
+    problem: str
+
+    def log_line(self) -> str:
+        if self.model is None:
+            return f"new model folder {self.folder} refused, not added: {self.problem}"
+        return f"reload of {self.model} refused, the previous version keeps serving: {self.problem}"
+
+
+def _refuse(folder: Path, old: ModelRuntime | None, problem: str) -> Refusal:
+    return Refusal(None if old is None else old.name, folder, problem)
+
+
+@dataclass
+class RescanReport:
+    """What a rescan of the model folder changed, by model name."""
+
+    added: list[str]
+    dropped: list[str]
+    reloaded: list[str]
+    unchanged: list[str]
+    refused: list[Refusal]
+    default: str = ""
+
+    @classmethod
+    def between(
+        cls,
+        before: dict[str, ModelRuntime],
+        after: dict[str, ModelRuntime],
+        refused: list[Refusal],
+    ) -> RescanReport:
+        kept = after.keys() & before.keys()
+        refused_names = {r.model for r in refused}
+        return cls(
+            added=sorted(after.keys() - before.keys()),
+            dropped=sorted(before.keys() - after.keys()),
+            reloaded=sorted(n for n in kept if after[n] is not before[n]),
+            # A model whose new version was refused is listed there, not here.
+            unchanged=sorted(n for n in kept if after[n] is before[n] and n not in refused_names),
+            refused=refused,
+        )
+
+
+@dataclass
+class ModelRegistry:
+    """Every model in the model directory, by name, and which one is the default."""
+
+    models: dict[str, ModelRuntime]
+    default_name: str
+    executor: ThreadPoolExecutor
+    providers: list[str]
+    settings: Settings
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _rescans: set[asyncio.Task[RescanReport | ModelLoadError]] = field(default_factory=set)
+    observer: ModelObserver | None = None
+
+    def attach(self, observer: ModelObserver) -> None:
+        """Report every model's batches, and which versions are loaded, to `observer`."""
+        self.observer = observer
+        for runtime in self.models.values():
+            self._observe(runtime)
+
+    def _observe(self, runtime: ModelRuntime) -> None:
+        if self.observer is not None:
+            runtime.attach(self.observer)
+            manifest = runtime.manifest
+            self.observer.model_loaded(
+                runtime.name, manifest.version, manifest.kind, runtime.providers
+            )
+
+    def pick(self, from_body: str | None, from_query: str | None = None) -> ModelRuntime:
+        """The model a request names (in its body, its query, or neither: the default)."""
+        if from_body and from_query and from_body != from_query:
+            raise InvalidInput(
+                "model", f"the body says {from_body!r} but ?model= says {from_query!r}"
+            )
+        name = from_body or from_query or self.default_name
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound("model", f"no model named {name!r}; available: {', '.join(self.models)}")
+        note_model(name)  # for the request's log line and metrics
+        return model
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRegistry:
+        folders = model_folders(settings.model_dir)
+        if not folders:
+            raise ModelLoadError(
+                f"VAE_MODEL_DIR={settings.model_dir} holds no model: each model is a sub-folder "
+                "with a manifest.json (python -m training export RUN --out DIR/NAME writes one)"
+            )
+        providers = resolve_providers(settings.providers)
+        # Worker threads for large batches, shared by every graph.
+        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ort")
+        models: dict[str, ModelRuntime] = {}
+        for folder in folders:
+            runtime = ModelRuntime.load(folder, settings, providers, executor)
+            if runtime.name in models:
+                raise ModelLoadError(_name_taken(runtime, models[runtime.name]))
+            models[runtime.name] = runtime
+            _log_loaded(runtime)
+        if settings.default_model is not None and settings.default_model not in models:
+            raise ModelLoadError(
+                f"VAE_DEFAULT_MODEL={settings.default_model} is not among the loaded models: "
+                f"{', '.join(models)}"
+            )
+        return cls(models, default_model_name(models, settings), executor, providers, settings)
+
+    async def reload(self, name: str) -> ModelRuntime:
+        """Load `name` again from its folder (a new version put there) and swap it in. A new
+        version that fails any check raises ModelLoadError and the old one keeps serving."""
+        async with self._reloading:  # one at a time: each swap must see the one before it
+            return await self._reload(name)
+
+    async def _reload(self, name: str) -> ModelRuntime:
+        old = self.models[name]
+        new = await self._load_folder(old.folder)
+        if new.name != name:
+            await new.close()
+            raise ModelLoadError(_renamed(old, new))
+        self._swap({**self.models, name: new}, self.default_name, {name: old})
+        _log_reloaded(old, new)
+        return new
+
+    def start_rescan(self) -> asyncio.Task[RescanReport | ModelLoadError]:
+        """`rescan()` as a task of its own (SIGHUP, POST /models/reload): one that outlasts the
+        request that started it (a 504) still finishes, rather than stopping half way. A scan
+        refused as a whole is logged and its ModelLoadError returned."""
+        task = asyncio.get_running_loop().create_task(self._logged_rescan())
+        self._rescans.add(task)
+        task.add_done_callback(self._rescans.discard)
+        return task
+
+    async def _logged_rescan(self) -> RescanReport | ModelLoadError:
+        try:
+            return await self.rescan()
+        except ModelLoadError as exc:
+            logger.error("reload of the model folder refused, nothing was changed: %s", exc)
+            return exc
+
+    async def rescan(self) -> RescanReport:
+        """Read the model folder again and swap in, at once, the set of models it now holds:
+        new folders loaded (checked and warmed up), models whose folder is gone dropped, changed
+        folders reloaded, unchanged ones kept as they are. Whatever fails is refused and the rest
+        goes ahead: a broken new folder is not added, a broken new version leaves the old one
+        serving, and so does a renamed model or a name another folder already serves. The model
+        named by VAE_DEFAULT_MODEL is never dropped; without it the default is chosen again as
+        at start-up. A scan that would leave no model at all changes nothing (ModelLoadError)."""
+        async with self._reloading:
+            return await self._rescan()
+
+    async def _rescan(self) -> RescanReport:
+        folders = model_folders(self.settings.model_dir)  # ModelLoadError when not a folder
+        current = {runtime.folder: runtime for runtime in self.models.values()}
+        models: dict[str, ModelRuntime] = {}
+        opened: list[ModelRuntime] = []  # loaded by this scan, to close if it is called off
+        refused: list[Refusal] = []
+        # Folders already served first, so that their names stay theirs; then new folders.
+        for folder in sorted(folders, key=lambda f: f not in current):
+            old = current.get(folder)
+            if old is not None and old.fingerprint == folder_fingerprint(folder):
+                models[old.name] = old
+                continue
+            try:
+                new = await self._load_folder(folder)
+            except ModelLoadError as exc:
+                refused.append(_refuse(folder, old, str(exc)))
+                if old is not None:
+                    models[old.name] = old
+                continue
+            problem = None
+            if old is not None and new.name != old.name:
+                problem = _renamed(old, new)
+            elif new.name in models:
+                problem = _name_taken(new, models[new.name])
+            if problem is not None:
+                await new.close()
+                refused.append(_refuse(folder, old, problem))
+                if old is not None:
+                    models[old.name] = old
+                continue
+            opened.append(new)
+            models[new.name] = new
+        configured = self.settings.default_model
+        if configured is not None and configured not in models and configured in self.models:
+            kept = self.models[configured]
+            refused.append(
+                Refusal(
+                    configured,
+                    kept.folder,
+                    f"the folder of {configured!r} is gone, but it is VAE_DEFAULT_MODEL and "
+                    "keeps serving: restore the folder, or set another VAE_DEFAULT_MODEL and "
+                    "restart",
+                )
+            )
+            models[configured] = kept
+        if not models:
+            for new in opened:
+                await new.close()
+            problems = "".join(f"; {r.folder}: {r.problem}" for r in refused)
+            raise ModelLoadError(
+                f"VAE_MODEL_DIR={self.settings.model_dir} now holds no model that can be "
+                f"served{problems}"
+            )
+        # In folder order, as at start-up (the default without VAE_DEFAULT_MODEL depends on it).
+        models = dict(sorted(models.items(), key=lambda item: item[1].folder))
+        report = RescanReport.between(self.models, models, refused)
+        retired = {name: old for name, old in self.models.items() if models.get(name) is not old}
+        self._swap(models, default_model_name(models, self.settings), retired)
+        report.default = self.default_name
+        for name in report.added:
+            _log_loaded(models[name])
+        for name in report.reloaded:
+            _log_reloaded(retired[name], models[name])
+        for name in report.dropped:
+            logger.info("dropped model %s: its folder %s is gone", name, retired[name].folder)
+        for refusal in refused:
+            logger.error("%s", refusal.log_line())
+        logger.info(
+            "model folder read again: %d added, %d dropped, %d reloaded, %d unchanged, %d refused; "
+            "default %s",
+            len(report.added),
+            len(report.dropped),
+            len(report.reloaded),
+            len(report.unchanged),
+            len(refused),
+            report.default,
+        )
+        return report
+
+    async def _load_folder(self, folder: Path) -> ModelRuntime:
+        """A model loaded from `folder` in a worker thread; any failure is a ModelLoadError."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self.executor,
+                ModelRuntime.load,
+                folder,
+                self.settings,
+                self.providers,
+                self.executor,
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # onnxruntime's own errors, from the warm-up run, say
+            raise ModelLoadError(f"model folder {folder}: cannot be loaded: {exc}") from exc
+
+    def _swap(
+        self, models: dict[str, ModelRuntime], default: str, retired: dict[str, ModelRuntime]
+    ) -> None:
+        """Serve `models` from now on, in one step; `retired` (by name) are closed once the
+        requests that picked them are done."""
+        for name, runtime in models.items():
+            if runtime is not self.models.get(name):
+                self._observe(runtime)
+        if self.observer is not None:
+            for name in retired.keys() - models.keys():
+                self.observer.model_unloaded(name)
+        self.models = models
+        self.default_name = default
+        # Requests that picked an old version finish on it; none outlives the request timeout,
+        # so it is closed after that.
+        loop = asyncio.get_running_loop()
+        for old in retired.values():
+            retire = loop.create_task(self._close_later(old, self.settings.request_timeout_s))
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _close_later(runtime: ModelRuntime, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await runtime.close()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and all(m.ready for m in self.models.values())
+
+    async def close(self) -> None:
+        for task in [*self._rescans, *self._retiring]:
+            task.cancel()
+        for model in self.models.values():
+            await model.close()
+        self.executor.shutdown(wait=True)

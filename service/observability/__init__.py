@@ -1,0 +1,1 @@
+"""What the service tells about itself: metrics, the access log, logging, the request context."""

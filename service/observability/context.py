@@ -1,0 +1,29 @@
+"""The request being served, as a context variable: set by the guard, filled in below it.
+
+The handlers note the model a request picked, the batcher the size of the batch its rows ran in;
+the guard's log line and metrics read both once the request is answered.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass
+class RequestInfo:
+    """What a request's handlers learn that its log line and metrics need."""
+
+    request_id: str
+    model: str = ""
+    batch_size: int = 0  # rows of the largest onnxruntime call this request's rows ran in
+
+
+# Set by the guard for every request; the handlers fill in the model, the batcher the batch size.
+current_request: ContextVar[RequestInfo | None] = ContextVar("current_request", default=None)
+
+
+def note_model(name: str) -> None:
+    info = current_request.get()
+    if info is not None:
+        info.model = name

@@ -1,0 +1,135 @@
+"""Prometheus metrics (prometheus-client), one set per app.
+
+Metric names (all prefixed `vae_`; docs/deployment.md lists them too):
+- `vae_requests_total{endpoint, model, status}`: requests answered.
+- `vae_request_duration_seconds{endpoint}`: whole request, from the guard to the last byte.
+- `vae_batch_queue_wait_seconds{model, graph}`: time a request's rows waited for their batch.
+- `vae_inference_duration_seconds{model, graph}`: one onnxruntime call (a batch).
+- `vae_batch_size{model, graph}`: rows per onnxruntime call.
+- `vae_requests_in_flight`: requests being served or queued now.
+- `vae_model_info{model, version, kind, providers}`: 1 for every loaded model version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+# The `*_created` timestamps double the series count and no dashboard here uses them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass
+class Metrics:
+    """One set of metrics per app (tests build many apps in one process)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._request_histograms: dict[str, Any] = {}
+        self._model_labels: dict[str, tuple[str, str, str, str]] = {}
+        self.requests = Counter(
+            "vae_requests", "Requests answered", ["endpoint", "model", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "vae_request_duration_seconds",
+            "Whole request, from arrival to the last byte of the answer",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "vae_batch_queue_wait_seconds",
+            "Time a request's rows waited for their onnxruntime call",
+            ["model", "graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "vae_inference_duration_seconds",
+            "One onnxruntime call (a whole batch)",
+            ["model", "graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "vae_batch_size",
+            "Rows (images or latent vectors) per onnxruntime call",
+            ["model", "graph"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = 0  # kept by the guard; read when Prometheus scrapes
+        Gauge("vae_requests_in_flight", "Requests being served or queued", registry=r).set_function(
+            lambda: self.in_flight
+        )
+        self.model_info = Gauge(
+            "vae_model_info",
+            "1 for every loaded model version",
+            ["model", "version", "kind", "providers"],
+            registry=r,
+        )
+
+    def count_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        # labels() takes a lock and builds a key on every call, and this runs for every
+        # request: the children are cached here instead.
+        key = (endpoint, model, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(
+                endpoint, model, str(status)
+            )
+        counter.inc()
+        histogram = self._request_histograms.get(endpoint)
+        if histogram is None:
+            histogram = self._request_histograms[endpoint] = self.request_seconds.labels(endpoint)
+        histogram.observe(seconds)
+
+    def batch_observer(self, model: str, graph: str) -> BatchObserver:
+        return BatchObserver(
+            self.queue_seconds.labels(model, graph),
+            self.inference_seconds.labels(model, graph),
+            self.batch_size.labels(model, graph),
+        )
+
+    def model_loaded(self, model: str, version: str, kind: str, providers: Sequence[str]) -> None:
+        """`model` now serves `version`: its info series replaces the previous version's."""
+        self.model_unloaded(model)
+        labels = (model, version, kind, ",".join(providers))
+        self.model_info.labels(*labels).set(1)
+        self._model_labels[model] = labels
+
+    def model_unloaded(self, model: str) -> None:
+        labels = self._model_labels.pop(model, None)
+        if labels is not None:
+            self.model_info.remove(*labels)
+
+
+@dataclass
+class BatchObserver:
+    """Records one graph's onnxruntime calls and the queue wait of each request's rows."""
+
+    queue_seconds: Any
+    inference_seconds: Any
+    batch_size: Any
+
+    def call(self, rows: int, seconds: float) -> None:
+        self.batch_size.observe(rows)
+        self.inference_seconds.observe(seconds)
+
+    def waited(self, seconds: float) -> None:
+        self.queue_seconds.observe(seconds)

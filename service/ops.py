@@ -1,0 +1,134 @@
+"""What the inference endpoints do, with no HTTP in it: parsed parameters, a model and arrays in,
+a result (arrays, seed, model name) out.
+
+The codecs turn requests into the arguments and results into JSON, .npy/.npz or PNG; the endpoint
+table (`service.http.endpoints`) says which operation serves which path.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import InvalidInput
+from service.models.runtime import ModelRuntime
+from service.schemas import DecodeParams, EncodeParams, GenerateRequest, ReconstructParams
+from service.settings import Settings
+
+Array = NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class Latents:
+    """/encode: posterior means and (a VAE) log-variances, N x latent."""
+
+    model: str
+    latent_dim: int
+    mu: Array
+    logvar: Array | None
+
+
+@dataclass(slots=True)
+class Reconstructions:
+    """/reconstruct: images (N, C, H, W), or (N, samples, C, H, W) when samples were asked for."""
+
+    model: str
+    mode: Literal["deterministic", "sampled"]
+    seed: int | None
+    images: Array
+
+
+@dataclass(slots=True)
+class Generated:
+    """/generate: the latent vectors drawn and the images decoded from them."""
+
+    model: str
+    seed: int
+    z: Array
+    images: Array
+
+
+@dataclass(slots=True)
+class Decoded:
+    """/decode: the images (N, C, H, W) of the given latent vectors."""
+
+    model: str
+    images: Array
+
+
+Result = Latents | Reconstructions | Generated | Decoded
+
+
+def draw_seed(seed: int | None) -> int:
+    return secrets.randbelow(2**31) if seed is None else seed
+
+
+async def encode(
+    params: EncodeParams, model: ModelRuntime, images: Array | None, settings: Settings
+) -> Latents:
+    assert images is not None
+    mu, logvar = await model.encode_batched(images)
+    return Latents(model.name, model.latent_dim, mu, logvar)
+
+
+async def reconstruct(
+    params: ReconstructParams, model: ModelRuntime, images: Array | None, settings: Settings
+) -> Reconstructions:
+    assert images is not None
+    if params.mode == "deterministic" and (params.samples is not None or params.seed is not None):
+        raise InvalidInput(
+            "mode", "seed and samples apply only to mode='sampled'; deterministic is decode(mu)"
+        )
+    if params.mode == "sampled" and not model.is_vae:
+        raise InvalidInput(
+            "mode",
+            f"model {model.name!r} is an autoencoder: its encoder gives one code per image "
+            "and no variance to sample from; use mode='deterministic' or a VAE",
+        )
+    if params.samples is not None and params.samples > settings.max_samples:
+        raise InvalidInput("samples", f"{params.samples}; at most {settings.max_samples}")
+    k = params.samples or 1
+    if len(images) * k > settings.max_images:
+        raise InvalidInput(
+            "samples",
+            f"{len(images)} images x {k} samples; at most {settings.max_images} outputs",
+        )
+    mu, logvar = await model.encode_batched(images)
+    if params.mode == "deterministic" or logvar is None:
+        return Reconstructions(model.name, params.mode, None, await model.decode_batched(mu))
+    seed = draw_seed(params.seed)
+    eps = np.random.default_rng(seed).standard_normal((len(images), k, mu.shape[1]), np.float32)
+    z = mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps  # inputs x samples x latent
+    decoded = await model.decode_batched(z.reshape(-1, mu.shape[1]))
+    grouped = decoded.reshape(len(images), k, *decoded.shape[1:])
+    return Reconstructions(
+        model.name, params.mode, seed, grouped if params.samples is not None else grouped[:, 0]
+    )
+
+
+async def generate(
+    params: GenerateRequest, model: ModelRuntime, inputs: Array | None, settings: Settings
+) -> Generated:
+    if not model.is_vae:
+        raise InvalidInput(
+            "model",
+            f"model {model.name!r} is an autoencoder: nothing made its codes follow N(0, I), "
+            "so decoding prior samples gives garbage; use a VAE such as mnist-vae",
+        )
+    if params.n > settings.max_generate:
+        raise InvalidInput("n", f"{params.n}; at most {settings.max_generate} per request")
+    seed = draw_seed(params.seed)
+    eps = np.random.default_rng(seed).standard_normal((params.n, model.latent_dim), np.float32)
+    z = (params.temperature * eps).astype(np.float32)
+    return Generated(model.name, seed, z, await model.decode_batched(z))
+
+
+async def decode(
+    params: DecodeParams, model: ModelRuntime, z: Array | None, settings: Settings
+) -> Decoded:
+    assert z is not None
+    return Decoded(model.name, await model.decode_batched(z))
