@@ -46,7 +46,7 @@ def test_cli_config_file_and_flags(
     assert "unknown setting 'latnet_dim'" in capsys.readouterr().err
 
 
-def test_cli_reports_missing_data_without_a_traceback(
+def test_cli_offline_leaves_no_folders_behind(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A mirror that cannot answer, so the test never touches the network.
@@ -54,18 +54,12 @@ def test_cli_reports_missing_data_without_a_traceback(
         IDX_DATASETS["mnist"], mirrors=((tmp_path / "offline").as_uri() + "/",)
     )
     monkeypatch.setitem(IDX_DATASETS, "mnist", offline)
-    code = main(
-        [
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "r"),
-            "--quiet",
-        ]
-    )
-    assert code == 2
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "mnist", "--data-dir", "data", "--out", "runs/my-vae", "--quiet"]
+    assert main(args) == 2
     err = capsys.readouterr().err
-    assert "train-images-idx3-ubyte.gz" in err and str(tmp_path / "mnist") in err
+    assert err.startswith("error: mnist: 4 of 4 file(s) missing from data/mnist")
+    assert "Traceback" not in err
+    assert "data/mnist/train-images-idx3-ubyte.gz  <- " in err
+    # Neither the data folder nor the run folder (nor its checkpoints/) was created.
+    assert list(tmp_path.iterdir()) == []

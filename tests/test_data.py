@@ -3,6 +3,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +127,7 @@ def test_download_with_wrong_checksum_leaves_nothing_behind(tmp_path: Path) -> N
     dest = tmp_path / "dl" / name
     with pytest.raises(DatasetError, match=r"md5 [0-9a-f]{32} does not match the expected 0{32}"):
         download_verified(name, "0" * 32, [url], dest)
-    assert list(dest.parent.iterdir()) == []  # neither the file nor a .part
+    assert not dest.parent.exists()  # neither the file, nor a .part, nor its folder
 
 
 def test_download_falls_back_to_the_next_mirror(tmp_path: Path) -> None:
@@ -155,8 +157,39 @@ def test_missing_dataset_files_are_downloaded_and_verified(tmp_path: Path) -> No
         {**spec.files, "test_labels": RemoteFile(spec.files["test_labels"].name, "f" * 32)},
         (),
     )
-    with pytest.raises(DatasetError, match=r"does not match the expected f{32}"):
+    with pytest.raises(DatasetError, match=r"does not match the expected f{32}") as info:
         ensure_idx_files(bad, tmp_path / "other")
+    # The three files that verified are kept, so a second try fetches only the fourth.
+    assert "3 verified file(s) were kept" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "other" / "mnist").iterdir()) == sorted(
+        f.name for k, f in spec.files.items() if k != "test_labels"
+    )
+
+
+def test_a_failed_download_leaves_no_folder_and_says_where_files_come_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[str] = []
+
+    def offline(url: str, timeout: float) -> None:
+        tried.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    data_dir = tmp_path / "data"
+    with pytest.raises(DatasetError) as info:
+        ensure_idx_files(IDX_DATASETS["mnist"], data_dir)
+    assert not data_dir.exists()
+    message = str(info.value)
+    mirrors = IDX_DATASETS["mnist"].mirrors
+    # One file tried on every mirror, then no more: offline the others would fail the same way.
+    assert tried == [m + "train-images-idx3-ubyte.gz" for m in mirrors]
+    assert "Temporary failure in name resolution" in message and "nothing was written" in message
+    for remote in IDX_DATASETS["mnist"].files.values():
+        line = next(line for line in message.splitlines() if remote.name in line and "<-" in line)
+        assert str(data_dir / "mnist" / remote.name) in line
+        assert mirrors[0] + remote.name in line and remote.md5 in line
+    assert "still gzip-compressed" in message and "--data-dir" in message
 
 
 def test_image_folder_grayscale_resize_and_labels(tmp_path: Path) -> None:

@@ -3,8 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from PIL import Image
 
+from training import report
 from training.report import FIGURES, write_report
 
 
@@ -19,3 +22,45 @@ def test_report_writes_every_figure(run_fixture: str, request: pytest.FixtureReq
             assert img.width > 300 and img.height > 200, path
             # Not a blank canvas: the figure holds more than a couple of colours.
             assert len(img.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 8, path
+
+
+def _visible_ticks(ax: Axes) -> list[float]:
+    low, high = ax.get_xlim()
+    return [float(t) for t in ax.get_xticks() if low <= t <= high]
+
+
+def test_loss_curves_have_whole_epoch_ticks(vae_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The figure write_report itself draws, caught on its way to the PNG file.
+    drawn: dict[str, Figure] = {}
+    save = report._save
+
+    def keep(fig: Figure, path: Path) -> None:
+        drawn[path.name] = fig
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    report.write_report(vae_run)  # 3 epochs: matplotlib's default ticks would be 1.0, 1.25, ...
+    axes = drawn["loss_curves.png"].axes
+    assert len(axes) == 3
+    for ax in axes:
+        ticks = _visible_ticks(ax)
+        assert ticks == [1.0, 2.0, 3.0], ticks
+        assert ax.get_xlabel() == "epoch"
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 100])
+def test_loss_curve_ticks_are_whole_numbers_for_any_run_length(epochs: int) -> None:
+    history = [
+        {
+            f"{split}_{key}": 100.0 / e
+            for split in ("train", "val")
+            for key in ("loss", "recon", "kl")
+        }
+        | {"epoch": e}
+        for e in range(1, epochs + 1)
+    ]
+    fig = report.loss_curves_figure(history, "test")
+    for ax in fig.axes:
+        ticks = _visible_ticks(ax)
+        assert ticks and all(t == int(t) for t in ticks), ticks
+        assert len(ticks) <= 11  # whole numbers, but not one tick per epoch of a long run

@@ -12,6 +12,7 @@ from typing import Any
 
 from training.config import ConfigError, TrainConfig, load_config_file
 from training.data import DATA_DIR_ENV, DatasetError
+from training.evaluate import DEFAULT_IWAE_IMAGES, DEFAULT_IWAE_K
 
 DEFAULTS = TrainConfig()
 
@@ -21,6 +22,38 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.replace(",", " ").split())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected sizes like 512,256, got {text!r}") from exc
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _image_count(text: str) -> int | None:
+    """A number of test images, or None for `all` of them."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of images >= 1 or 'all', got {text!r}"
+        ) from None
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -98,15 +131,30 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test-set metrics in nats per image -> RUN/evaluation.json")
     p.add_argument("run", type=Path)
     p.add_argument(
-        "--iwae-k", type=int, default=1000, help="importance samples per image (0: skip)"
+        "--iwae-k",
+        type=_non_negative_int,
+        default=DEFAULT_IWAE_K,
+        help=f"importance samples per image for -log p(x) (0: skip; default {DEFAULT_IWAE_K})",
+    )
+    p.add_argument(
+        "--iwae-images",
+        type=_image_count,
+        default=DEFAULT_IWAE_IMAGES,
+        metavar="N|all",
+        help=(
+            "test images (a fixed random subset) for the IWAE estimate; the other metrics use "
+            f"all of them (default {DEFAULT_IWAE_IMAGES}; 'all' for the whole test set)"
+        ),
     )
     p.add_argument("--data-dir", help="override the data folder recorded in the run")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--limit", type=int, help="evaluate only the first N test images (for a quick look)"
+        "--limit",
+        type=_positive_int,
+        help="evaluate only the first N test images (for a quick look)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("report", help="PNG figures in the run directory")
     p.add_argument("run", type=Path)
@@ -155,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics = evaluate_run(
                 args.run,
                 iwae_k=args.iwae_k,
+                iwae_images=args.iwae_images,
                 data_dir=args.data_dir,
                 device=args.device,
                 checkpoint=args.checkpoint,

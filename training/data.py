@@ -7,6 +7,7 @@ and the manifest describes it in `PREPROCESSING` so the service can apply the sa
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -18,6 +19,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -194,69 +196,98 @@ def read_idx_pair(
 # Download with checksum verification
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_verified(
     name: str, md5: str, mirrors: Sequence[str], dest: Path, timeout: float = 30.0
 ) -> Path:
     """Fetch `name` from the first mirror that serves it with the right md5, into `dest`.
 
-    The file is written to a temporary name and moved into place only once its md5 matches,
-    so a broken or tampered download never sits where a later run would trust it.
+    The download goes to a temporary file elsewhere and reaches `dest` only once its md5 matches,
+    so a failed, broken or tampered download leaves neither a file nor a new folder behind.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for mirror in mirrors:
         url = mirror + name
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out)
-            actual = md5sum(tmp)
-            if actual != md5:
-                errors.append(f"{url}: md5 {actual} does not match the expected {md5}")
-                continue
-            tmp.replace(dest)
-            return dest
+            with tempfile.TemporaryFile() as fetched:
+                digest = hashlib.md5(usedforsecurity=False)
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        digest.update(block)
+                        fetched.write(block)
+                if digest.hexdigest() != md5:
+                    errors.append(
+                        f"{url}: md5 {digest.hexdigest()} does not match the expected {md5}"
+                    )
+                    continue
+                fetched.seek(0)
+                _move_into_place(fetched, dest)
+                return dest
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             errors.append(f"{url}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DatasetError(f"could not download {name}:\n  " + "\n  ".join(errors))
 
 
+def _move_into_place(source: IO[bytes], dest: Path) -> None:
+    """Copy `source` to `dest` through a temporary name in its folder, creating the folder; on
+    failure, remove the folders this call created."""
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(source, out)
+        tmp.replace(dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def ensure_idx_files(spec: IdxDataset, data_dir: Path, download: bool = True) -> dict[str, Path]:
-    """Paths of the dataset's four files under data_dir/<name>/, downloading missing ones."""
+    """Paths of the dataset's four files under data_dir/<name>/, downloading missing ones.
+
+    When a file cannot be fetched the others are not tried (offline, each would fail the same
+    way); the error says where each file comes from and where to put it by hand.
+    """
     folder = Path(data_dir) / spec.name
     paths = {key: folder / f.name for key, f in spec.files.items()}
     missing = [key for key, path in paths.items() if not path.exists()]
     if not missing:
         return paths
-    failures = []
+    failure = ""
     if download:
         for key in missing:
             remote = spec.files[key]
             try:
                 download_verified(remote.name, remote.md5, spec.mirrors, paths[key])
             except DatasetError as exc:
-                failures.append(str(exc))
-    still_missing = [paths[key] for key in missing if not paths[key].exists()]
-    if still_missing:
-        listing = "\n".join(f"  {p}  (md5 {spec.files[k].md5})" for k, p in paths.items())
-        reason = ("\nDownload failed:\n" + "\n".join(failures)) if failures else ""
-        raise DatasetError(
-            f"{spec.name}: {len(still_missing)} file(s) missing. Put these files (gzip IDX, as "
-            f"published) at:\n{listing}\nor pass --data-dir (or set {DATA_DIR_ENV}) to the folder "
-            f"that holds {spec.name}/.{reason}"
-        )
-    return paths
+                failure = str(exc)
+                break
+    still_missing = [key for key in missing if not paths[key].exists()]
+    if not still_missing:
+        return paths
+    mirror = spec.mirrors[0]
+    listing = "\n".join(
+        f"  {paths[key]}  <- {mirror}{spec.files[key].name}  (md5 {spec.files[key].md5})"
+        for key in still_missing
+    )
+    if failure:
+        kept = len(missing) - len(still_missing)
+        written = f"{kept} verified file(s) were kept" if kept else "nothing was written"
+        reason = f"the download failed ({written}).\n{failure}\n"
+    else:
+        reason = "downloading was not allowed here.\n"
+    others = f" (or the mirror {', '.join(spec.mirrors[1:])})" if len(spec.mirrors) > 1 else ""
+    raise DatasetError(
+        f"{spec.name}: {len(still_missing)} of {len(paths)} file(s) missing from {folder} and "
+        f"{reason}To place them by hand, download each file from {mirror}{others} and save it, "
+        f"still gzip-compressed, under the name shown:\n{listing}\n"
+        f"Or pass --data-dir (or set {DATA_DIR_ENV}) to a folder that already holds "
+        f"{spec.name}/ with these files."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from statistics import NormalDist
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
 
 from training.data import load_splits
@@ -178,16 +179,22 @@ def write_report(
 
 
 def loss_curves(history: list[dict[str, float]], title: str, path: Path) -> None:
+    _save(loss_curves_figure(history, title), path)
+
+
+def loss_curves_figure(history: list[dict[str, float]], title: str) -> plt.Figure:
+    """Train and validation loss, reconstruction and KL against the epoch, one panel each."""
     epochs = [h["epoch"] for h in history]
     panels = [("loss", "loss (recon + beta KL)"), ("recon", "reconstruction"), ("kl", "KL")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, name) in zip(axes, panels, strict=True):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train", marker=".")
         ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation", marker=".")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
         ax.set_xlabel("epoch")
         ax.set_ylabel("nats per image")
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"Loss curves: {title}", fontsize=10, y=1.03)
-    _save(fig, path)
+    return fig

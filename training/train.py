@@ -135,10 +135,12 @@ def train(
     Same config, same seed and same data give bit-identical weights on the CPU, whether the run
     went straight through or was resumed.
     """
-    files = prepare_run_directory(Path(run_dir), resume)
+    files = check_run_directory(Path(run_dir), resume)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # before the model is built: it seeds the initial weights
+    # Data first: when it cannot be read or downloaded, no run directory is left behind.
     data = load_training_data(cfg, splits, device)
+    files.checkpoints.mkdir(parents=True, exist_ok=True)
     state = start_training(cfg, len(data.train), device)
     if resume:
         restore_training(state, Checkpoint.load(files.last, device), files.run_dir)
@@ -150,14 +152,13 @@ def train(
     return TrainResult(files.run_dir, state.history, state.best_epoch, state.best_val_loss)
 
 
-def prepare_run_directory(run_dir: Path, resume: bool) -> RunFiles:
-    """Check that `run_dir` holds a run to resume, or none to overwrite, and create its folders."""
+def check_run_directory(run_dir: Path, resume: bool) -> RunFiles:
+    """Check that `run_dir` holds a run to resume, or none to overwrite; creates nothing."""
     files = RunFiles(run_dir)
     if resume and not files.last.exists():
         raise RunError(f"--resume: no checkpoint at {files.last}")
     if not resume and files.last.exists():
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it or pick --out")
-    files.checkpoints.mkdir(parents=True, exist_ok=True)
     return files
 
 
