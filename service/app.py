@@ -38,7 +38,7 @@ from service.settings import Settings
 logger = logging.getLogger("service")
 DESCRIPTION = (
     "Images are pixel values in [0, 1] (flat 784 or 28 x 28), or PNG/JPEG uploads as "
-    "multipart/form-data (a photo of dark ink on light paper is inverted: see `invert`). "
+    "multipart/form-data (inverted where its background is not the model's: see `invert`). "
     "`logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
     "Sampled results are reproducible with `seed`. Send `Accept: image/png` to get one "
     "PNG grid instead of JSON images."

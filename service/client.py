@@ -56,9 +56,9 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float32]
 Mode = Literal["deterministic", "sampled"]
-# Invert images into bright strokes on a dark background before the model sees them: True, False,
-# or "auto" (those whose border is light, above 0.5 on average: dark ink on light paper). None:
-# the service's default for arrays, False.
+# Invert images (1 - pixel) before the model sees them: True, False, or "auto" (those whose
+# background, judged by their border, differs from the model's: dark for the bundled models, so
+# dark ink on light paper is inverted). None: the service's default for arrays, False.
 Invert = Literal["auto"] | bool | None
 T = TypeVar("T")
 H = TypeVar("H", httpx.Client, httpx.AsyncClient)

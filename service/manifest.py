@@ -42,12 +42,22 @@ class GraphSpec(BaseModel):
 
 RESAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos")
 
+# The background of the model's input images as its encoder sees them (after preprocessing):
+# what `invert=auto` turns an image's background into.
+Background = Literal["dark", "light"]
+
 
 class InputSpec(BaseModel):
     shape: tuple[int, int, int]  # (channels, height, width)
     dtype: Literal["float32"]
     pixel_range: tuple[float, float]
     preprocessing: dict[str, Any]
+    background: Background = Field(
+        "dark",
+        description="The background of the images the encoder was trained on, after "
+        "preprocessing: `dark` (bright strokes on black, the MNIST convention; the default) or "
+        "`light`. `invert=auto` inverts an image whose border says otherwise.",
+    )
 
     @model_validator(mode="after")
     def _known_preprocessing(self) -> InputSpec:

@@ -57,11 +57,12 @@ def _invert_choice(value: object) -> object:
 InvertChoice = Annotated[Literal["auto"] | bool | None, BeforeValidator(_invert_choice)]
 InvertField = Field(
     None,
-    description="Invert the images (1 - pixel) into bright strokes on a dark background, as the "
-    "models were trained: `true`, `false`, or `auto` (invert an image whose border, its "
-    "outermost ring of pixels, is above 0.5 on average: dark ink on light paper, as the "
-    "playground decides; uploads are judged at their own size). Default: `auto` for "
-    "uploaded files, `false` for arrays (JSON, .npy), which are taken as the model's input.",
+    description="Invert the images (1 - pixel): `true`, `false`, or `auto`: invert an image "
+    "whose background differs from the model's (`input.background` in its manifest; dark, "
+    "bright strokes on black, for the bundled models). An image's background is light when "
+    "its border, the outermost ring of pixels, is above 0.5 on average (dark ink on light "
+    "paper); uploads are judged at their own size. Default: `auto` for uploaded files, "
+    "`false` for arrays (JSON, .npy), which are taken as the model's input.",
     examples=["auto"],
 )
 

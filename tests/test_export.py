@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_exported_files_are_self_contained_and_described(exported_vae: Path) -> 
         0.0,
         1.0,
     ]
+    assert manifest["input"]["background"] == "dark"  # bright bars on faint noise, as MNIST
     assert manifest["encoder"]["inputs"] == [
         {"name": "x", "dtype": "float32", "shape": ["batch", 1, 28, 28]}
     ]
@@ -205,3 +207,48 @@ def test_own_image_folder_labels_reach_the_manifest(tmp_path: Path) -> None:
     assert manifest["dataset"]["name"] == "imgs"
     assert manifest["dataset"]["label_names"] == ["circle", "square"]
     assert sum(manifest["dataset"]["sizes"].values()) == 60
+
+
+def write_ink_on_paper(folder: Path, n: int = 40) -> Path:
+    """A folder of dark strokes on light paper, two classes, as a user's scans might be."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = ("bar", "post")[i % 2]
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(215, 256, (28, 28), dtype=np.uint8)
+        if label == "bar":
+            pixels[10:16, 4:24] = rng.integers(0, 40)
+        else:
+            pixels[4:24, 10:16] = rng.integers(0, 40)
+        Image.fromarray(pixels).save(folder / label / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize(("invert", "background"), [(False, "light"), (True, "dark")])
+def test_export_records_the_background_the_model_was_trained_on(
+    tmp_path: Path, invert: bool, background: str
+) -> None:
+    from training.train import train
+
+    images = write_ink_on_paper(tmp_path / "scans")
+    cfg = tiny_config(tmp_path, dataset=str(images), epochs=1, invert=invert)
+    train(cfg, tmp_path / "run", progress=False)
+    manifest = export_run(tmp_path / "run", tmp_path / "models" / "scans")
+    assert manifest["input"]["preprocessing"]["invert"] is invert
+    assert manifest["input"]["background"] == background
+    assert load_manifest(tmp_path / "models" / "scans").input.background == background
+
+
+def test_without_the_data_the_background_is_judged_from_the_decoder(tmp_path: Path) -> None:
+    from training.train import train
+
+    images = write_ink_on_paper(tmp_path / "scans")
+    cfg = tiny_config(tmp_path, dataset=str(images), epochs=3)
+    train(cfg, tmp_path / "run", progress=False)
+    shutil.rmtree(images)
+    manifest = export_run(tmp_path / "run", tmp_path / "models" / "scans")
+    assert "latent_map" not in manifest
+    assert manifest["input"]["background"] == "light"
+    assert export_module.input_background(load_run(tmp_path / "run").model, None) == "light"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from service.codecs.images import invert_where_needed, light_background
 from service.codecs.npy import NPY, NPZ
 from service.errors import NotAcceptable
 from service.http.endpoints import BY_PATH
+from service.manifest import InputSpec, load_manifest
 from service.settings import Settings
 
 from .conftest import digits
@@ -477,3 +479,82 @@ def test_openapi_documents_invert_and_406(client: TestClient) -> None:
     infer = spec["paths"]["/v2/models/{model_name}/infer"]["post"]["responses"]["406"]
     assert infer["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert json.dumps(spec).count("invert") > 4
+
+
+# --- a model trained on a light background -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def light_client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The tiny VAE served as a model whose manifest says its input has a light background, as
+    one trained on dark ink on paper without --invert would."""
+    folder = tmp_path_factory.mktemp("light-models")
+    shutil.copytree(model_dir / "tiny-vae", folder / "light-vae")
+    manifest_path = folder / "light-vae" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["name"], manifest["input"]["background"] = "light-vae", "light"
+    manifest_path.write_text(json.dumps(manifest))
+    settings = Settings(model_dir=folder, default_model="light-vae", max_images=64)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_auto_turns_each_background_into_the_models() -> None:
+    batch = np.stack([DARK[0], LIGHT[1], garment()])[:, None]
+    out = invert_where_needed(batch, "auto", "light")
+    np.testing.assert_allclose(out[0], LIGHT[0][None], atol=1e-6)  # dark background: inverted
+    np.testing.assert_array_equal(out[1], batch[1])  # already the model's light background
+    np.testing.assert_allclose(out[2], 1.0 - batch[2])  # a bright garment on black: inverted
+    np.testing.assert_array_equal(invert_where_needed(batch, "auto", "dark")[0], batch[0])
+    # true and false do not look at the background.
+    np.testing.assert_array_equal(invert_where_needed(batch, True, "light"), 1.0 - batch)
+    assert invert_where_needed(batch, False, "light") is batch
+
+
+def test_a_light_background_model_keeps_light_uploads_and_inverts_dark_ones(
+    light_client: TestClient,
+) -> None:
+    light_pixels = (LIGHT * 255).round().astype(np.uint8)
+    as_trained = mu(light_client, light_pixels / 255.0)  # arrays: as sent
+
+    def upload_mu(pixels: np.ndarray, **form: str) -> np.ndarray:
+        files = [("images", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(pixels)]
+        response = light_client.post("/encode", files=files, data=form)
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["mu"])
+
+    np.testing.assert_allclose(upload_mu(light_pixels), as_trained, atol=1e-5)
+    np.testing.assert_allclose(upload_mu(255 - light_pixels), as_trained, atol=1e-5)
+    mixed = np.stack([light_pixels[0], 255 - light_pixels[1], light_pixels[2]])
+    np.testing.assert_allclose(upload_mu(mixed, invert="auto"), as_trained, atol=1e-5)
+    # true and false still mean what they say.
+    np.testing.assert_allclose(upload_mu(255 - light_pixels, invert="true"), as_trained, atol=1e-5)
+    assert not np.allclose(upload_mu(light_pixels, invert="true"), as_trained, atol=1e-3)
+    assert not np.allclose(upload_mu(255 - light_pixels, invert="false"), as_trained, atol=1e-3)
+
+
+def test_a_light_background_model_under_auto_in_json_npy_and_oip(
+    light_client: TestClient,
+) -> None:
+    as_trained = mu(light_client, LIGHT)
+    np.testing.assert_allclose(mu(light_client, LIGHT, invert="auto"), as_trained, atol=1e-5)
+    np.testing.assert_allclose(mu(light_client, DARK, invert="auto"), as_trained, atol=1e-5)
+    assert not np.allclose(mu(light_client, DARK), as_trained, atol=1e-3)  # default: as sent
+    response = light_client.post(
+        "/encode?invert=auto", content=npy(DARK), headers={"Content-Type": NPY}
+    )
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["mu"], as_trained, atol=1e-5)
+    for data in (DARK, LIGHT):
+        response = oip(light_client, "light-vae-encoder", data, parameters={"invert": "auto"})
+        assert response.status_code == 200, response.text
+        oip_mu = np.array(response.json()["outputs"][0]["data"]).reshape(as_trained.shape)
+        np.testing.assert_allclose(oip_mu, as_trained, atol=1e-5)
+
+
+def test_a_manifest_without_background_means_dark(model_dir: Path) -> None:
+    spec = load_manifest(model_dir / "tiny-vae").input.model_dump()
+    del spec["background"]
+    assert InputSpec.model_validate(spec).background == "dark"
+    with pytest.raises(ValueError, match=r"background\n  Input should be 'dark' or 'light'"):
+        InputSpec.model_validate({**spec, "background": "grey"})

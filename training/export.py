@@ -34,10 +34,11 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from service.manifest import ModelLoadError, load_latent_map, load_manifest, sha256sum
+from service.codecs.images import light_background
+from service.manifest import Background, ModelLoadError, load_latent_map, load_manifest, sha256sum
 from training import __version__
 from training.config import TrainConfig
-from training.data import IDX_DATASETS, PREPROCESSING, DatasetError, load_splits
+from training.data import IDX_DATASETS, PREPROCESSING, DatasetError, Splits, load_splits
 from training.evaluate import test_images
 from training.model import AutoEncoder
 from training.train import LoadedRun, load_run
@@ -58,6 +59,7 @@ RANDOM_OPS = {
 MANIFEST_VERSION = 1
 LATENT_MAP_FILE = "latent_map.json"
 LATENT_MAP_DECIMALS = 3  # finer than a scatter plot shows; keeps the file small
+BACKGROUND_SAMPLES = 256  # decoded images that judge the background when the data is not at hand
 
 
 class ExportError(RuntimeError):
@@ -159,24 +161,45 @@ def _tensor_spec(name: str, shape: list[int | str]) -> dict[str, Any]:
     return {"name": name, "dtype": "float32", "shape": shape}
 
 
-def write_latent_map(
-    model: AutoEncoder, cfg: TrainConfig, path: Path, data_dir: str | None = None
-) -> dict[str, Any] | None:
-    """Write the test split's latent means (an AE: its codes) and labels to `path`, for a model
-    with a 2-D latent space; returns the manifest's `latent_map` entry. None, with a warning
-    that says why, when the run's dataset cannot be read (nothing is downloaded here)."""
+def load_training_splits(
+    cfg: TrainConfig, data_dir: str | None, consequences: list[str]
+) -> Splits | None:
+    """The run's splits as training preprocessed them; None, with one warning that says why and
+    what follows from it (`consequences`), when they cannot be read (nothing is downloaded)."""
     try:
-        splits = load_splits(
+        return load_splits(
             cfg.dataset, data_dir or cfg.data_dir, cfg.val_size, invert=cfg.invert, download=False
         )
     except DatasetError as exc:
         logger.warning(
-            "no %s written: the dataset %r cannot be loaded at export time (%s)",
-            path.name,
+            "the dataset %r cannot be loaded at export time (%s): %s",
             cfg.dataset,
             exc,
+            "; ".join(consequences),
         )
         return None
+
+
+def input_background(model: AutoEncoder, splits: Splits | None) -> Background:
+    """The background of the model's input: that of most training images, as the encoder saw
+    them (the border rule the service's `invert=auto` applies); without the data, that of the
+    images the decoder draws from N(0, I), which resemble them."""
+    if splits is not None:
+        images = splits.train.images
+    else:
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(BACKGROUND_SAMPLES, model.config.latent_dim, generator=gen)
+        with torch.no_grad():
+            images = DecoderGraph(model).eval()(z).numpy()
+    light = light_background(images)
+    return "light" if 2 * int(light.sum()) > len(light) else "dark"
+
+
+def write_latent_map(
+    model: AutoEncoder, cfg: TrainConfig, splits: Splits, path: Path
+) -> dict[str, Any]:
+    """Write the test split's latent means (an AE: its codes) and labels to `path`, for a model
+    with a 2-D latent space; returns the manifest's `latent_map` entry."""
     # The images as report.py's latent scatter sees them (binarised once for binarised runs).
     x = test_images(cfg, splits, torch.device("cpu"))
     with torch.no_grad():
@@ -221,9 +244,16 @@ def export_run(
     ) as tmp_name:
         tmp = Path(tmp_name)
         parity = export_graphs(run.model, tmp)
+        wants_map = run.model.config.latent_dim == 2
+        splits = load_training_splits(
+            run.config,
+            data_dir,
+            [f"no {LATENT_MAP_FILE} written"] * wants_map
+            + ["input.background judged from the decoder's images"],
+        )
         latent_map = (
-            write_latent_map(run.model, run.config, tmp / LATENT_MAP_FILE, data_dir)
-            if run.model.config.latent_dim == 2
+            write_latent_map(run.model, run.config, splits, tmp / LATENT_MAP_FILE)
+            if wants_map and splits is not None
             else None
         )
         manifest = build_manifest(
@@ -235,6 +265,7 @@ def export_run(
             checkpoint=checkpoint,
             parity=parity,
             latent_map=latent_map,
+            background=input_background(run.model, splits),
         )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         check_the_service_loads(tmp, out_dir)
@@ -283,6 +314,7 @@ def build_manifest(
     checkpoint: str,
     parity: dict[str, Any],
     latent_map: dict[str, Any] | None,
+    background: Background = "dark",
 ) -> dict[str, Any]:
     """The manifest of the graphs in `folder`, as `service.manifest.Manifest` describes it."""
     model, cfg = run.model, run.config
@@ -304,6 +336,7 @@ def build_manifest(
             "dtype": "float32",
             "pixel_range": [0.0, 1.0],
             "preprocessing": {**PREPROCESSING, "invert": cfg.invert},
+            "background": background,
         },
         "encoder": {
             "file": "encoder.onnx",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from service.errors import InvalidInput, TooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:  # the manifest's schema imports pydantic, which this module does without
+    from service.manifest import Background
 
 Array = NDArray[np.float32]
 Numbers = TypeVar("Numbers", bound=NDArray[Any])
@@ -19,11 +22,12 @@ MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its head
 # overflow the decoder's float32 arithmetic into NaN images (3.4e38 does on the bundled models).
 MAX_LATENT = 1e6
 
-# Whether to invert an image (1 - pixel) so that it is bright strokes on a dark background, as the
-# models were trained: always, never, or "auto" (by its background, see `light_background`).
+# Whether to invert an image (1 - pixel): always, never, or "auto": where its background (see
+# `light_background`) differs from the model's (the manifest's `input.background`, dark for
+# bright strokes on black as MNIST has them, light for a model trained on dark ink on paper).
 Invert = Literal["auto"] | bool
-# "auto" inverts dark ink on light paper: an image whose background, seen at its border (the
-# outermost ring of pixels), is light on average. The playground's rule too
+# An image's background is judged at its border (the outermost ring of pixels): light when its
+# mean is above half of white. The playground's rule too
 # (service/static/playground/playground.js, lightBorder), so that the page and the API treat the
 # same picture alike. The border, not the whole picture: a bright garment filling a dark frame is
 # brighter than grey on the whole, yet already bright-on-dark.
@@ -118,20 +122,27 @@ def light_background(images: NDArray[Any], white: float = 1.0) -> NDArray[np.boo
     return light
 
 
-def invert_where_needed(images: Array, invert: Invert) -> Array:
+def invert_where_needed(
+    images: Array,
+    invert: Invert,
+    background: Background = "dark",
+    light: NDArray[np.bool_] | None = None,
+) -> Array:
     """Images (N, ..., H, W) in [0, 1], each inverted (1 - pixel) when `invert` is true, none when
-    it is false, and with "auto" those on a light background (`light_background`: dark ink on
-    light paper). A new array wherever anything is inverted: `images` may be a read-only view of
-    a request body."""
+    it is false, and with "auto" those whose background (`light`, by default `light_background`
+    of `images`) differs from the model's `background`. A new array wherever anything is
+    inverted: `images` may be a read-only view of a request body."""
     if invert is False:
         return images
     if invert is True:
         return 1.0 - images
-    light = light_background(images)
-    if not light.any():
+    if light is None:
+        light = light_background(images)
+    mismatched = light != (background == "light")
+    if not mismatched.any():
         return images
     out = images.copy()
-    out[light] = 1.0 - out[light]
+    out[mismatched] = 1.0 - out[mismatched]
     return out
 
 
@@ -141,11 +152,13 @@ def image_from_file(
     shape: tuple[int, int, int],
     preprocessing: dict[str, Any],
     invert: Invert = "auto",
+    background: Background = "dark",
 ) -> Array:
     """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
-    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says. "auto"
-    judges the picture as sent, at its own resolution (`light_background`): resizing blends the
-    border with what lies inside it."""
+    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says ("auto":
+    where its background differs from the model's `background`). "auto" judges the picture as
+    sent, at its own resolution (`light_background`): resizing blends the border with what lies
+    inside it."""
     from PIL import Image
 
     c, h, w = shape
@@ -167,12 +180,13 @@ def image_from_file(
         raise InvalidInput(field, "is not a readable PNG or JPEG image (unknown format)") from exc
     except (OSError, ValueError) as exc:
         raise InvalidInput(field, f"is not a readable PNG or JPEG image ({exc})") from exc
-    if invert == "auto":
-        invert = bool(light_background(np.asarray(gray)[None], white=255)[0])
+    light = light_background(np.asarray(gray)[None], white=255) if invert == "auto" else None
     if gray.size != (w, h):
         resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
         gray = gray.resize((w, h), resample)
-    pixels = invert_where_needed((np.asarray(gray, dtype=np.float32) / 255.0)[None], invert)[0]
+    pixels = invert_where_needed(
+        (np.asarray(gray, dtype=np.float32) / 255.0)[None], invert, background, light
+    )[0]
     return np.broadcast_to(pixels, (c, h, w)).copy()
 
 

@@ -26,7 +26,8 @@ from service.models.runtime import ModelRuntime
 from service.settings import Settings
 
 # When a request does not say: a file is a picture (a photo, a scan: often dark ink on light
-# paper), inverted where it looks like one; arrays are not (service.codecs.requests).
+# paper), inverted where its background is not the model's; arrays are not
+# (service.codecs.requests).
 FILE_INVERT_DEFAULT: Invert = "auto"
 
 
@@ -63,6 +64,7 @@ async def read_multipart_images(
                 model.image_shape,
                 model.manifest.input.preprocessing,
                 invert,
+                model.manifest.input.background,
             )
     finally:
         await form.close()

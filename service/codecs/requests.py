@@ -173,7 +173,9 @@ def parse_tensor_request(
         call, field, params_type, body_type, registry, settings
     )
     if field.invertible:
-        array = invert_where_needed(array, invert_choice(params, ARRAY_INVERT_DEFAULT))
+        array = invert_where_needed(
+            array, invert_choice(params, ARRAY_INVERT_DEFAULT), model.manifest.input.background
+        )
     return params, model, array
 
 

@@ -246,7 +246,7 @@ async def _infer(
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
     x = _input_array(request, runtime, graph)
-    x = invert_where_needed(x, _invert(request, graph))
+    x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
     if len(x) > registry.settings.max_images:
         raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
     if graph == "encoder":
