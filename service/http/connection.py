@@ -3,8 +3,10 @@
 `GuardedHttpToolsProtocol` is the server's protocol (`python -m service`): uvicorn's httptools
 protocol with the coalescing writes of `service.http.transport`, plus
 
-- a cap on open connections (`VAE_MAX_CONNECTIONS`): one over it gets a canned 503 and is closed
-  at once, before a byte of it is parsed;
+- a cap on open connections (`VAE_MAX_CONNECTIONS`): at the cap a new connection takes the place
+  of the connection idle the longest (one that never spoke, or one between requests), and only
+  when none is idle does it get a canned 503 and is closed at once, before a byte of it is parsed:
+  connections opened and left silent cannot keep the service from new clients;
 - a bounded request head: its bytes (request line and headers, `VAE_MAX_HEADER_BYTES`) are
   counted as they arrive and the parser is fed no further than the limit, its headers counted
   (`VAE_MAX_HEADERS`); past either, 431 and the connection is closed, before the app (and so the
@@ -68,7 +70,8 @@ class ConnectionLimits:
 
 
 # Why a connection was refused: the log's wording, and the answer's status.
-OVER_CAP = "over VAE_MAX_CONNECTIONS"
+OVER_CAP = "over VAE_MAX_CONNECTIONS (503)"
+EVICTED = "idle, closed for a new one at VAE_MAX_CONNECTIONS"
 HEAD_TOO_LARGE = "request head over VAE_MAX_HEADER_BYTES (431)"
 TOO_MANY_HEADERS = "more headers than VAE_MAX_HEADERS (431)"
 HEAD_TOO_SLOW = "request head not received within VAE_HEAD_TIMEOUT_S (408)"
@@ -126,6 +129,30 @@ def canned_response(
     return b"".join([*lines, b"\r\n", body])
 
 
+class IdleConnections:
+    """The connections with nothing under way (never spoke, or between requests), the one idle
+    the longest first: at the cap, a new connection takes its place."""
+
+    def __init__(self) -> None:
+        self._idle: dict[GuardedHttpToolsProtocol, None] = {}  # in the order they fell idle
+
+    def add(self, protocol: GuardedHttpToolsProtocol) -> None:
+        self._idle.pop(protocol, None)
+        self._idle[protocol] = None
+
+    def discard(self, protocol: GuardedHttpToolsProtocol) -> None:
+        self._idle.pop(protocol, None)
+
+    def pop_oldest(self) -> GuardedHttpToolsProtocol | None:
+        for protocol in self._idle:
+            del self._idle[protocol]
+            return protocol
+        return None
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+
 class HeadRefused(Exception):
     """Raised inside a parser callback to stop parsing a head the limits refuse."""
 
@@ -142,10 +169,12 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         *,
         limits: ConnectionLimits,
         refusals: RefusalLog,
+        idle: IdleConnections,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.refusals = refusals
+        self.idle = idle
         # uvicorn's idle timer (typed int, used as a float), here for new connections too
         self.timeout_keep_alive = limits.idle_timeout_s  # type: ignore[assignment]
         self._over_cap = False
@@ -164,17 +193,25 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections:
-            # Refused before the protocol takes the connection on: nothing is parsed or kept.
-            self._over_cap = True
-            transport.write(self._canned_503())
-            transport.close()
-            self.refusals.note(OVER_CAP, self.loop)
-            return
+            idlest = self.idle.pop_oldest()
+            if idlest is None:
+                # Refused before the protocol takes the connection on: nothing parsed or kept.
+                self._over_cap = True
+                transport.write(self._canned_503())
+                transport.close()
+                self.refusals.note(OVER_CAP, self.loop)
+                return
+            idlest.transport.close()  # no answer is owed on it
+            self.refusals.note(EVICTED, self.loop)
         super().connection_made(transport)
-        # uvicorn times idle connections only between requests; one that never speaks too.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self._fall_idle()  # uvicorn times idle connections only between requests: here, all
+
+    def _fall_idle(self) -> None:
+        self.idle.add(self)
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _canned_503(self) -> bytes:
         limits = self.limits
@@ -188,6 +225,7 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self.idle.discard(self)
         if self._over_cap:
             return  # uvicorn never knew this connection
         super().connection_lost(exc)
@@ -196,6 +234,7 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         if self._over_cap or self._refusing:
             return  # the connection is being closed: what else comes is not read
         self._unset_keepalive_if_required()
+        self.idle.discard(self)
         while data:
             if self._in_message and not self._in_head:  # a body: the guard bounds it
                 piece, data = data, b""
@@ -320,10 +359,8 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         if cycle is not None and cycle.response_complete:
             # The rest of a body answered early (a 401, a probe) is read: idle from here on.
             self._cancel_deadline()
-            if not self.pipeline and self.timeout_keep_alive_task is None:
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self.timeout_keep_alive_handler
-                )
+            if not self.pipeline:
+                self._fall_idle()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -332,6 +369,8 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             self.transport.write(pending)
             self.transport.close()
         super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # uvicorn found nothing more to do
+            self.idle.add(self)
         cycle = self.cycle
         if self.transport.is_closing() or not (self._in_message and not self._in_head):
             return
@@ -360,8 +399,9 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
 
 def protocol_factory(limits: ConnectionLimits) -> Callable[..., GuardedHttpToolsProtocol]:
     """What uvicorn's `http` setting takes: builds one protocol per connection, all sharing
-    one refusal log."""
+    one refusal log and one list of idle connections."""
     refusals = RefusalLog()
+    idle = IdleConnections()
 
     def build(
         config: Config,
@@ -370,7 +410,7 @@ def protocol_factory(limits: ConnectionLimits) -> Callable[..., GuardedHttpTools
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> GuardedHttpToolsProtocol:
         return GuardedHttpToolsProtocol(
-            config, server_state, app_state, _loop, limits=limits, refusals=refusals
+            config, server_state, app_state, _loop, limits=limits, refusals=refusals, idle=idle
         )
 
     return build
