@@ -9,12 +9,12 @@ protocol with the coalescing writes of `service.http.transport`, plus
   connections opened and left silent cannot keep the service from new clients;
 - a bounded request head: its bytes (request line and headers, `VAE_MAX_HEADER_BYTES`) are
   counted as they arrive and the parser is fed no further than the limit, its headers counted
-  (`VAE_MAX_HEADERS`); past either, 431 and the connection is closed, before the app (and so the
-  API key check) ever sees the request;
+  (`VAE_MAX_HEADERS`) once parsed; past either, 431 and the connection is closed, before the app
+  (and so the API key check) ever sees the request;
 - time limits: the head must arrive within `VAE_HEAD_TIMEOUT_S` of its first byte (else 408 and
   close); a connection that never sends a byte, or sends nothing after its last answer, is closed
-  silently after `VAE_IDLE_TIMEOUT_S`; the body of a request already answered (a 401, a probe)
-  is still read and thrown away for at most `VAE_BODY_TIMEOUT_S`. The guard
+  silently after `VAE_IDLE_TIMEOUT_S`; the rest of the body of a request already answered (a
+  401, a probe) is read and thrown away for at most `VAE_BODY_TIMEOUT_S` after the answer. The guard
   (`service.http.guard`) times the body of the requests it reads itself.
 
 Refusals are logged at most once per `LOG_EVERY_S`, with how many of each kind there were: a
@@ -181,9 +181,7 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._in_head = False  # from a request's first byte to the end of its headers
         self._in_message = False  # from a request's first byte to the end of its body
         self._head_bytes = 0  # bytes fed to the parser since the head began
-        self._head_content = 0  # the URL and headers parsed so far, in bytes
-        self._header_count = 0
-        self._head_done_at = 0.0
+        self._head_inside = False  # the head began inside a chunk: not all its bytes counted
         self._deadline: asyncio.TimerHandle | None = None
         self._refused: tuple[bytes, str] | None = None  # set by a callback that refuses the head
         self._refusing = False  # an answer that closes the connection is written or waiting
@@ -240,7 +238,7 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                 piece, data = data, b""
             else:
                 if not self._in_head:
-                    self._begin_head()
+                    self._in_head, self._head_bytes, self._head_inside = True, 0, False
                 # Feed the parser no further than the limit: it would buffer a long header.
                 room = self.limits.max_header_bytes - self._head_bytes
                 if room <= 0:
@@ -250,6 +248,10 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                 self._head_bytes += len(piece)
             if not self._feed(piece):
                 return
+        if self._in_head and self._deadline is None:
+            # A head not whole in the chunk it began in is timed from now (from about its first
+            # byte); one that arrives whole, as nearly all do, costs no timer.
+            self._arm(self.limits.head_timeout_s, self._head_timed_out)
 
     def _feed(self, piece: bytes) -> bool:
         """Parse `piece`, as uvicorn's data_received does; False once the connection is done."""
@@ -273,43 +275,29 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
 
     # --- the head -------------------------------------------------------------------------------
 
-    def _begin_head(self) -> None:
-        self._in_head = True
-        self._head_bytes = self._head_content = self._header_count = 0
-        self._arm(self.limits.head_timeout_s, self._head_timed_out)
-
     def on_message_begin(self) -> None:
         if not self._in_head:  # a pipelined request that began inside the previous one's bytes
-            self._begin_head()
+            self._in_head, self._head_bytes, self._head_inside = True, 0, True
         self._in_message = True
         super().on_message_begin()
 
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            self._refused = self._too_many_headers()
-            raise HeadRefused
-        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
-    def _count_head(self, size: int) -> None:
-        # The bytes fed are counted in data_received; a pipelined head that began inside an
-        # earlier chunk is counted here too, from what the parser hands over.
-        self._head_content += size
-        if self._head_content > self.limits.max_header_bytes:
-            self._refused = self._head_too_large()
-            raise HeadRefused
-
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_bytes = 0
-        self._head_done_at = self.loop.time()
         self._cancel_deadline()
+        # Checked here rather than per header, which would cost every request a call per
+        # header: the byte limit already bounds what a head can hold until now.
+        if len(self.headers) > self.limits.max_headers:
+            self._refused = self._too_many_headers()
+            raise HeadRefused
+        if self._head_inside and self._head_size() > self.limits.max_header_bytes:
+            self._refused = self._head_too_large()
+            raise HeadRefused
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The head's size as parsed (request line and headers, without the method): for a head
+        whose bytes were not all counted as they arrived."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _head_too_large(self) -> tuple[bytes, str]:
         limit = self.limits.max_header_bytes
@@ -377,8 +365,7 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         if cycle is not None and cycle.response_complete:
             # Answered before its body was whole: the rest is read and thrown away, for no
             # longer than a body may take.
-            left = self._head_done_at + self.limits.body_timeout_s - self.loop.time()
-            self._arm(max(left, 0.0), self._close_quietly)
+            self._arm(self.limits.body_timeout_s, self._close_quietly)
 
     def _close_quietly(self) -> None:
         self._deadline = None
