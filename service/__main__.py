@@ -132,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if app.service.draining or settings.shutdown_drain_s == 0:
                 super().handle_exit(sig, frame)  # a second signal: stop draining now
                 return
-            # Readiness 503 and new requests refused (503, Connection: close) at once; only
-            # after the drain window does uvicorn close idle keep-alive connections, which
-            # would otherwise reset a request a client is sending on one at that moment.
+            # Readiness 503 and new requests refused (503, Connection: close) at once, once
+            # their body is read (the guard): a socket closed on unread bytes sends a reset,
+            # which loses the answer. Only after the drain window does uvicorn close idle
+            # keep-alive connections, which would otherwise reset a request a client is
+            # sending on one at that moment.
             begin_shutdown(app)
             loop = asyncio.get_event_loop()
             stop = functools.partial(super().handle_exit, sig, frame)
