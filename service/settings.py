@@ -81,9 +81,11 @@ class Settings(BaseSettings):
     """A request not answered within this many seconds of taking its slot (its body already
     received) gets 504 and frees the slot."""
     max_connections: int = Field(896, ge=1)
-    """Open connections at once; one more gets a canned 503 and is closed at once (logged, at
-    most once per 10 s). Each takes a file descriptor: at start the soft RLIMIT_NOFILE is raised
-    to this plus 128 when lower, and the start fails when the hard limit is lower still."""
+    """Open connections at once. At the cap a new connection replaces the one idle the longest
+    (never spoke, or between requests); when none is idle it gets a canned 503 and is closed
+    (logged, at most once per 10 s). Each takes a file descriptor: at start the soft
+    RLIMIT_NOFILE is raised to this plus 128 when lower; the start fails when the hard limit is
+    lower still."""
     max_header_bytes: int = Field(16384, ge=1024)
     """Largest request head (request line and headers, in bytes); past it the request gets 431
     and the connection is closed, before the API key check and without reading the rest."""

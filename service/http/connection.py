@@ -149,9 +149,6 @@ class IdleConnections:
             return protocol
         return None
 
-    def __len__(self) -> int:
-        return len(self._idle)
-
 
 class HeadRefused(Exception):
     """Raised inside a parser callback to stop parsing a head the limits refuse."""

@@ -172,7 +172,9 @@ class Body:
     counted: int = 0
 
     def whole(self) -> bytes:
-        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        if len(self.chunks) > 1:  # joined once, and the pieces let go
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0] if self.chunks else b""
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
