@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import functools
 import gc
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,12 @@ from service.models.runtime import limit_malloc_arenas, memory_trimmer
 from service.observability.logs import configure_logging
 from service.settings import Settings
 
+logger = logging.getLogger("service")
+
+# Files the service keeps open besides its connections (about 20: the event loop's, onnxruntime's,
+# the logs), with room for the model files a reload opens.
+FD_RESERVE = 128
+
 
 def parse_args(argv: Sequence[str] | None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
@@ -34,6 +41,38 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, object]:
     parser.add_argument("--log-level", help="VAE_LOG_LEVEL (default info)")
     args = parser.parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def ensure_fd_limit(max_connections: int) -> tuple[str | None, str | None]:
+    """Raise the soft RLIMIT_NOFILE to what VAE_MAX_CONNECTIONS needs, towards the hard limit:
+    (what was done, to log; why it cannot be, to stop the start)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform: nothing to raise
+        return None, None
+    needed = max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None, None
+    fix = (
+        "or raise the limit (`ulimit -n`, `docker run --ulimit nofile=N:N`, LimitNOFILE= "
+        "in a systemd unit)"
+    )
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        return None, (
+            f"VAE_MAX_CONNECTIONS ({max_connections}) needs {needed} open files (the "
+            f"connections and {FD_RESERVE} for the service's own), but this process may open "
+            f"at most {hard} (the hard RLIMIT_NOFILE): lower VAE_MAX_CONNECTIONS to "
+            f"{max(hard - FD_RESERVE, 1)} {fix}"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (OSError, ValueError) as exc:
+        return None, (
+            f"VAE_MAX_CONNECTIONS ({max_connections}) needs {needed} open files, and the open-"
+            f"file limit ({soft}) could not be raised ({exc}): lower VAE_MAX_CONNECTIONS {fix}"
+        )
+    return f"raised the open-file limit from {soft} to {needed} for VAE_MAX_CONNECTIONS", None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,7 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             got = "<hidden>" if field == "api_keys" else repr(error["input"])
             print(f"error: VAE_{field.upper()}: {error['msg']} (got {got})", file=sys.stderr)
         return 2
+    raised, problem = ensure_fd_limit(settings.max_connections)
+    if problem is not None:
+        print(f"error: cannot start: {problem}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
+    if raised is not None:
+        logger.info(raised)
     limit_malloc_arenas()  # before any worker thread starts
     # Load (check, open, warm up) before binding the port: a broken model stops the start with
     # one clear message instead of a server that never becomes ready. Hashing and opening the
@@ -60,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvicorn
 
         from service.app import begin_shutdown, create_app
-        from service.http.transport import CoalescingHttpToolsProtocol
+        from service.http.connection import ConnectionLimits, protocol_factory
 
         try:
             registry = loading.result()
@@ -76,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,  # the guard writes one line per request (VAE_ACCESS_LOG) instead
         log_config=None,  # keep the handlers configure_logging set up
         loop="uvloop",  # the fastest event loop uvicorn offers
-        http=CoalescingHttpToolsProtocol,  # httptools, a response's head and body in one send()
+        # httptools, a response's head and body in one send(), every connection bounded; uvicorn
+        # takes any callable that builds a protocol, though typed for a class
+        http=protocol_factory(ConnectionLimits.from_settings(settings)),  # type: ignore[arg-type]
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
@@ -85,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if app.service.draining or settings.shutdown_drain_s == 0:
                 super().handle_exit(sig, frame)  # a second signal: stop draining now
                 return
-            # Readiness 503 and new requests refused (503, Connection: close) at once; only
-            # after the drain window does uvicorn close idle keep-alive connections, which
-            # would otherwise reset a request a client is sending on one at that moment.
+            # Readiness 503 and new requests refused (503, Connection: close) at once, once
+            # their body is read (the guard): a socket closed on unread bytes sends a reset,
+            # which loses the answer. Only after the drain window does uvicorn close idle
+            # keep-alive connections, which would otherwise reset a request a client is
+            # sending on one at that moment.
             begin_shutdown(app)
             loop = asyncio.get_event_loop()
             stop = functools.partial(super().handle_exit, sig, frame)

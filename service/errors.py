@@ -52,6 +52,12 @@ class NotAcceptable(ServiceError):
     status = 406
 
 
+class RequestTimeout(ServiceError):
+    """A request whose body did not arrive in time: the client was too slow."""
+
+    status = 408
+
+
 class Conflict(ServiceError):
     """A refused state change: a reload whose new files fail a check."""
 

@@ -78,7 +78,32 @@ class Settings(BaseSettings):
     """Requests in flight or queued at once (probes and docs not counted); the next one gets
     503 with Retry-After at once instead of waiting in an unbounded queue."""
     request_timeout_s: float = Field(10.0, gt=0)
-    """A request not answered within this many seconds gets 504 and frees its slot."""
+    """A request not answered within this many seconds of taking its slot (its body already
+    received) gets 504 and frees the slot."""
+    max_connections: int = Field(896, ge=1)
+    """Open connections at once. At the cap a new connection replaces the one idle the longest
+    (never spoke, or between requests); when none is idle it gets a canned 503 and is closed
+    (logged, at most once per 10 s). Each takes a file descriptor: at start the soft
+    RLIMIT_NOFILE is raised to this plus 128 when lower; the start fails when the hard limit is
+    lower still."""
+    max_header_bytes: int = Field(16384, ge=1024)
+    """Largest request head (request line and headers, in bytes); past it the request gets 431
+    and the connection is closed, before the API key check and without reading the rest."""
+    max_headers: int = Field(100, ge=10)
+    """Most headers one request may carry; one more gets 431 and the connection is closed."""
+    head_timeout_s: float = Field(10.0, gt=0)
+    """Time from a request's first byte to the end of its headers; past it, 408 and the
+    connection is closed."""
+    body_timeout_s: float = Field(60.0, gt=0)
+    """Time from the end of a request's headers to the end of its body; past it, 408 and the
+    connection is closed. The body is received before the request takes a slot, so a slow
+    client holds none."""
+    idle_timeout_s: float = Field(5.0, gt=0)
+    """A connection that sends nothing for this long, after connecting or after its last
+    answer, is closed (no answer is owed)."""
+    max_buffered_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    """Request bodies held in memory at once, received or being received (the first 64 KiB of
+    each not counted); a body that would pass it gets 503 with Retry-After."""
     retry_after_s: int = Field(1, ge=0)
     """The Retry-After (seconds) sent with 503 when the service is full or shutting down."""
     shutdown_grace_s: int = Field(15, ge=0)
@@ -125,6 +150,16 @@ class Settings(BaseSettings):
                 f"VAE_REQUEST_TIMEOUT_S ({self.request_timeout_s}) is longer than "
                 f"VAE_SHUTDOWN_GRACE_S ({self.shutdown_grace_s}): requests accepted before a "
                 "shutdown could be cut off; raise the grace or lower the timeout"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _room_for_one_body(self) -> Settings:
+        if self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"VAE_MAX_BUFFERED_BODY_BYTES ({self.max_buffered_body_bytes}) is smaller than "
+                f"VAE_MAX_BODY_BYTES ({self.max_body_bytes}): a body of the largest size could "
+                "never be received; raise the first or lower the second"
             )
         return self
 

@@ -247,10 +247,63 @@ def test_timeout_answers_504_and_frees_the_slot() -> None:
     async def scenario() -> None:
         for _ in range(2):  # the second would be refused if the first kept its slot
             status, _, body = await call(guard, http_scope())
-            assert status == 504 and "no answer within 0.05 s" in body["detail"]
+            assert status == 504 and "within 0.05 s of receiving it" in body["detail"]
         assert guard.in_flight == 0
 
     asyncio.run(scenario())
+
+
+def test_a_body_still_arriving_holds_no_slot_and_a_hang_up_is_499() -> None:
+    async def done() -> None:
+        return None
+
+    state = app_state(Settings(max_concurrent_requests=1))
+    guard = Guard(downstream(done), state)
+
+    async def scenario() -> None:
+        hang_up = asyncio.Event()
+        sent: list[Message] = []
+
+        async def slow_receive() -> Message:  # the body never comes; then the client leaves
+            await hang_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        slow = asyncio.create_task(guard(http_scope(), slow_receive, send))
+        await asyncio.sleep(0.01)
+        assert guard.in_flight == 0  # still receiving: no slot taken
+        assert (await call(guard, http_scope()))[0] == 200  # the one slot is free
+        hang_up.set()
+        await slow
+        assert sent == [] and guard.in_flight == 0 and guard.buffered == 0
+
+    asyncio.run(scenario())
+    statuses = {
+        sample.labels["status"]
+        for sample in state.metrics.requests.collect()[0].samples
+        if sample.name == "vae_requests_total"
+    }
+    assert statuses == {"200", "499"}
+
+
+def test_a_body_too_slow_is_408_and_takes_no_slot() -> None:
+    async def never() -> Message:
+        await asyncio.sleep(3600)
+        raise AssertionError
+
+    settings = Settings(body_timeout_s=0.05, max_concurrent_requests=1)
+    guard = Guard(downstream(lambda: asyncio.sleep(0)), app_state(settings))
+    messages: list[Message] = []
+
+    async def send(message: Message) -> None:
+        messages.append(message)
+
+    asyncio.run(guard(http_scope(), never, send))
+    assert messages[0]["status"] == 408 and guard.in_flight == 0
+    assert (b"connection", b"close") in messages[0]["headers"]
+    assert b"within 0.05 s (VAE_BODY_TIMEOUT_S)" in messages[1]["body"]
 
 
 def test_a_crash_fails_only_its_own_request(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,24 +1,31 @@
-"""The service's outer guard: API keys, shutdown, backpressure, body size, timeouts, crashes.
+"""The service's outer guard: API keys, body size and time, shutdown, backpressure, timeouts,
+crashes.
 
 One ASGI middleware in front of everything else (the fast lane and FastAPI alike), so every
-request meets the same rules before any of its body is read. (Starlette's own body limit
-answers a bare "Content Too Large" in plain text; clients here get JSON naming the limit and
-the setting, like every other error of this service.)
+request meets the same rules before the app sees it. (Starlette's own body limit answers a bare
+"Content Too Large" in plain text; clients here get JSON naming the limit and the setting, like
+every other error of this service.) The request head is bounded before this, by the protocol
+(`service.http.connection`).
 
 1. Probes (`/healthz`, `/readyz`, `/metrics`) and the docs pass untouched: an orchestrator must
    always be able to ask, even when the service is full or shutting down.
-2. With API keys configured, a request without a valid key gets 401.
-3. While the service shuts down (SIGTERM), new requests get 503.
-4. At most `VAE_MAX_CONCURRENT_REQUESTS` requests are in flight or queued; the next one gets 503
-   with `Retry-After` at once instead of waiting in a queue without end.
-5. A body over `VAE_MAX_BODY_BYTES` gets 413: at once when Content-Length says so, or as soon as
+2. With API keys configured, a request without a valid key gets 401, before its body is read.
+3. A body over `VAE_MAX_BODY_BYTES` gets 413: at once when Content-Length says so, or as soon as
    the bytes read pass the limit (the rest is never read).
-6. A request still unanswered after `VAE_REQUEST_TIMEOUT_S` gets 504 and frees its slot.
-7. An unexpected exception fails that request alone, as a JSON 500, and is logged.
+4. The whole body is read before the request takes a slot, so a slow client holds none: it has
+   `VAE_BODY_TIMEOUT_S` to send it (else 408), and the bodies held in memory at once are bounded
+   by `VAE_MAX_BUFFERED_BODY_BYTES` (beyond that, 503 with `Retry-After`).
+5. While the service shuts down (SIGTERM), new requests get 503 with `Connection: close`; their
+   body has been read, so the client gets that answer rather than a reset.
+6. At most `VAE_MAX_CONCURRENT_REQUESTS` requests are in flight or queued; the next one gets 503
+   with `Retry-After` at once instead of waiting in a queue without end.
+7. A request still unanswered `VAE_REQUEST_TIMEOUT_S` after it took its slot gets 504 and frees
+   the slot: the time is the service's own work, never the client's sending.
+8. An unexpected exception fails that request alone, as a JSON 500, and is logged.
 
 Every request it sees gets an `X-Request-ID` (the client's, or a new one), is counted in the
 metrics, and (VAE_ACCESS_LOG) gets one log line with its id, endpoint, model, status, latency
-and batch size.
+and batch size. A client that hangs up before its body is whole is recorded as 499.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import (
     InternalError,
+    RequestTimeout,
     ServiceError,
     TimedOut,
     TooLarge,
@@ -124,6 +133,65 @@ async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceE
     await error_response(error)(scope, receive, send)
 
 
+CLIENT_GONE = 499  # what nginx logs for a client that hung up: not the service's error
+# The first bytes of every body are not counted against VAE_MAX_BUFFERED_BODY_BYTES: bodies of a
+# few images always get through, however many large ones are being received meanwhile.
+UNCOUNTED_BODY_BYTES = 64 * 1024
+
+
+class Expiry:
+    """Cancels the current task after `seconds` (a bare timer rather than asyncio.timeout(): the
+    same cancellation for less work, and this runs for every request); `expired` tells its
+    cancellation from any other."""
+
+    def __init__(self, seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.expired = False
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def absorb(self) -> None:
+        """After catching the CancelledError this timer caused: the task goes on."""
+        self.task.uncancel()
+
+
+@dataclass(slots=True)
+class Body:
+    """A request body as it is received: its chunks, and what it counts against the budget."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    counted: int = 0
+
+    def whole(self) -> bytes:
+        if len(self.chunks) > 1:  # joined once, and the pieces let go
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0] if self.chunks else b""
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """The app's receive(): the whole body as one message, then the connection's own (which
+    says http.disconnect when the client goes away)."""
+    replayed = False
+
+    async def receive_body() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_body
+
+
 class Guard:
     """See the module docstring. `state.draining` turns true when shutdown begins."""
 
@@ -133,6 +201,7 @@ class Guard:
         self.settings = state.settings
         self.keys = KeyCheck(state.settings.api_key_list())
         self.in_flight = 0
+        self.buffered = 0  # body bytes counted against VAE_MAX_BUFFERED_BODY_BYTES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
@@ -155,7 +224,8 @@ class Guard:
             await send(message)
 
         try:
-            await self._check(scope, receive, send_with_id, headers)
+            if not await self._check(scope, receive, send_with_id, headers):
+                status = CLIENT_GONE
         finally:
             current_request.reset(token)
             self._record(scope, info, status, time.perf_counter() - start)
@@ -178,34 +248,92 @@ class Guard:
 
     async def _check(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
-    ) -> None:
-        if self.keys.enabled:
-            key = presented_key(headers)
-            if key is None or not self.keys.matches(key):
-                problem = "missing" if key is None else "invalid"
-                unauthorized = Unauthorized(
-                    "",
-                    f"{problem} API key: send it as `Authorization: Bearer <key>` or "
-                    "`X-API-Key: <key>`",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                await send_error(scope, receive, send, unauthorized)
-                return
-        refusal = self._refusal(headers)
-        if refusal is not None:
+    ) -> bool:
+        """Answers the request, or refuses it; False when the client hung up first."""
+        refusal = self._unauthorized(headers) or self._declared_too_large(headers)
+        if refusal is not None:  # before any of the body is read (or 100 Continue sent)
             await send_error(scope, receive, send, refusal)
-            return
-        self.in_flight += 1
-        metrics = self.state.metrics
-        metrics.in_flight = self.in_flight
+            return True
+        body = Body()
         try:
-            await self._serve(scope, receive, send)
-        finally:
-            self.in_flight -= 1
+            outcome = await self._receive(receive, body)
+            if outcome is None:
+                return False
+            refusal = outcome if isinstance(outcome, ServiceError) else self._refusal()
+            if refusal is not None:
+                await send_error(scope, receive, send, refusal)
+                return True
+            self.in_flight += 1
+            metrics = self.state.metrics
             metrics.in_flight = self.in_flight
+            try:
+                await self._serve(scope, replay(body.whole(), receive), send)
+            finally:
+                self.in_flight -= 1
+                metrics.in_flight = self.in_flight
+        finally:
+            self.buffered -= body.counted
+        return True
 
-    def _refusal(self, headers: dict[bytes, bytes]) -> ServiceError | None:
-        """Why a request is turned away before any of its body is read, if it is."""
+    def _unauthorized(self, headers: dict[bytes, bytes]) -> ServiceError | None:
+        if not self.keys.enabled:
+            return None
+        key = presented_key(headers)
+        if key is not None and self.keys.matches(key):
+            return None
+        problem = "missing" if key is None else "invalid"
+        return Unauthorized(
+            "",
+            f"{problem} API key: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+    def _declared_too_large(self, headers: dict[bytes, bytes]) -> ServiceError | None:
+        # The parser has checked the value is a number; whitespace around it is allowed (OWS).
+        declared = headers.get(b"content-length", b"").strip(b" \t")
+        if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
+            return self._too_large()
+        return None
+
+    async def _receive(self, receive: Receive, body: Body) -> Message | ServiceError | None:
+        """Reads the whole body into `body`: its last message, an error to answer with, or None
+        when the client hung up."""
+        settings = self.settings
+        expiry = Expiry(settings.body_timeout_s)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                if chunk:
+                    body.chunks.append(chunk)
+                    body.size += len(chunk)
+                    if body.size > settings.max_body_bytes:
+                        return self._too_large()
+                    counted = max(body.size - UNCOUNTED_BODY_BYTES, 0)
+                    self.buffered += counted - body.counted
+                    body.counted = counted
+                    if counted and self.buffered > settings.max_buffered_body_bytes:
+                        return self._no_room()
+                if not message.get("more_body", False):
+                    return message
+        except asyncio.CancelledError:
+            if not expiry.expired:
+                raise  # shutdown's grace ran out: this request was never accepted
+            expiry.absorb()
+            return RequestTimeout(
+                "",
+                f"request body not received within {settings.body_timeout_s:g} s "
+                "(VAE_BODY_TIMEOUT_S): send it faster, or a smaller one",
+                {"Connection": "close"},
+            )
+        finally:
+            expiry.cancel()
+
+    def _refusal(self) -> ServiceError | None:
+        """Why a request whose body has arrived is turned away before it takes a slot, if it
+        is."""
         settings = self.settings
         if self.state.draining:
             return Unavailable(
@@ -221,57 +349,44 @@ class Guard:
                 f"flight, VAE_MAX_CONCURRENT_REQUESTS); retry after {settings.retry_after_s} s",
                 settings.retry_after_s,
             )
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return self._too_large()
         return None
 
     def _too_large(self) -> TooLarge:
         limit = self.settings.max_body_bytes
-        size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit / 2**10:g} KiB"
         return TooLarge(
             "",
-            f"request body larger than {limit} bytes ({size}, VAE_MAX_BODY_BYTES): send fewer "
-            "images per request, or application/x-npy uint8",
+            f"request body larger than {limit} bytes ({size_text(limit)}, VAE_MAX_BODY_BYTES): "
+            "send fewer images per request, or application/x-npy uint8",
+            {"Connection": "close"},
+        )
+
+    def _no_room(self) -> Unavailable:
+        settings = self.settings
+        limit = settings.max_buffered_body_bytes
+        return Unavailable(
+            "",
+            f"the request bodies being received fill the memory set aside for them ({limit} "
+            f"bytes, {size_text(limit)}, VAE_MAX_BUFFERED_BODY_BYTES); retry after "
+            f"{settings.retry_after_s} s",
+            settings.retry_after_s,
             {"Connection": "close"},
         )
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.settings.max_body_bytes
-        received = 0
-        started = expired = False
-        task = asyncio.current_task()
-        assert task is not None
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        # A bare timer rather than asyncio.timeout(): the same cancellation for less work, and
-        # this runs for every request.
-        deadline = asyncio.get_running_loop().call_later(self.settings.request_timeout_s, expire)
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise self._too_large()
-            return message
+        started = False
+        expiry = Expiry(self.settings.request_timeout_s)
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                deadline.cancel()  # answered in time; a slow reader is not a timeout
+                expiry.cancel()  # answered in time; a slow reader is not a timeout
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracked_send)
+            await self.app(scope, receive, tracked_send)
         except asyncio.CancelledError:
-            if not expired:
+            if not expiry.expired:
                 # Only uvicorn cancels a request otherwise: when the shutdown grace ran out.
                 logger.error(
                     "%s %s cut off by shutdown: not finished within VAE_SHUTDOWN_GRACE_S",
@@ -279,7 +394,7 @@ class Guard:
                     scope["path"],
                 )
                 raise
-            task.uncancel()
+            expiry.absorb()
             logger.warning(
                 "%s %s timed out after %s s",
                 scope["method"],
@@ -289,16 +404,18 @@ class Guard:
             if not started:
                 timed_out = TimedOut(
                     "",
-                    f"no answer within {self.settings.request_timeout_s} s "
-                    "(VAE_REQUEST_TIMEOUT_S); send fewer images per request or retry",
+                    f"the service did not finish this request within "
+                    f"{self.settings.request_timeout_s:g} s of receiving it "
+                    "(VAE_REQUEST_TIMEOUT_S): it is busy; retry later, or split the request",
                 )
                 await send_error(scope, receive, send, timed_out)
-        except TooLarge as exc:  # from limited_receive
-            if not started:
-                await send_error(scope, receive, send, exc)
         except Exception:
             logger.exception("%s %s failed", scope["method"], scope["path"])
             if not started:
                 await send_error(scope, receive, send, InternalError("", INTERNAL_ERROR))
         finally:
-            deadline.cancel()
+            expiry.cancel()
+
+
+def size_text(limit: int) -> str:
+    return f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit / 2**10:g} KiB"
