@@ -89,7 +89,8 @@ def create_app(
             app.front,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
+            # Every request header the service reads.
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
             expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After"],
         )
     install_error_handlers(app)

@@ -54,6 +54,7 @@ from service.http.endpoints import ENDPOINTS
 from service.http.errors import INTERNAL_ERROR, error_response
 from service.http.state import AppState
 from service.observability.context import RequestInfo, current_request
+from service.observability.logs import escape
 
 logger = logging.getLogger("service")
 
@@ -92,17 +93,19 @@ def is_open(path: str) -> bool:
 
 class KeyCheck:
     """Constant-time API key check: keys are kept as SHA-256 digests and a candidate is compared
-    with every one of them, so neither timing nor early exit tells how much of a key matched."""
+    with every one of them, so neither timing nor early exit tells how much of a key matched.
+    Keys are compared as UTF-8 bytes: a key with non-ASCII characters is sent as its UTF-8
+    bytes, and any other bytes (its Latin-1 spelling, say) are a different key."""
 
     def __init__(self, keys: list[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+        self._digests = [hashlib.sha256(k.encode("utf-8")).digest() for k in keys]
 
     @property
     def enabled(self) -> bool:
         return bool(self._digests)
 
-    def matches(self, candidate: str) -> bool:
-        digest = hashlib.sha256(candidate.encode()).digest()
+    def matches(self, candidate: bytes) -> bool:
+        digest = hashlib.sha256(candidate).digest()
         found = False
         for known in self._digests:
             found |= hmac.compare_digest(digest, known)
@@ -119,13 +122,13 @@ def request_id(headers: dict[bytes, bytes]) -> str:
     return given if REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
-def presented_key(headers: dict[bytes, bytes]) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, if any."""
-    authorization = headers.get(b"authorization", b"").decode("latin-1")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, if any, as the bytes
+    sent."""
+    scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+    if scheme.lower() == b"bearer" and credentials.strip():
         return credentials.strip()
-    api_key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    api_key = headers.get(b"x-api-key", b"").strip()
     return api_key or None
 
 
@@ -391,14 +394,14 @@ class Guard:
                 logger.error(
                     "%s %s cut off by shutdown: not finished within VAE_SHUTDOWN_GRACE_S",
                     scope["method"],
-                    scope["path"],
+                    escape(scope["path"]),
                 )
                 raise
             expiry.absorb()
             logger.warning(
                 "%s %s timed out after %s s",
                 scope["method"],
-                scope["path"],
+                escape(scope["path"]),
                 self.settings.request_timeout_s,
             )
             if not started:
@@ -410,7 +413,7 @@ class Guard:
                 )
                 await send_error(scope, receive, send, timed_out)
         except Exception:
-            logger.exception("%s %s failed", scope["method"], scope["path"])
+            logger.exception("%s %s failed", scope["method"], escape(scope["path"]))
             if not started:
                 await send_error(scope, receive, send, InternalError("", INTERNAL_ERROR))
         finally:

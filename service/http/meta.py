@@ -184,12 +184,16 @@ def reload_router() -> APIRouter:
 def health_router() -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz", response_model=Health, summary="Liveness")
+    # HEAD too: load balancers and uptime checkers often probe with it.
+    @router.api_route(
+        "/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness"
+    )
     async def healthz() -> Health:
         return Health(status="ok")
 
-    @router.get(
+    @router.api_route(
         "/readyz",
+        methods=["GET", "HEAD"],
         response_model=Health,
         summary="Readiness: 200 once every model is loaded and warmed up, else 503",
         responses={503: {"model": Health}},
