@@ -51,11 +51,6 @@ def _npy_header(start: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int
     return shape, fortran_order, dtype, stream.tell()
 
 
-# Dimensions past this are refused from the header: no real body comes near it, and bounded
-# dimensions keep numpy's own size arithmetic (int64) from overflowing on an empty array.
-NPY_MAX_DIM = 2**31 - 1
-
-
 def read_npy(body: bytes, field: str, what: str = "values") -> NDArray[Any]:
     """The array of a .npy body, read in place; `what` names its rows in the message for an
     empty one ("images", "latent vectors")."""
@@ -80,7 +75,7 @@ def read_npy(body: bytes, field: str, what: str = "values") -> NDArray[Any]:
             "send float32 or uint8)",
         )
     count = _checked_count(shape, dtype, len(body) - offset, field)
-    if count == 0:
+    if count == 0:  # before numpy: an empty array may still declare (2**62, 0)
         raise InvalidInput(field, f"the array holds no {what} (shape {shape}); send at least one")
     # Not np.load: it allocates the whole array the header declares before reading any data,
     # so a 100-byte body claiming (10**12, 784) was a MemoryError, a 500. The data is read in
@@ -94,12 +89,13 @@ def _checked_count(
 ) -> int:
     """The number of values the header's shape declares, checked against the data that
     follows it. numpy's header reader lets booleans and negative numbers through as dimensions,
-    and its int64 arithmetic wraps, so the product is taken here in Python integers."""
-    if not all(type(d) is int and 0 <= d <= NPY_MAX_DIM for d in shape):
+    and its int64 arithmetic wraps, so the product is taken here in Python integers. With the
+    data's size matching it, no dimension of a non-empty array exceeds the body's length."""
+    if not all(type(d) is int and d >= 0 for d in shape):
         raise BadRequest(
             field,
-            f"the .npy header's shape {shape} is not valid: dimensions must be whole numbers "
-            f"from 0 to {NPY_MAX_DIM}; write the array with np.save",
+            f"the .npy header's shape {shape} is not valid: dimensions are whole numbers, 0 or "
+            "more; write the array with np.save",
         )
     count = math.prod(shape)
     if count * dtype.itemsize != data_bytes:

@@ -25,7 +25,8 @@ every other error of this service.) The request head is bounded before this, by 
 
 Every request it sees gets an `X-Request-ID` (the client's, or a new one), is counted in the
 metrics, and (VAE_ACCESS_LOG) gets one log line with its id, endpoint, model, status, latency
-and batch size. A client that hangs up before its body is whole is recorded as 499.
+and batch size. A client that hangs up before it is answered (nothing sent yet) is recorded as
+499, whichever path read its body.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ class Guard:
         headers = dict(scope["headers"])
         info = RequestInfo(request_id(headers))
         token = current_request.set(info)
-        status = 500  # if nothing is sent at all
+        status: int | None = None  # until a response starts
+        gone = False  # whether the connection said the client hung up
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -226,11 +228,20 @@ class Guard:
                 ]
             await send(message)
 
+        async def watched_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         try:
-            if not await self._check(scope, receive, send_with_id, headers):
-                status = CLIENT_GONE
+            await self._check(scope, watched_receive, send_with_id, headers)
         finally:
             current_request.reset(token)
+            # Nothing sent: the client hung up (on any body-reading path, the app's included),
+            # which is not the service's error; otherwise something failed to answer at all.
+            if status is None:
+                status = CLIENT_GONE if gone else 500
             self._record(scope, info, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
@@ -251,21 +262,21 @@ class Guard:
 
     async def _check(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
-    ) -> bool:
-        """Answers the request, or refuses it; False when the client hung up first."""
+    ) -> None:
+        """Answers the request, or refuses it (or finds the client gone, and sends nothing)."""
         refusal = self._unauthorized(headers) or self._declared_too_large(headers)
         if refusal is not None:  # before any of the body is read (or 100 Continue sent)
             await send_error(scope, receive, send, refusal)
-            return True
+            return
         body = Body()
         try:
             outcome = await self._receive(receive, body)
             if outcome is None:
-                return False
+                return
             refusal = outcome if isinstance(outcome, ServiceError) else self._refusal()
             if refusal is not None:
                 await send_error(scope, receive, send, refusal)
-                return True
+                return
             self.in_flight += 1
             metrics = self.state.metrics
             metrics.in_flight = self.in_flight
@@ -276,7 +287,6 @@ class Guard:
                 metrics.in_flight = self.in_flight
         finally:
             self.buffered -= body.counted
-        return True
 
     def _unauthorized(self, headers: dict[bytes, bytes]) -> ServiceError | None:
         if not self.keys.enabled:

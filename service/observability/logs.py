@@ -22,16 +22,18 @@ import orjson
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # What JSON writers leave raw that a reader may still take for a line break.
 _JSON_RAW = re.compile("[\x85\u2028\u2029]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape_one(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    char = match.group()
+    code = ord(char)
+    return _SHORT.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def escape(text: str) -> str:
-    """`text` with its control characters and line separators written as escapes (`\\x0a`):
-    what a client sent, fit for one line of a log."""
+    """`text` with its control characters and line separators written as Python writes them
+    (`\\n`, `\\x85`, `\\u2028`): what a client sent, fit for one line of a log."""
     if text.isascii() and text.isprintable():  # the usual case, in C
         return text
     return _UNSAFE.sub(_escape_one, text)
