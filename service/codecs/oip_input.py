@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -79,10 +80,14 @@ class InferenceRequest(BaseModel):
     )
 
 
-def read_inference_request(body: bytes) -> tuple[InferenceRequest, list[NDArray[Any]]]:
+def read_inference_request(
+    body: bytes, check: Callable[[InferenceRequest], None] | None = None
+) -> tuple[InferenceRequest, list[NDArray[Any]]]:
     """The request, and each input's data as one flat array of its declared datatype (FP16
     and FP32 as those types, FP64 and the integers as float64, int64 or uint64); its `data`
-    fields are left empty. BadRequest (400, as the protocol says) for anything wrong."""
+    fields are left empty. `check` sees the request before its data is read (to refuse an
+    input's name or datatype first). BadRequest (400, as the protocol says) for anything
+    wrong."""
     try:
         doc = simdjson.Parser().parse(body)  # one per call: parsers are not shared
     except (ValueError, RuntimeError) as exc:
@@ -100,6 +105,8 @@ def read_inference_request(body: bytes) -> tuple[InferenceRequest, list[NDArray[
         request = InferenceRequest.model_validate(plain)
     except ValidationError as exc:
         raise BadRequest("", describe_errors(exc.errors())) from None
+    if check is not None:
+        check(request)
     values = [
         _values(data, tensor.datatype, f"inputs[{i}]")
         for i, (data, tensor) in enumerate(zip(raw, request.inputs, strict=True))
@@ -216,7 +223,9 @@ def _unreadable(body: bytes, exc: Exception | None) -> BadRequest:
         InferenceRequest.model_validate_json(body)
     except ValidationError as error:
         return BadRequest("", describe_errors(error.errors()))
-    # pydantic takes NaN and Infinity, which JSON (and this protocol) has no words for
+    # pydantic takes NaN, Infinity and integers of any size; simdjson (and JSON) does not
     return BadRequest(
-        "body", f"not valid JSON ({exc}); NaN and Infinity are not JSON numbers, send finite ones"
+        "body",
+        f"not valid JSON ({exc}): numbers must be finite and integers fit in 64 bits (NaN and "
+        "Infinity are not JSON)",
     )

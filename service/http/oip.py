@@ -13,7 +13,9 @@ as the service's own /encode does (default false: `x` is the model's input as it
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -140,21 +142,29 @@ def _metadata(runtime: ModelRuntime, graph: str) -> ModelMetadata:
     )
 
 
-def _input_array(
-    request: InferenceRequest, values: list[np.ndarray], runtime: ModelRuntime, graph: str
-) -> np.ndarray:
-    spec = (runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder).inputs[0]
+def _input_spec(runtime: ModelRuntime, graph: str) -> TensorSpec:
+    return (runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder).inputs[0]
+
+
+def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str) -> None:
+    """The request's inputs are the graph's one input, in a datatype it takes."""
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = [i.name for i in request.inputs]
         raise BadRequest("", f"inputs: expected one tensor named {spec.name!r}, got {names}")
-    tensor, flat = request.inputs[0], values[0]
-    if tensor.datatype not in ACCEPTED[graph]:
+    datatype = request.inputs[0].datatype
+    if datatype not in ACCEPTED[graph]:
         raise BadRequest(
             "",
-            f"inputs[0].datatype: {tensor.datatype!r} is not accepted for {spec.name}; send "
+            f"inputs[0].datatype: {datatype!r} is not accepted for {spec.name}; send "
             + " or ".join(ACCEPTED[graph])
             + (" (0-255)" if graph == "encoder" else ""),
         )
+
+
+def _input_array(
+    request: InferenceRequest, values: list[np.ndarray], spec: TensorSpec, graph: str
+) -> np.ndarray:
+    tensor, flat = request.inputs[0], values[0]
     count = declared_count(tensor.shape)
     if flat.size != count:
         raise BadRequest(
@@ -208,15 +218,15 @@ def _invert(request: InferenceRequest, graph: str) -> Invert:
 
 
 async def _read_body(
-    http_request: Request, registry: ModelRegistry
+    http_request: Request, registry: ModelRegistry, check: Callable[[InferenceRequest], None]
 ) -> tuple[InferenceRequest, list[np.ndarray]]:
     """The request body, read off the event loop when it is large: a 16 MB body takes long
     enough to parse that, on the loop, it would hold up every other request and the probes."""
     body = await http_request.body()
     if len(body) <= OFF_LOOP_BODY_BYTES:
-        return read_inference_request(body)
+        return read_inference_request(body, check)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(registry.executor, read_inference_request, body)
+    return await loop.run_in_executor(registry.executor, read_inference_request, body, check)
 
 
 async def _infer(
@@ -228,8 +238,10 @@ async def _infer(
     negotiate(http_request.headers.get("accept", ""), INFER_ANSWERS, "/v2/models/{model}/infer")
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
-    request, values = await _read_body(http_request, registry)
-    x = _input_array(request, values, runtime, graph)
+    spec = _input_spec(runtime, graph)
+    check = functools.partial(_check_inputs, spec=spec, graph=graph)
+    request, values = await _read_body(http_request, registry, check)
+    x = _input_array(request, values, spec, graph)
     x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
     if len(x) > registry.settings.max_images:
         raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
