@@ -170,7 +170,7 @@ def test_a_large_oip_body_is_parsed_off_the_event_loop(
     monkeypatch.setattr(oip, "read_inference_request", held_read)
     rows = 64
     big = tensor(shape=[rows, 784], data=[0.123456789] * (rows * 784))
-    assert len(json.dumps(big)) > oip.OFF_LOOP_BODY_BYTES
+    assert len(json.dumps(big)) > oip.OFF_LOOP_BODY_BYTES  # the size that goes off the loop
     answers: list[httpx.Response] = []
     heavy = threading.Thread(target=lambda: answers.append(client.post(ENCODER, json=big)))
     heavy.start()

@@ -98,9 +98,11 @@ def read_inference_request(
     raw: list[Any] = []
     if "inputs" in doc:
         inputs = doc["inputs"]
-        plain["inputs"] = _plain(inputs)
-        if isinstance(inputs, simdjson.Array):
-            plain["inputs"] = [_input_fields(item, raw) for item in inputs]
+        plain["inputs"] = (
+            [_input_fields(item, raw) for item in inputs]
+            if isinstance(inputs, simdjson.Array)
+            else inputs  # not a list: pydantic names the fault
+        )
     try:
         request = InferenceRequest.model_validate(plain)
     except ValidationError as exc:

@@ -12,10 +12,8 @@ as the service's own /encode does (default false: `x` is the model's input as it
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -30,7 +28,7 @@ from service.codecs.json_input import describe_errors
 from service.codecs.oip_input import InferenceRequest, declared_count, read_inference_request
 from service.codecs.responses import JSONBody
 from service.errors import BadRequest, InvalidInput, NotFound
-from service.http.endpoints import OFF_LOOP_BODY_BYTES
+from service.http.endpoints import OFF_LOOP_BODY_BYTES, parse_off_loop
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
 from service.manifest import TensorSpec
@@ -217,16 +215,18 @@ def _invert(request: InferenceRequest, graph: str) -> Invert:
     return False if choice is None else choice
 
 
-async def _read_body(
-    http_request: Request, registry: ModelRegistry, check: Callable[[InferenceRequest], None]
-) -> tuple[InferenceRequest, list[np.ndarray]]:
-    """The request body, read off the event loop when it is large: a 16 MB body takes long
-    enough to parse that, on the loop, it would hold up every other request and the probes."""
-    body = await http_request.body()
-    if len(body) <= OFF_LOOP_BODY_BYTES:
-        return read_inference_request(body, check)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(registry.executor, read_inference_request, body, check)
+def _parse(
+    body: bytes, runtime: ModelRuntime, graph: str, limit: int
+) -> tuple[InferenceRequest, np.ndarray]:
+    """The request and the graph's input array (checked, inverted as asked, float32)."""
+    spec = _input_spec(runtime, graph)
+    check = functools.partial(_check_inputs, spec=spec, graph=graph)
+    request, values = read_inference_request(body, check)
+    x = _input_array(request, values, spec, graph)
+    x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
+    if len(x) > limit:  # VAE_MAX_IMAGES
+        raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {limit}")
+    return request, x
 
 
 async def _infer(
@@ -238,13 +238,14 @@ async def _infer(
     negotiate(http_request.headers.get("accept", ""), INFER_ANSWERS, "/v2/models/{model}/infer")
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
-    spec = _input_spec(runtime, graph)
-    check = functools.partial(_check_inputs, spec=spec, graph=graph)
-    request, values = await _read_body(http_request, registry, check)
-    x = _input_array(request, values, spec, graph)
-    x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
-    if len(x) > registry.settings.max_images:
-        raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
+    raw = await http_request.body()
+    # Off the event loop when large: a 16 MB body takes long enough to parse and check that,
+    # on the loop, it would hold up every other request and the probes.
+    parse = functools.partial(_parse, raw, runtime, graph, registry.settings.max_images)
+    if len(raw) <= OFF_LOOP_BODY_BYTES:
+        request, x = parse()
+    else:
+        request, x = await parse_off_loop(registry.executor, parse)
     if graph == "encoder":
         mu, logvar = await runtime.encode_batched(x)
         names = [t.name for t in runtime.manifest.encoder.outputs]
