@@ -8,6 +8,10 @@ service's own endpoints. Errors are the service's own (`service.errors`), answer
 `{"error": "..."}` (`service.http.errors`): status 400 for an invalid request, 404 for an unknown
 model, as the protocol asks. `parameters: {"invert": "auto" | true | false}` inverts encoder inputs
 as the service's own /encode does (default false: `x` is the model's input as it is).
+
+The body is read by `service.codecs.oip_input` (simdjson, the data straight into numpy), off the
+event loop when it is large. The declared datatype is checked against the data: `x` takes FP32,
+FP64 or FP16 pixels in [0, 1], or UINT8 0-255; `z` takes FP32, FP64 or FP16.
 """
 
 from __future__ import annotations
