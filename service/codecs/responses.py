@@ -30,6 +30,22 @@ INLINE_MAX_VALUES = 64 * 784
 _renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
 
 
+# orjson holds the interpreter for a whole call: a large array is written this many values at a
+# time (about 1 ms each), so that the event loop, waiting for the interpreter while the render
+# thread writes, waits no longer than that.
+PIECE_VALUES = 64 * 784
+
+
+def in_pieces(array: np.ndarray) -> orjson.Fragment:
+    """`array` as JSON, written a block of rows at a time."""
+    rows = max(PIECE_VALUES // max(array[0].size, 1), 1)
+    pieces = (
+        orjson.dumps(array[i : i + rows], option=JSON_OPTIONS)[1:-1]
+        for i in range(0, len(array), rows)
+    )
+    return orjson.Fragment(b"[" + b",".join(pieces) + b"]")
+
+
 class JSONBody(Response):
     media_type = "application/json"
 
@@ -37,7 +53,18 @@ class JSONBody(Response):
         return orjson.dumps(content, option=JSON_OPTIONS)
 
 
-def render(result: Result, fmt: ResponseFormat) -> Response:
+class PiecewiseJSONBody(JSONBody):
+    """A JSON answer whose large arrays are written in pieces (in the render thread)."""
+
+    def render(self, content: Any) -> bytes:
+        pieces = {
+            name: in_pieces(v) if isinstance(v, np.ndarray) and v.size > PIECE_VALUES else v
+            for name, v in content.items()
+        }
+        return orjson.dumps(pieces, option=JSON_OPTIONS)
+
+
+def render(result: Result, fmt: ResponseFormat, json_body: type[JSONBody] = JSONBody) -> Response:
     """`result` as the answer in `fmt`. JSON: every field of the result. Binary: the images as
     one .npy array, or else the result's arrays as an .npz archive. PNG: the images as a grid."""
     fields = {name: getattr(result, name) for name in result.__slots__}
@@ -45,7 +72,7 @@ def render(result: Result, fmt: ResponseFormat) -> Response:
     if images is not None:
         fields["images"] = images = images.squeeze(-3)
     if fmt == "json" or (fmt == "png" and images is None):  # no images to draw: JSON
-        return JSONBody(fields)
+        return json_body(fields)
     headers = {"X-Model": result.model}
     seed = fields.get("seed")
     if seed is not None:
@@ -69,4 +96,5 @@ async def render_answer(result: Result, fmt: ResponseFormat) -> Response:
     """`render`, inline for a small answer and in the render thread for a large one."""
     if result_values(result) <= INLINE_MAX_VALUES:
         return render(result, fmt)
-    return await asyncio.get_running_loop().run_in_executor(_renderer, render, result, fmt)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_renderer, render, result, fmt, PiecewiseJSONBody)
