@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(5.0, gt=0)
     """A connection that sends nothing for this long, after connecting or after its last
     answer, is closed (no answer is owed)."""
+    write_timeout_s: float = Field(10.0, gt=0)
+    """A connection whose unsent answer makes no progress (the client reads none of it) for
+    this long is aborted, and the request it holds freed. A client that reads slowly but
+    steadily is never cut off."""
+    max_unsent_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    """Answer bytes a connection may leave unread (held in the service's memory); past it the
+    connection is aborted, whatever its pipeline holds. Keep it above the largest answer (a
+    1,024-image JSON answer is about 8.6 MB)."""
+    max_unsent_total_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    """Unread answer bytes across all connections; past it the connection stalled the longest
+    is aborted first, until the total is under it."""
     max_buffered_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     """Request bodies held in memory at once, received or being received (the first 64 KiB of
     each not counted); a body that would pass it gets 503 with Retry-After."""

@@ -25,7 +25,7 @@ from service.codecs.accept import JSON, Offer, Offers, negotiate
 from service.codecs.multipart import read_multipart_images
 from service.codecs.npy import NPY, NPZ
 from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
-from service.codecs.responses import render
+from service.codecs.responses import render_answer
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.schemas import (
@@ -208,7 +208,7 @@ async def respond(
         params, model, x = await asyncio.get_running_loop().run_in_executor(
             registry.executor, context.run, parse_request, call, endpoint, registry, settings
         )
-    return render(await endpoint.operation(params, model, x, settings), fmt)
+    return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
 
 
 async def respond_to_upload(
@@ -223,4 +223,4 @@ async def respond_to_upload(
     params, model, x = await read_multipart_images(
         request, endpoint.params, registry, settings, query_model
     )
-    return render(await endpoint.operation(params, model, x, settings), fmt)
+    return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
