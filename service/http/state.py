@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.codecs.decoding import DecodePool
 from service.errors import Unavailable
 from service.models.registry import ModelRegistry
 from service.observability.access_log import AccessLog
@@ -21,6 +22,10 @@ class AppState:
     access_log: AccessLog | None
     registry: ModelRegistry | None = None  # set by the lifespan once every model is loaded
     draining: bool = False  # set on SIGTERM: readiness and new requests answer 503
+    decode_pool: DecodePool = field(init=False)  # uploads' image decoding; the lifespan closes it
+
+    def __post_init__(self) -> None:
+        self.decode_pool = DecodePool(self.settings.decode_threads)
 
     @property
     def ready(self) -> bool:
