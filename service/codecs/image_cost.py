@@ -16,6 +16,7 @@ from typing import Literal
 
 from service.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
+MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 # A JPEG's marker segments are parsed one by one in Python: a file of thousands of tiny ones
@@ -54,7 +55,9 @@ def check_upload(data: bytes, field: str, max_pixel_scans: int) -> ImageCost:
         cost = _jpeg_cost(data, field, max_pixel_scans)
     else:
         raise _not_png_or_jpeg(data, field)
-    if cost.pixel_scans > max_pixel_scans:
+    # Past MAX_UPLOAD_PIXELS the picture is refused for its size alone, when Pillow reads its
+    # header (service.codecs.images), with that limit's words.
+    if cost.width * cost.height <= MAX_UPLOAD_PIXELS and cost.pixel_scans > max_pixel_scans:
         raise _over_budget(field, cost, max_pixel_scans)
     return cost
 

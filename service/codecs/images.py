@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from service.codecs.image_cost import check_upload
+from service.codecs.image_cost import MAX_UPLOAD_PIXELS, check_upload
 from service.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:  # the manifest's schema imports pydantic, which this module does without
@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # the manifest's schema imports pydantic, which this module d
 
 Array = NDArray[np.float32]
 Numbers = TypeVar("Numbers", bound=NDArray[Any])
-MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
 MAX_UPLOAD_PIXEL_SCANS = 24 * 4096 * 4096  # VAE_MAX_UPLOAD_PIXEL_SCANS's default
 # Latent values are O(1) (the prior is N(0, I), AE codes are of the same order); far larger ones
 # overflow the decoder's float32 arithmetic into NaN images (3.4e38 does on the bundled models).
