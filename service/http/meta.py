@@ -4,20 +4,15 @@ model folder); liveness, readiness and the Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
-import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.errors import Conflict, Forbidden, NotFound, TooManyRequests
+from service.errors import Conflict, NotFound
 from service.http.openapi import GUARD_RESPONSES, error_doc
-from service.http.state import AppSettings, Registry, State
+from service.http.state import FOLDER, Registry, State
 from service.manifest import ModelLoadError
 from service.models.registry import ModelRegistry, RescanReport
 from service.models.runtime import ModelRuntime
@@ -30,7 +25,6 @@ from service.schemas import (
     RepositoryReload,
     RepositoryReloadRefused,
 )
-from service.settings import Settings
 
 ModelName = Annotated[str, Path(description="Model name, as listed by /models")]
 
@@ -128,52 +122,6 @@ def models_router() -> APIRouter:
     return router
 
 
-FOLDER = ""  # the gate's key for POST /models/reload (no model is named "")
-
-
-@dataclass
-class ReloadGate:
-    """What a reload through the API must pass (SIGHUP passes none of it: only the operator can
-    send it): VAE_ALLOW_RELOAD; one at a time per model (the folder counting as one more); and
-    VAE_RELOAD_MIN_INTERVAL_S between the starts of two. A reload while one of the same model is
-    under way is refused (429), not queued: waiting, it would hold a request slot and then load
-    again files just loaded. The key check is the guard's, as on every model endpoint."""
-
-    _last_start: dict[str, float] = field(default_factory=dict)  # by model; FOLDER
-    _running: set[str] = field(default_factory=set)
-
-    @contextmanager
-    def admit(self, key: str, settings: Settings) -> Iterator[None]:
-        what = "the model folder" if key == FOLDER else f"model {key!r}"
-        if not settings.allow_reload:
-            raise Forbidden(
-                "",
-                "reloads through the API are turned off (VAE_ALLOW_RELOAD=false): the operator "
-                "reloads with SIGHUP, or sets VAE_ALLOW_RELOAD=true",
-            )
-        interval = settings.reload_min_interval_s
-        now = time.monotonic()
-        since = now - self._last_start[key] if key in self._last_start else math.inf
-        retry_after = max(1, math.ceil(interval - since)) if since < interval else 1
-        if key in self._running:
-            raise TooManyRequests(
-                "", f"a reload of {what} is under way; retry after {retry_after} s", retry_after
-            )
-        if since < interval:
-            raise TooManyRequests(
-                "",
-                f"{what} was reloaded {since:.1f} s ago; reloads are at least {interval:g} s "
-                f"apart (VAE_RELOAD_MIN_INTERVAL_S): retry after {retry_after} s",
-                retry_after,
-            )
-        self._last_start[key] = now
-        self._running.add(key)
-        try:
-            yield
-        finally:
-            self._running.discard(key)
-
-
 RELOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
     403: error_doc("Reloads through the API are turned off (VAE_ALLOW_RELOAD=false)"),
     429: error_doc(
@@ -185,7 +133,6 @@ RELOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
 
 def reload_router() -> APIRouter:
     router = APIRouter(tags=["models"])
-    gate = ReloadGate()  # one per app
 
     @router.post(
         "/models/reload",
@@ -202,7 +149,7 @@ def reload_router() -> APIRouter:
             **GUARD_RESPONSES,
         },
     )
-    async def reload_repository(registry: Registry, settings: AppSettings) -> JSONResponse:
+    async def reload_repository(registry: Registry, state: State) -> JSONResponse:
         """Scan VAE_MODEL_DIR as at start-up and serve what it now holds, swapped in at once:
         a new folder is loaded (checked and warmed up) and added; a model whose folder is gone is
         dropped (requests already running on it finish); a changed folder is reloaded; an
@@ -212,7 +159,7 @@ def reload_router() -> APIRouter:
         setting, the default is chosen again as at start-up (mnist-vae if loaded, else the first
         folder). A folder with no servable model left changes nothing (409). SIGHUP does the
         same, and logs it."""
-        with gate.admit(FOLDER, settings):
+        with state.reload_gate.admit(FOLDER, state.settings):
             # Shielded: a request that times out (504) leaves the scan to finish and swap.
             return rescan_answer(registry, await asyncio.shield(registry.start_rescan()))
 
@@ -229,14 +176,14 @@ def reload_router() -> APIRouter:
             **GUARD_RESPONSES,
         },
     )
-    async def reload_model(name: ModelName, registry: Registry, settings: AppSettings) -> ModelInfo:
+    async def reload_model(name: ModelName, registry: Registry, state: State) -> ModelInfo:
         """Re-read the model's folder (manifest, checksums, shapes), open and warm up the new
         sessions, then swap them in; requests already running finish on the old version.
         POST /models/reload (and SIGHUP) does this for every changed folder, and adds and drops
         models too."""
         if name not in registry.models:
             registry.pick(None, name)  # its 404, without taking the version being replaced
-        with gate.admit(name, settings):
+        with state.reload_gate.admit(name, state.settings):
             try:
                 runtime = await registry.reload(name)
             except ModelLoadError as exc:
