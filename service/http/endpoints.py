@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from service import ops
 from service.codecs.accept import JSON, Offer, Offers, negotiate
+from service.codecs.decoding import DecodePool
 from service.codecs.multipart import read_multipart_images
 from service.codecs.npy import NPY, NPZ
 from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
@@ -217,10 +218,12 @@ async def respond_to_upload(
     registry: ModelRegistry,
     settings: Settings,
     query_model: str | None,
+    decoder: DecodePool,
 ) -> Response:
-    """A multipart/form-data request of image files to `endpoint`, answered."""
+    """A multipart/form-data request of image files to `endpoint`, answered; `decoder` decodes
+    the files."""
     fmt = negotiate(request.headers.get("accept", ""), endpoint.produces, endpoint.path)
     params, model, x = await read_multipart_images(
-        request, endpoint.params, registry, settings, query_model
+        request, endpoint.params, registry, settings, query_model, decoder
     )
     return await render_answer(await endpoint.operation(params, model, x, settings), fmt)

@@ -227,6 +227,7 @@ class Guard:
             if not await self._check(scope, receive, send_with_id, headers):
                 status = CLIENT_GONE
         finally:
+            info.end()  # lets go of the model version it used (a retired one is closed)
             current_request.reset(token)
             self._record(scope, info, status, time.perf_counter() - start)
 
