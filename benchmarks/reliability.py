@@ -872,7 +872,9 @@ def scenario_bad_reload() -> BadReloadResult:
     """e2. Serve a copy of models/, then put a truncated mnist-vae/encoder.onnx there: a reload
     (POST and SIGHUP) must be refused while the loaded version keeps serving; restored, the file
     reloads."""
-    with model_copy() as models, serve(model_dir=models) as server:
+    # Two reloads a moment apart: no VAE_RELOAD_MIN_INTERVAL_S between them.
+    no_interval = {"VAE_RELOAD_MIN_INTERVAL_S": "0"}
+    with model_copy() as models, serve(no_interval, model_dir=models) as server:
         url = server.url
         status, mu, _ = encode_mu(url)
         steps: dict[str, Step] = {}

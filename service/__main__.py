@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from service.app import begin_shutdown, create_app
         from service.http.connection import ConnectionLimits, protocol_factory
+        from service.http.sending import SendLimits
 
         try:
             registry = loading.result()
@@ -121,9 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,  # the guard writes one line per request (VAE_ACCESS_LOG) instead
         log_config=None,  # keep the handlers configure_logging set up
         loop="uvloop",  # the fastest event loop uvicorn offers
-        # httptools, a response's head and body in one send(), every connection bounded; uvicorn
-        # takes any callable that builds a protocol, though typed for a class
-        http=protocol_factory(ConnectionLimits.from_settings(settings)),  # type: ignore[arg-type]
+        # httptools, a response's head and body in one send(), every connection bounded in what
+        # it sends us and what it leaves unread; uvicorn takes any callable that builds a
+        # protocol, though typed for a class
+        http=protocol_factory(  # type: ignore[arg-type]
+            ConnectionLimits.from_settings(settings), SendLimits.from_settings(settings)
+        ),
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 

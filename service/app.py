@@ -148,6 +148,7 @@ def _lifespan(
                 state.access_log.flush()
             state.registry = None
             await loaded.close()
+            state.decode_pool.close()
 
     return lifespan
 

@@ -40,6 +40,12 @@ class Unauthorized(ServiceError):
     status = 401
 
 
+class Forbidden(ServiceError):
+    """An action this service is configured not to allow (a reload with VAE_ALLOW_RELOAD=false)."""
+
+    status = 403
+
+
 class NotFound(ServiceError):
     """An unknown model, model version, route or resource."""
 
@@ -74,6 +80,16 @@ class UnsupportedMediaType(ServiceError):
     """A Content-Type or image format the endpoint does not read."""
 
     status = 415
+
+
+class TooManyRequests(ServiceError):
+    """The same action again too soon (a reload within VAE_RELOAD_MIN_INTERVAL_S, or while one
+    of the same model is under way): the client should retry after `Retry-After` seconds."""
+
+    status = 429
+
+    def __init__(self, field: str, message: str, retry_after_s: int) -> None:
+        super().__init__(field, message, {"Retry-After": str(retry_after_s)})
 
 
 class Unavailable(ServiceError):

@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     """Largest `samples` (reconstructions per input) for sampled /reconstruct."""
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest image file accepted in a multipart upload."""
+    max_upload_pixel_scans: int = Field(24 * 4096 * 4096, ge=1)
+    """Decoding budget of one uploaded image: width x height x scans (a progressive JPEG is
+    decoded once per scan; PNG and baseline JPEG count one). A file over it gets 413 before it
+    is decoded. The default takes a 4096 x 4096 picture with 24 scans (encoders write at most
+    about 10)."""
+    decode_threads: int = Field(0, ge=0)
+    """Threads that decode uploaded images (0: half the cores, at least 1). Decodes wait for a
+    free thread; those still waiting when their request times out or its client leaves never
+    start."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest request body; a larger one gets 413 before the rest of it is read."""
     max_concurrent_requests: int = Field(128, ge=1)
@@ -101,6 +110,17 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(5.0, gt=0)
     """A connection that sends nothing for this long, after connecting or after its last
     answer, is closed (no answer is owed)."""
+    write_timeout_s: float = Field(10.0, gt=0)
+    """A connection whose unsent answer makes no progress (the client reads none of it) for
+    this long is aborted, and the request it holds freed. A client that reads slowly but
+    steadily is never cut off."""
+    max_unsent_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    """Answer bytes a connection may leave unread (held in the service's memory); past it the
+    connection is aborted, whatever its pipeline holds. Keep it above the largest answer (a
+    1,024-image JSON answer is about 8.6 MB)."""
+    max_unsent_total_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    """Unread answer bytes across all connections; past it the connection stalled the longest
+    is aborted first, until the total is under it."""
     max_buffered_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     """Request bodies held in memory at once, received or being received (the first 64 KiB of
     each not counted); a body that would pass it gets 503 with Retry-After."""
@@ -114,6 +134,12 @@ class Settings(BaseSettings):
     """On SIGTERM, how long the service goes on answering new requests with 503 and
     `Connection: close` before it closes idle connections: clients on keep-alive connections get
     an answer rather than a reset. A second SIGTERM ends the window at once."""
+    allow_reload: bool = True
+    """Whether `POST /models/{name}/reload` and `POST /models/reload` may be used; false: they
+    answer 403 (SIGHUP still reloads: only the operator can send it)."""
+    reload_min_interval_s: float = Field(5.0, ge=0)
+    """Least time between two reloads of the same model (or two of the whole folder) through
+    the API; one sooner, or one while the last is under way, gets 429 with Retry-After."""
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Comma-separated API keys. When set (here or in VAE_API_KEYS_FILE), every inference and
     model endpoint needs `Authorization: Bearer <key>` or `X-API-Key: <key>`; probes and docs

@@ -13,6 +13,7 @@ import pytest
 
 from service.codecs.json_input import json_tensor_body
 from service.codecs.npy import npz_bytes, read_npy, stored_zip
+from service.codecs.responses import JSONBody, PiecewiseJSONBody
 
 RNG = np.random.default_rng(0)
 
@@ -115,3 +116,15 @@ def test_npy_bodies_of_every_version_read_alike(version: tuple[int, int], fortra
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, x, version=version)
         assert np.array_equal(read_npy(buffer.getvalue(), "images"), x)
+
+
+def test_a_large_json_answer_written_in_pieces_is_the_same_json() -> None:
+    rng = np.random.default_rng(0)
+    for rows in (1, 63, 64, 65, 1000):  # under, at and over one piece (64 images)
+        fields = {
+            "images": rng.random((rows, 28, 28), dtype=np.float32),
+            "z": rng.random((rows, 2), dtype=np.float32),
+            "model": "m",
+            "seed": 3,
+        }
+        assert PiecewiseJSONBody(fields).body == JSONBody(fields).body

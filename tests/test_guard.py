@@ -373,7 +373,12 @@ def own_models(model_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_reload_swaps_in_a_new_version_and_refuses_a_broken_one(own_models: Path) -> None:
-    settings = Settings(model_dir=own_models, default_model="tiny-vae", request_timeout_s=0.1)
+    settings = Settings(
+        model_dir=own_models,
+        default_model="tiny-vae",
+        request_timeout_s=0.1,
+        reload_min_interval_s=0,  # reloads back to back: the rate limit is tests/test_reload_rules
+    )
     with TestClient(create_app(settings)) as client:
         before = client.post("/encode", json={"images": IMAGE}).json()
 

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.http.guard import endpoint_label
 from service.models.runtime import ModelRuntime
+from service.observability.context import RequestInfo, current_request
 from service.settings import Settings
 
 from .conftest import digits
@@ -43,7 +44,7 @@ def models(model_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(models: Path) -> Settings:
     """conftest's app and client, on a model folder of the test's own."""
-    return Settings(model_dir=models, default_model="tiny-vae")
+    return Settings(model_dir=models, default_model="tiny-vae", reload_min_interval_s=0)
 
 
 def copy_model(models: Path, source: str, name: str, folder: str | None = None) -> Path:
@@ -127,8 +128,20 @@ def test_a_new_folder_is_served_after_a_reload(client: TestClient, models: Path)
     assert client.get("/readyz").status_code == 200
 
 
+def leased(client: TestClient, name: str) -> tuple[ModelRuntime, RequestInfo]:
+    """`name`'s version, taken as a request takes it (held until `info.end()`)."""
+    info = RequestInfo("test")
+    token = current_request.set(info)
+    try:
+        found = client.app.state.service.registry.lookup(name)  # type: ignore[attr-defined]
+    finally:
+        current_request.reset(token)
+    assert found is not None
+    return found, info
+
+
 def test_a_removed_folder_is_dropped(client: TestClient, models: Path) -> None:
-    running = runtime(client, "tiny-ae")  # as a request that started before the reload holds it
+    running, request = leased(client, "tiny-ae")  # as a request that started before the reload
     shutil.rmtree(models / "tiny-ae")
     answer = reload(client)
     assert answer["dropped"] == ["tiny-ae"] and answer["unchanged"] == ["tiny-vae"]
@@ -141,6 +154,16 @@ def test_a_removed_folder_is_dropped(client: TestClient, models: Path) -> None:
     # A request already running on the dropped model finishes on it.
     mu, _ = client.portal.call(running.encode_batched, digits(1)[:, None])
     assert mu.shape == (1, 4)
+    assert running.ready  # and is closed as soon as that request ends
+    client.portal.call(_end, request)
+    deadline = time.monotonic() + 10
+    while running.ready and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the state, with a deadline
+    assert not running.ready
+
+
+async def _end(request: RequestInfo) -> None:
+    request.end()  # on the event loop, as the guard ends a request
 
 
 def test_a_changed_folder_is_reloaded_and_an_unchanged_one_kept(
@@ -227,7 +250,7 @@ def test_the_configured_default_model_is_never_dropped(client: TestClient, model
 def test_without_a_configured_default_it_is_chosen_again_as_at_start_up(
     models: Path,
 ) -> None:
-    with TestClient(create_app(Settings(model_dir=models))) as client:
+    with TestClient(create_app(Settings(model_dir=models, reload_min_interval_s=0))) as client:
         assert client.get("/models").json()["default"] == "tiny-ae"  # the first folder
         shutil.rmtree(models / "tiny-ae")
         assert reload(client)["default"] == "tiny-vae"
@@ -252,7 +275,7 @@ def test_a_folder_left_without_models_keeps_the_default(client: TestClient, mode
 
 
 def test_an_empty_folder_without_a_configured_default_changes_nothing(models: Path) -> None:
-    with TestClient(create_app(Settings(model_dir=models))) as client:
+    with TestClient(create_app(Settings(model_dir=models, reload_min_interval_s=0))) as client:
         for folder in ("tiny-ae", "tiny-vae"):
             shutil.rmtree(models / folder)
         answer = reload(client, 409)

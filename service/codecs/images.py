@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from service.codecs.image_cost import MAX_UPLOAD_PIXELS, check_upload
 from service.errors import InvalidInput, TooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:  # the manifest's schema imports pydantic, which this module does without
@@ -17,7 +18,7 @@ if TYPE_CHECKING:  # the manifest's schema imports pydantic, which this module d
 
 Array = NDArray[np.float32]
 Numbers = TypeVar("Numbers", bound=NDArray[Any])
-MAX_UPLOAD_PIXELS = 4096 * 4096  # a decompression bomb is refused from its header alone
+MAX_UPLOAD_PIXEL_SCANS = 24 * 4096 * 4096  # VAE_MAX_UPLOAD_PIXEL_SCANS's default
 # Latent values are O(1) (the prior is N(0, I), AE codes are of the same order); far larger ones
 # overflow the decoder's float32 arithmetic into NaN images (3.4e38 does on the bundled models).
 MAX_LATENT = 1e6
@@ -153,19 +154,23 @@ def image_from_file(
     preprocessing: dict[str, Any],
     invert: Invert = "auto",
     background: Background = "dark",
+    max_pixel_scans: int = MAX_UPLOAD_PIXEL_SCANS,
 ) -> Array:
     """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
     grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says ("auto":
     where its background differs from the model's `background`). "auto" judges the picture as
     sent, at its own resolution (`light_background`): resizing blends the border with what lies
-    inside it."""
+    inside it. What decoding would cost is checked first (`check_upload`): 413 past
+    `max_pixel_scans`."""
     from PIL import Image
 
     c, h, w = shape
+    cost = check_upload(data, field, max_pixel_scans)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            # Only the plugin of the format measured: no other parser sees the bytes.
+            with Image.open(io.BytesIO(data), formats=[cost.format]) as img:
                 if img.format not in ("PNG", "JPEG"):
                     raise UnsupportedMediaType(field, f"is a {img.format} file; send PNG or JPEG")
                 if img.width * img.height > MAX_UPLOAD_PIXELS:

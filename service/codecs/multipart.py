@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 from python_multipart.multipart import parse_options_header
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from service.codecs.decoding import DecodePool, unless_client_leaves
 from service.codecs.images import Invert, image_from_file
 from service.codecs.requests import (
     IMAGES,
@@ -37,8 +37,10 @@ async def read_multipart_images(
     registry: ModelRegistry,
     settings: Settings,
     query_model: str | None,
+    decoder: DecodePool,
 ) -> tuple[Params, ModelRuntime, Array]:
-    """Image files as repeated `images` parts, the other fields as form fields."""
+    """Image files as repeated `images` parts, the other fields as form fields. The files are
+    decoded by `decoder`, one after another; none more once the client has hung up (499)."""
     form = await _read_form(request, settings)
     try:
         uploads = [f for f in form.getlist("images") if isinstance(f, UploadFile)]
@@ -49,26 +51,39 @@ async def read_multipart_images(
         params = validate_fields(params_type, _with_query(fields, query_of(request.scope)))
         model = registry.pick(getattr(params, "model", None), query_model)
         invert = invert_choice(params, FILE_INVERT_DEFAULT)
-        batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
-        for i, upload in enumerate(uploads):
-            field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
-            data = await upload.read(settings.max_upload_bytes + 1)
-            if len(data) > settings.max_upload_bytes:
-                raise TooLarge(field, f"file over {settings.max_upload_bytes} bytes")
-            # In a worker thread: a small file can hold a huge image, and a body full of them
-            # would hold the event loop (every other request, the timeout) for a long time.
-            batch[i] = await run_in_threadpool(
-                image_from_file,
-                data,
-                field,
-                model.image_shape,
-                model.manifest.input.preprocessing,
-                invert,
-                model.manifest.input.background,
-            )
+        decoding = _decode_files(uploads, model, invert, settings, decoder)
+        batch = await unless_client_leaves(request.receive, decoding)
     finally:
         await form.close()
     return params, model, batch
+
+
+async def _decode_files(
+    uploads: list[UploadFile],
+    model: ModelRuntime,
+    invert: Invert,
+    settings: Settings,
+    decoder: DecodePool,
+) -> Array:
+    batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
+    for i, upload in enumerate(uploads):
+        field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise TooLarge(field, f"file over {settings.max_upload_bytes} bytes")
+        # Off the event loop, in the bounded decoding pool: a small file can hold a costly
+        # image (its cost is checked there first, against VAE_MAX_UPLOAD_PIXEL_SCANS).
+        batch[i] = await decoder.run(
+            image_from_file,
+            data,
+            field,
+            model.image_shape,
+            model.manifest.input.preprocessing,
+            invert,
+            model.manifest.input.background,
+            settings.max_upload_pixel_scans,
+        )
+    return batch
 
 
 def _with_query(form: dict[str, str], query: dict[str, str]) -> dict[str, str]:

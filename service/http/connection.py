@@ -17,8 +17,13 @@ protocol with the coalescing writes of `service.http.transport`, plus
   401, a probe) is read and thrown away for at most `VAE_BODY_TIMEOUT_S` after the answer. The guard
   (`service.http.guard`) times the body of the requests it reads itself.
 
-Refusals are logged at most once per `LOG_EVERY_S`, with how many of each kind there were: a
-flood of them can neither fill the log nor go unnoticed.
+The sending side (answers a client does not read: the write timeout, the bounds on unsent bytes)
+is `service.http.sending`'s; the protocol reports its writes there, aborts the connections it
+picks, and starts no pipelined request while the answer before it is still unsent past the
+transport's high-water mark (until the client reads, it holds no request slot).
+
+Refusals and closes are logged at most once per `LOG_EVERY_S`, with how many of each kind there
+were: a flood of them can neither fill the log nor go unnoticed.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from typing import Any
 
 import httptools
 import orjson
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from service.http.sending import SendLimits, UnsentAnswers
 from service.http.transport import CoalescingHttpToolsProtocol
 from service.settings import Settings
 
@@ -100,7 +107,7 @@ class RefusalLog:
         count = sum(self.pending.values())
         kinds = ", ".join(f"{n} {reason}" for reason, n in self.pending.most_common())
         logger.warning(
-            "refused %d connection%s in the last %g s: %s",
+            "refused or closed %d connection%s in the last %g s: %s",
             count,
             "" if count == 1 else "s",
             self.every_s,
@@ -157,6 +164,8 @@ class HeadRefused(Exception):
 class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     """See the module docstring. Built by `protocol_factory`, one per connection."""
 
+    watch_writes = True
+
     def __init__(
         self,
         config: Config,
@@ -167,11 +176,14 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         limits: ConnectionLimits,
         refusals: RefusalLog,
         idle: IdleConnections,
+        unsent: UnsentAnswers,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
         self.refusals = refusals
         self.idle = idle
+        self.unsent = unsent
+        self._deferred: tuple[RequestResponseCycle, ASGI3Application] | None = None
         # uvicorn's idle timer (typed int, used as a float), here for new connections too
         self.timeout_keep_alive = limits.idle_timeout_s  # type: ignore[assignment]
         self._over_cap = False
@@ -223,6 +235,9 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self.idle.discard(self)
         if self._over_cap:
             return  # uvicorn never knew this connection
+        self.unsent.forget(self)
+        self.pipeline.clear()  # requests never started: their bodies go now
+        self._deferred = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -364,6 +379,38 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             # longer than a body may take.
             self._arm(self.limits.body_timeout_s, self._close_quietly)
 
+    # --- the sending side -------------------------------------------------------------------------
+
+    def written(self) -> None:
+        self.unsent.written(self, self.loop)
+
+    def unsent_bytes(self) -> int:
+        return self.out.unsent
+
+    def sent_bytes(self) -> int:
+        return self.out.written - self.out.unsent
+
+    def abort_sending(self, reason: str) -> None:
+        self.refusals.note(reason, self.loop)
+        self.pipeline.clear()
+        self._deferred = None
+        self.transport.abort()  # connection_lost frees the request under way, if any
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if self.flow.write_paused and not self.transport.is_closing():
+            # The answer before is still unsent past the high-water mark: this request waits
+            # for the client to read (resume_writing), holding no slot, and its answer will not
+            # wait on that drain.
+            self._deferred = (cycle, app)
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and not self.transport.is_closing():
+            super()._start_asgi_task(*deferred)
+
     def _close_quietly(self) -> None:
         self._deadline = None
         if not self.transport.is_closing():
@@ -381,11 +428,14 @@ class GuardedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             self._deadline = None
 
 
-def protocol_factory(limits: ConnectionLimits) -> Callable[..., GuardedHttpToolsProtocol]:
+def protocol_factory(
+    limits: ConnectionLimits, send_limits: SendLimits
+) -> Callable[..., GuardedHttpToolsProtocol]:
     """What uvicorn's `http` setting takes: builds one protocol per connection, all sharing
-    one refusal log and one list of idle connections."""
+    one refusal log, one list of idle connections and one account of unsent answers."""
     refusals = RefusalLog()
     idle = IdleConnections()
+    unsent = UnsentAnswers(send_limits)
 
     def build(
         config: Config,
@@ -394,7 +444,14 @@ def protocol_factory(limits: ConnectionLimits) -> Callable[..., GuardedHttpTools
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> GuardedHttpToolsProtocol:
         return GuardedHttpToolsProtocol(
-            config, server_state, app_state, _loop, limits=limits, refusals=refusals, idle=idle
+            config,
+            server_state,
+            app_state,
+            _loop,
+            limits=limits,
+            refusals=refusals,
+            idle=idle,
+            unsent=unsent,
         )
 
     return build

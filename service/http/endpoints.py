@@ -25,10 +25,11 @@ from starlette.responses import Response
 
 from service import ops
 from service.codecs.accept import JSON, Offer, Offers, negotiate
+from service.codecs.decoding import DecodePool
 from service.codecs.multipart import read_multipart_images
 from service.codecs.npy import NPY, NPZ
 from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
-from service.codecs.responses import render
+from service.codecs.responses import render_answer
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.schemas import (
@@ -226,7 +227,7 @@ async def respond(
         context = contextvars.copy_context()
         parse = functools.partial(context.run, parse_request, call, endpoint, registry, settings)
         params, model, x = await parse_off_loop(registry.executor, parse)
-    return render(await endpoint.operation(params, model, x, settings), fmt)
+    return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
 
 
 async def respond_to_upload(
@@ -235,10 +236,12 @@ async def respond_to_upload(
     registry: ModelRegistry,
     settings: Settings,
     query_model: str | None,
+    decoder: DecodePool,
 ) -> Response:
-    """A multipart/form-data request of image files to `endpoint`, answered."""
+    """A multipart/form-data request of image files to `endpoint`, answered; `decoder` decodes
+    the files."""
     fmt = negotiate(request.headers.get("accept", ""), endpoint.produces, endpoint.path)
     params, model, x = await read_multipart_images(
-        request, endpoint.params, registry, settings, query_model
+        request, endpoint.params, registry, settings, query_model, decoder
     )
-    return render(await endpoint.operation(params, model, x, settings), fmt)
+    return await render_answer(await endpoint.operation(params, model, x, settings), fmt)

@@ -237,6 +237,7 @@ class Guard:
         try:
             await self._check(scope, watched_receive, send_with_id, headers)
         finally:
+            info.end()  # lets go of the model version it used (a retired one is closed)
             current_request.reset(token)
             # Nothing sent: the client hung up (on any body-reading path, the app's included),
             # which is not the service's error; otherwise something failed to answer at all.

@@ -4,7 +4,7 @@ model folder); liveness, readiness and the Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.errors import Conflict, NotFound
 from service.http.openapi import GUARD_RESPONSES, error_doc
-from service.http.state import Registry, State
+from service.http.state import FOLDER, Registry, State
 from service.manifest import ModelLoadError
 from service.models.registry import ModelRegistry, RescanReport
 from service.models.runtime import ModelRuntime
@@ -122,6 +122,15 @@ def models_router() -> APIRouter:
     return router
 
 
+RELOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
+    403: error_doc("Reloads through the API are turned off (VAE_ALLOW_RELOAD=false)"),
+    429: error_doc(
+        "A reload of the same model (or folder) is under way, or the last one started less than "
+        "VAE_RELOAD_MIN_INTERVAL_S ago; see Retry-After"
+    ),
+}
+
+
 def reload_router() -> APIRouter:
     router = APIRouter(tags=["models"])
 
@@ -136,10 +145,11 @@ def reload_router() -> APIRouter:
                 "was applied), or the folder holds no model that can be served (nothing changed)",
                 "RepositoryReloadRefused",
             ),
+            **RELOAD_REFUSALS,
             **GUARD_RESPONSES,
         },
     )
-    async def reload_repository(registry: Registry) -> JSONResponse:
+    async def reload_repository(registry: Registry, state: State) -> JSONResponse:
         """Scan VAE_MODEL_DIR as at start-up and serve what it now holds, swapped in at once:
         a new folder is loaded (checked and warmed up) and added; a model whose folder is gone is
         dropped (requests already running on it finish); a changed folder is reloaded; an
@@ -149,8 +159,9 @@ def reload_router() -> APIRouter:
         setting, the default is chosen again as at start-up (mnist-vae if loaded, else the first
         folder). A folder with no servable model left changes nothing (409). SIGHUP does the
         same, and logs it."""
-        # Shielded: a request that times out (504) leaves the scan to finish and swap.
-        return rescan_answer(registry, await asyncio.shield(registry.start_rescan()))
+        with state.reload_gate.admit(FOLDER, state.settings):
+            # Shielded: a request that times out (504) leaves the scan to finish and swap.
+            return rescan_answer(registry, await asyncio.shield(registry.start_rescan()))
 
     @router.post(
         "/models/{name}/reload",
@@ -161,21 +172,24 @@ def reload_router() -> APIRouter:
             409: error_doc(
                 "The files now in the folder fail a check; the previous version keeps serving"
             ),
+            **RELOAD_REFUSALS,
             **GUARD_RESPONSES,
         },
     )
-    async def reload_model(name: ModelName, registry: Registry) -> ModelInfo:
+    async def reload_model(name: ModelName, registry: Registry, state: State) -> ModelInfo:
         """Re-read the model's folder (manifest, checksums, shapes), open and warm up the new
         sessions, then swap them in; requests already running finish on the old version.
         POST /models/reload (and SIGHUP) does this for every changed folder, and adds and drops
         models too."""
-        registry.pick(None, name)  # 404 for an unknown name
-        try:
-            runtime = await registry.reload(name)
-        except ModelLoadError as exc:
-            raise Conflict(
-                "name", f"reload refused, the previous version keeps serving: {exc}"
-            ) from exc
+        if name not in registry.models:
+            registry.pick(None, name)  # its 404, without taking the version being replaced
+        with state.reload_gate.admit(name, state.settings):
+            try:
+                runtime = await registry.reload(name)
+            except ModelLoadError as exc:
+                raise Conflict(
+                    "name", f"reload refused, the previous version keeps serving: {exc}"
+                ) from exc
         return model_info(registry, runtime)
 
     return router

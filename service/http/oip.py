@@ -107,7 +107,7 @@ class InferenceResponse(BaseModel):
 
 def _split_name(registry: ModelRegistry, oip_name: str) -> tuple[ModelRuntime, str]:
     base, _, graph = oip_name.rpartition("-")
-    runtime = registry.models.get(base)
+    runtime = registry.lookup(base)
     if graph not in GRAPHS or runtime is None:
         known = ", ".join(f"{name}-{g}" for name in registry.models for g in GRAPHS)
         raise NotFound("", f"unknown model {oip_name!r}; known: {known}")

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from service.codecs.requests import Call, media_type, query_model_name, query_of
 from service.http.endpoints import ENDPOINTS, Endpoint, respond, respond_to_upload
 from service.http.openapi import request_body, responses
-from service.http.state import AppSettings, Registry
+from service.http.state import AppSettings, Registry, get_state
 
 Route = Callable[..., Awaitable[Response]]
 
@@ -28,7 +28,8 @@ def _route(endpoint: Endpoint[Any]) -> Route:
         content_type = media_type(headers)
         if uploads and content_type == b"multipart/form-data":
             model = query_model_name(query_of(request.scope))
-            return await respond_to_upload(endpoint, request, registry, settings, model)
+            decoder = get_state(request).decode_pool
+            return await respond_to_upload(endpoint, request, registry, settings, model, decoder)
         call = Call.of(request.scope, headers, content_type, await request.body())
         return await respond(endpoint, call, registry, settings)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from service.errors import InvalidInput, NotFound
 from service.manifest import ModelLoadError, folder_fingerprint, model_folders
 from service.models.runtime import BatchObservers, ModelRuntime, resolve_providers
-from service.observability.context import note_model
+from service.observability.context import current_request, note_model
 from service.settings import DEFAULT_MODEL_NAME, Settings
 
 logger = logging.getLogger("service")
@@ -127,7 +127,7 @@ class ModelRegistry:
     executor: ThreadPoolExecutor
     providers: list[str]
     settings: Settings
-    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)  # closing old versions
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rescans: set[asyncio.Task[RescanReport | ModelLoadError]] = field(default_factory=set)
     observer: ModelObserver | None = None
@@ -147,17 +147,41 @@ class ModelRegistry:
             )
 
     def pick(self, from_body: str | None, from_query: str | None = None) -> ModelRuntime:
-        """The model a request names (in its body, its query, or neither: the default)."""
+        """The model a request names (in its body, its query, or neither: the default), leased
+        to the request (see `lookup`)."""
         if from_body and from_query and from_body != from_query:
             raise InvalidInput(
                 "model", f"the body says {from_body!r} but ?model= says {from_query!r}"
             )
         name = from_body or from_query or self.default_name
-        model = self.models.get(name)
+        model = self.lookup(name)
         if model is None:
             raise NotFound("model", f"no model named {name!r}; available: {', '.join(self.models)}")
         note_model(name)  # for the request's log line and metrics
         return model
+
+    def lookup(self, name: str) -> ModelRuntime | None:
+        """The version of `name` served now (None: no such model). Within a request it is
+        leased until the request ends: a reload meanwhile leaves it serving that request, and
+        it is closed when the last request holding it ends (`_swap`)."""
+        info = current_request.get()
+        while True:
+            model = self.models.get(name)
+            if model is None or info is None:
+                return model
+            if model.acquire():
+                info.at_end(lambda: self._release(model))
+                return model
+            # Retired between the read and the lease: self.models already holds its successor.
+
+    def _release(self, model: ModelRuntime) -> None:
+        if model.release():
+            self._close_soon(model)
+
+    def _close_soon(self, model: ModelRuntime) -> None:
+        task = asyncio.get_running_loop().create_task(model.close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @classmethod
     def load(cls, settings: Settings) -> ModelRegistry:
@@ -326,8 +350,8 @@ class ModelRegistry:
     def _swap(
         self, models: dict[str, ModelRuntime], default: str, retired: dict[str, ModelRuntime]
     ) -> None:
-        """Serve `models` from now on, in one step; `retired` (by name) are closed once the
-        requests that picked them are done."""
+        """Serve `models` from now on, in one step; `retired` (by name) are closed as soon as
+        the last request that picked them is done (at once when none holds them)."""
         for name, runtime in models.items():
             if runtime is not self.models.get(name):
                 self._observe(runtime)
@@ -336,18 +360,11 @@ class ModelRegistry:
                 self.observer.model_unloaded(name)
         self.models = models
         self.default_name = default
-        # Requests that picked an old version finish on it; none outlives the request timeout,
-        # so it is closed after that.
-        loop = asyncio.get_running_loop()
+        # Requests that picked an old version finish on it: each holds a lease until it ends.
+        # (They were kept for the whole request timeout before: 10 s of sessions per reload.)
         for old in retired.values():
-            retire = loop.create_task(self._close_later(old, self.settings.request_timeout_s))
-            self._retiring.add(retire)
-            retire.add_done_callback(self._retiring.discard)
-
-    @staticmethod
-    async def _close_later(runtime: ModelRuntime, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
-        await runtime.close()
+            if old.retire():
+                self._close_soon(old)
 
     @property
     def ready(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,6 +116,11 @@ class ModelRuntime:
     _decoder: ort.InferenceSession | None = None
     _encode_batcher: DynamicBatcher | None = None
     _decode_batcher: DynamicBatcher | None = None
+    # Requests using this version now (`acquire`/`release`, maybe from a parsing thread), and
+    # whether a newer one has replaced it: a retired version is closed when its last one ends.
+    _leases: int = 0
+    _retired: bool = False
+    _lease_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
@@ -268,6 +274,33 @@ class ModelRuntime:
             "latent_map": self.latent_map_body is not None,
             "manifest": self.manifest.model_dump(mode="json"),
         }
+
+    def acquire(self) -> bool:
+        """One more request uses this version; False (nothing taken) once it is retired: the
+        request takes the version that replaced it."""
+        with self._lease_lock:
+            if self._retired:
+                return False
+            self._leases += 1
+            return True
+
+    def release(self) -> bool:
+        """A request is done with this version; True when it was the last on a retired one,
+        which the caller then closes."""
+        with self._lease_lock:
+            self._leases -= 1
+            return self._retired and self._leases == 0
+
+    def retire(self) -> bool:
+        """No new request takes this version; True when none holds it, so it can be closed at
+        once (else the last `release` says so)."""
+        with self._lease_lock:
+            self._retired = True
+            return self._leases == 0
+
+    @property
+    def leases(self) -> int:
+        return self._leases
 
     def attach(self, observers: BatchObservers) -> None:
         """Report this model's batches to the observers `observers` gives."""

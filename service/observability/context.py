@@ -6,6 +6,7 @@ the guard's log line and metrics read both once the request is answered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -17,6 +18,20 @@ class RequestInfo:
     request_id: str
     model: str = ""
     batch_size: int = 0  # rows of the largest onnxruntime call this request's rows ran in
+    # Called once the request is answered (the model version it leased is let go); None until
+    # the first, as most requests need none.
+    on_end: list[Callable[[], object]] | None = None
+
+    def at_end(self, callback: Callable[[], object]) -> None:
+        """Call `callback` when the request ends (answered, refused, timed out or abandoned)."""
+        if self.on_end is None:
+            self.on_end = []
+        self.on_end.append(callback)
+
+    def end(self) -> None:
+        callbacks, self.on_end = self.on_end or [], None
+        for callback in callbacks:
+            callback()
 
 
 # Set by the guard for every request; the handlers fill in the model, the batcher the batch size.
