@@ -15,10 +15,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
+from service.codecs.oip_input import InferenceRequest
 from service.http.docs import add_docs
 from service.http.errors import install_error_handlers
 from service.http.fastpath import FastLane
@@ -89,7 +91,8 @@ def create_app(
             app.front,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
+            # Every request header the service reads.
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
             expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After"],
         )
     install_error_handlers(app)
@@ -97,7 +100,13 @@ def create_app(
     for router in routers:
         app.include_router(router)
     add_docs(app)
-    install_openapi(app, documented_models([ErrorResponse, ErrorBody, RepositoryReloadRefused]))
+    documented: list[type[BaseModel]] = [
+        ErrorResponse,
+        ErrorBody,
+        RepositoryReloadRefused,
+        InferenceRequest,
+    ]
+    install_openapi(app, documented_models(documented))
     return app
 
 

@@ -14,7 +14,7 @@ DEFAULT_MODEL_NAME = "mnist-vae"
 def read_key_file(path: Path) -> list[str]:
     """One key per line; blank lines and `#` comments skipped. [] when unreadable."""
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
         return []
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

@@ -105,9 +105,9 @@ def test_keys_from_a_file(model_dir: Path, tmp_path: Path) -> None:
 
 def test_key_check_compares_every_key() -> None:
     check = KeyCheck(["a" * 20, "b" * 20])
-    assert check.enabled and check.matches("b" * 20) and not check.matches("b" * 19)
+    assert check.enabled and check.matches(b"b" * 20) and not check.matches(b"b" * 19)
     assert not KeyCheck([]).enabled
-    assert presented_key({b"authorization": b"Bearer  xyz "}) == "xyz"
+    assert presented_key({b"authorization": b"Bearer  xyz "}) == b"xyz"
     assert presented_key({b"x-api-key": b"  "}) is None
 
 

@@ -51,7 +51,9 @@ def _npy_header(start: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any], int
     return shape, fortran_order, dtype, stream.tell()
 
 
-def read_npy(body: bytes, field: str) -> NDArray[Any]:
+def read_npy(body: bytes, field: str, what: str = "values") -> NDArray[Any]:
+    """The array of a .npy body, read in place; `what` names its rows in the message for an
+    empty one ("images", "latent vectors")."""
     if body.startswith(ZIP_MAGIC):
         raise BadRequest(field, "send one .npy array, not an .npz archive")
     if not body.startswith(NPY_MAGIC):  # numpy would call anything else pickled data
@@ -62,21 +64,47 @@ def read_npy(body: bytes, field: str) -> NDArray[Any]:
         )
     try:
         shape, fortran_order, dtype, offset = _npy_header(_npy_header_bytes(body))
-        if dtype.hasobject:
-            raise ValueError("object arrays are not accepted; send float32 or uint8")
-        # Not np.load: it allocates the whole array the header declares before reading any data,
-        # so a 100-byte body claiming (10**12, 784) was a MemoryError, a 500. The data is read in
-        # place instead (read-only), once its size matches the header.
-        count = math.prod(shape)
-        if count * dtype.itemsize != len(body) - offset:
-            raise ValueError(
-                f"the header declares {dtype} {shape} but {len(body) - offset} bytes of data "
-                "follow it"
-            )
-        data = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
-        return data.reshape(shape[::-1]).T if fortran_order else data.reshape(shape)
     except (ValueError, OSError, EOFError) as exc:
-        raise BadRequest(field, f"the body is not a readable .npy array ({exc})") from exc
+        raise BadRequest(
+            field, f"the body is not a readable .npy array ({exc}); write it with np.save"
+        ) from exc
+    if dtype.hasobject:
+        raise BadRequest(
+            field,
+            "the body is not a readable .npy array (object arrays are not accepted; "
+            "send float32 or uint8)",
+        )
+    count = _checked_count(shape, dtype, len(body) - offset, field)
+    if count == 0:  # before numpy: an empty array may still declare (2**62, 0)
+        raise InvalidInput(field, f"the array holds no {what} (shape {shape}); send at least one")
+    # Not np.load: it allocates the whole array the header declares before reading any data,
+    # so a 100-byte body claiming (10**12, 784) was a MemoryError, a 500. The data is read in
+    # place instead (read-only), once its size matches the header.
+    data = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    return data.reshape(shape[::-1]).T if fortran_order else data.reshape(shape)
+
+
+def _checked_count(
+    shape: tuple[Any, ...], dtype: np.dtype[Any], data_bytes: int, field: str
+) -> int:
+    """The number of values the header's shape declares, checked against the data that
+    follows it. numpy's header reader lets booleans and negative numbers through as dimensions,
+    and its int64 arithmetic wraps, so the product is taken here in Python integers. With the
+    data's size matching it, no dimension of a non-empty array exceeds the body's length."""
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise BadRequest(
+            field,
+            f"the .npy header's shape {shape} is not valid: dimensions are whole numbers, 0 or "
+            "more; write the array with np.save",
+        )
+    count = math.prod(shape)
+    if count * dtype.itemsize != data_bytes:
+        raise BadRequest(
+            field,
+            f"the body is not a readable .npy array (the header declares {dtype} {shape} but "
+            f"{data_bytes} bytes of data follow it); send the whole array, as np.save writes it",
+        )
+    return count
 
 
 def images_from_npy(array: NDArray[Any], shape: tuple[int, int, int]) -> Array:
@@ -97,8 +125,6 @@ def images_from_npy(array: NDArray[Any], shape: tuple[int, int, int]) -> Array:
             f"array of shape {array.shape}; expected (N, {c * h * w}), (N, {h}, {w}) or "
             f"(N, {c}, {h}, {w})",
         )
-    if len(images) == 0:
-        raise InvalidInput("images", "the array holds no images")
     return check_pixels(np.ascontiguousarray(images, dtype=np.float32), "images")
 
 

@@ -191,7 +191,7 @@ def _read_tensor_request(
     if call.content_type == NPY:
         params = validate_fields(params_type, call.query)
         model = registry.pick(getattr(params, "model", None), query_model)
-        array = field.from_npy(read_npy(call.body, field.name), model)
+        array = field.from_npy(read_npy(call.body, field.name, field.what), model)
         check_count(len(array), settings, field)
         return params, model, array
 
@@ -238,23 +238,44 @@ def _validate(model_type: type[Params], values: dict[str, Any]) -> Params:
         raise InvalidInput("", describe_errors(exc.errors())) from exc
 
 
+# JSON's number syntax: int() and float() also take "1_000", " 5", "+5", "nan" and "inf",
+# which a client may then believe were read as it meant them.
+JSON_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def validate_fields(model_type: type[Params], fields: dict[str, str]) -> Params:
-    """Query or form fields (text) as `model_type`: the numeric ones read as numbers first."""
+    """Query or form fields (text) as `model_type`: the numeric ones read as numbers first,
+    written as JSON writes them."""
     values: dict[str, Any] = dict(fields)
     for name, value in fields.items():
         info = model_type.model_fields.get(name)
         if info is None:
             continue
         annotation = str(info.annotation)
-        try:
-            if "int" in annotation:
-                values[name] = int(value)
-            elif "float" in annotation:
-                values[name] = float(value)
-        except ValueError as exc:
-            kind = "an integer" if "int" in annotation else "a number"
-            raise InvalidInput(name, f"expected {kind}, got {value!r}") from exc
+        if "int" in annotation:
+            # int() refuses more than 4,300 digits with a ValueError; no field takes 40.
+            if not JSON_INTEGER.fullmatch(value) or len(value) > 40:
+                raise InvalidInput(
+                    name,
+                    f"expected an integer, got {shorten(value)!r}; write it in digits (at most "
+                    "40), such as 7",
+                )
+            values[name] = int(value)
+        elif "float" in annotation:
+            if not JSON_NUMBER.fullmatch(value):
+                raise InvalidInput(
+                    name,
+                    f"expected a number, got {shorten(value)!r}; write it as JSON does, such "
+                    "as 0.5",
+                )
+            values[name] = float(value)
     return _validate(model_type, values)
+
+
+def shorten(text: str, limit: int = 50) -> str:
+    """`text`, cut to `limit` characters for a message."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json_error(call: Call, exc: ValidationError) -> InvalidInput:

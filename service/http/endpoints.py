@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import weakref
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -193,6 +196,22 @@ BY_PATH: dict[str, Endpoint[Any]] = {endpoint.path: endpoint for endpoint in END
 # enough to parse that, on the event loop, they would stall every other request and the health
 # probes with them. Small bodies parse faster than a thread hop.
 OFF_LOOP_BODY_BYTES = 256 * 1024
+T = TypeVar("T")
+_parse_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def parse_off_loop(executor: Executor, parse: Callable[[], T]) -> T:
+    """`parse()` in `executor`, one at a time. simdjson holds the GIL while it parses (tens of
+    ms for 16 MB): two parses at once, in two threads, would keep the event loop from running
+    for both in turn, and eight for eight. Waiting here costs no thread."""
+    loop = asyncio.get_running_loop()
+    gate = _parse_gates.get(loop)
+    if gate is None:  # a semaphore belongs to one loop; tests run several
+        gate = _parse_gates[loop] = asyncio.Semaphore(1)
+    async with gate:
+        return await loop.run_in_executor(executor, parse)
 
 
 async def respond(
@@ -206,9 +225,8 @@ async def respond(
         params, model, x = parse_request(call, endpoint, registry, settings)
     else:  # in the request's context, so that the model it picks is noted in its log line
         context = contextvars.copy_context()
-        params, model, x = await asyncio.get_running_loop().run_in_executor(
-            registry.executor, context.run, parse_request, call, endpoint, registry, settings
-        )
+        parse = functools.partial(context.run, parse_request, call, endpoint, registry, settings)
+        params, model, x = await parse_off_loop(registry.executor, parse)
     return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
 
 

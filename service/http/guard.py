@@ -25,7 +25,8 @@ every other error of this service.) The request head is bounded before this, by 
 
 Every request it sees gets an `X-Request-ID` (the client's, or a new one), is counted in the
 metrics, and (VAE_ACCESS_LOG) gets one log line with its id, endpoint, model, status, latency
-and batch size. A client that hangs up before its body is whole is recorded as 499.
+and batch size. A client that hangs up before it is answered (nothing sent yet) is recorded as
+499, whichever path read its body.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from service.http.endpoints import ENDPOINTS
 from service.http.errors import INTERNAL_ERROR, error_response
 from service.http.state import AppState
 from service.observability.context import RequestInfo, current_request
+from service.observability.logs import escape
 
 logger = logging.getLogger("service")
 
@@ -92,17 +94,19 @@ def is_open(path: str) -> bool:
 
 class KeyCheck:
     """Constant-time API key check: keys are kept as SHA-256 digests and a candidate is compared
-    with every one of them, so neither timing nor early exit tells how much of a key matched."""
+    with every one of them, so neither timing nor early exit tells how much of a key matched.
+    Keys are compared as UTF-8 bytes: a key with non-ASCII characters is sent as its UTF-8
+    bytes, and any other bytes (its Latin-1 spelling, say) are a different key."""
 
     def __init__(self, keys: list[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+        self._digests = [hashlib.sha256(k.encode("utf-8")).digest() for k in keys]
 
     @property
     def enabled(self) -> bool:
         return bool(self._digests)
 
-    def matches(self, candidate: str) -> bool:
-        digest = hashlib.sha256(candidate.encode()).digest()
+    def matches(self, candidate: bytes) -> bool:
+        digest = hashlib.sha256(candidate).digest()
         found = False
         for known in self._digests:
             found |= hmac.compare_digest(digest, known)
@@ -119,13 +123,13 @@ def request_id(headers: dict[bytes, bytes]) -> str:
     return given if REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
-def presented_key(headers: dict[bytes, bytes]) -> str | None:
-    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, if any."""
-    authorization = headers.get(b"authorization", b"").decode("latin-1")
-    scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, if any, as the bytes
+    sent."""
+    scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+    if scheme.lower() == b"bearer" and credentials.strip():
         return credentials.strip()
-    api_key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    api_key = headers.get(b"x-api-key", b"").strip()
     return api_key or None
 
 
@@ -210,7 +214,8 @@ class Guard:
         headers = dict(scope["headers"])
         info = RequestInfo(request_id(headers))
         token = current_request.set(info)
-        status = 500  # if nothing is sent at all
+        status: int | None = None  # until a response starts
+        gone = False  # whether the connection said the client hung up
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -223,12 +228,21 @@ class Guard:
                 ]
             await send(message)
 
+        async def watched_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         try:
-            if not await self._check(scope, receive, send_with_id, headers):
-                status = CLIENT_GONE
+            await self._check(scope, watched_receive, send_with_id, headers)
         finally:
             info.end()  # lets go of the model version it used (a retired one is closed)
             current_request.reset(token)
+            # Nothing sent: the client hung up (on any body-reading path, the app's included),
+            # which is not the service's error; otherwise something failed to answer at all.
+            if status is None:
+                status = CLIENT_GONE if gone else 500
             self._record(scope, info, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
@@ -249,21 +263,21 @@ class Guard:
 
     async def _check(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
-    ) -> bool:
-        """Answers the request, or refuses it; False when the client hung up first."""
+    ) -> None:
+        """Answers the request, or refuses it (or finds the client gone, and sends nothing)."""
         refusal = self._unauthorized(headers) or self._declared_too_large(headers)
         if refusal is not None:  # before any of the body is read (or 100 Continue sent)
             await send_error(scope, receive, send, refusal)
-            return True
+            return
         body = Body()
         try:
             outcome = await self._receive(receive, body)
             if outcome is None:
-                return False
+                return
             refusal = outcome if isinstance(outcome, ServiceError) else self._refusal()
             if refusal is not None:
                 await send_error(scope, receive, send, refusal)
-                return True
+                return
             self.in_flight += 1
             metrics = self.state.metrics
             metrics.in_flight = self.in_flight
@@ -274,7 +288,6 @@ class Guard:
                 metrics.in_flight = self.in_flight
         finally:
             self.buffered -= body.counted
-        return True
 
     def _unauthorized(self, headers: dict[bytes, bytes]) -> ServiceError | None:
         if not self.keys.enabled:
@@ -392,14 +405,14 @@ class Guard:
                 logger.error(
                     "%s %s cut off by shutdown: not finished within VAE_SHUTDOWN_GRACE_S",
                     scope["method"],
-                    scope["path"],
+                    escape(scope["path"]),
                 )
                 raise
             expiry.absorb()
             logger.warning(
                 "%s %s timed out after %s s",
                 scope["method"],
-                scope["path"],
+                escape(scope["path"]),
                 self.settings.request_timeout_s,
             )
             if not started:
@@ -411,7 +424,7 @@ class Guard:
                 )
                 await send_error(scope, receive, send, timed_out)
         except Exception:
-            logger.exception("%s %s failed", scope["method"], scope["path"])
+            logger.exception("%s %s failed", scope["method"], escape(scope["path"]))
             if not started:
                 await send_error(scope, receive, send, InternalError("", INTERNAL_ERROR))
         finally:

@@ -215,6 +215,11 @@ def health_router() -> APIRouter:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "not ready"}, status_code=503)
 
+    # HEAD as GET (without the body): load balancers and uptime checkers often probe with it.
+    # Left out of the OpenAPI document, where it would repeat the GET operations.
+    router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
     @router.get(
         "/metrics",
         summary="Prometheus metrics (text exposition format)",

@@ -8,23 +8,31 @@ service's own endpoints. Errors are the service's own (`service.errors`), answer
 `{"error": "..."}` (`service.http.errors`): status 400 for an invalid request, 404 for an unknown
 model, as the protocol asks. `parameters: {"invert": "auto" | true | false}` inverts encoder inputs
 as the service's own /encode does (default false: `x` is the model's input as it is).
+
+The body is read by `service.codecs.oip_input` (simdjson, the data straight into numpy), off the
+event loop when it is large. The declared datatype is checked against the data: `x` takes FP32,
+FP64 or FP16 pixels in [0, 1], or UINT8 0-255; `z` takes FP32, FP64 or FP16.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from service import __version__
 from service.codecs.accept import JSON, Offer, negotiate
 from service.codecs.images import MAX_LATENT, Invert, check_pixels, invert_where_needed
 from service.codecs.json_input import describe_errors
+from service.codecs.oip_input import InferenceRequest, declared_count, read_inference_request
 from service.codecs.responses import JSONBody
 from service.errors import BadRequest, InvalidInput, NotFound
+from service.http.endpoints import OFF_LOOP_BODY_BYTES, parse_off_loop
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
 from service.manifest import TensorSpec
@@ -35,8 +43,9 @@ from service.schemas import EncodeParams
 
 GRAPHS = ("encoder", "decoder")
 INFER_ANSWERS = (Offer(JSON, "json"),)
-# OIP datatypes accepted for inputs; all are converted to float32, what the graphs take.
-FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
+# The datatypes each graph's input takes; all become float32, what the graphs take. An encoder
+# also takes UINT8 pixels 0-255 (divided by 255), as /encode takes a uint8 .npy array.
+ACCEPTED = {"encoder": ("FP32", "FP64", "FP16", "UINT8"), "decoder": ("FP32", "FP64", "FP16")}
 
 
 # --- schemas (the protocol's JSON objects) ----------------------------------------------------
@@ -77,42 +86,6 @@ class Liveness(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-
-
-class RequestInput(BaseModel):
-    name: str
-    shape: list[Annotated[int, Field(ge=0)]]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="Row-major values, flat or nested.")
-
-
-class RequestOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "42",
-                    "inputs": [
-                        {"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [0.5, -1.0]}
-                    ],
-                    "outputs": [{"name": "x_mean"}],
-                }
-            ]
-        }
-    )
-
-    id: str | None = Field(None, description="Echoed in the response.")
-    parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = Field(
-        None, description="Outputs to return (default: all)."
-    )
 
 
 class ResponseOutput(BaseModel):
@@ -171,37 +144,48 @@ def _metadata(runtime: ModelRuntime, graph: str) -> ModelMetadata:
     )
 
 
-def _input_array(request: InferenceRequest, runtime: ModelRuntime, graph: str) -> np.ndarray:
-    spec = (runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder).inputs[0]
+def _input_spec(runtime: ModelRuntime, graph: str) -> TensorSpec:
+    return (runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder).inputs[0]
+
+
+def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str) -> None:
+    """The request's inputs are the graph's one input, in a datatype it takes."""
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = [i.name for i in request.inputs]
         raise BadRequest("", f"inputs: expected one tensor named {spec.name!r}, got {names}")
-    tensor = request.inputs[0]
-    if tensor.datatype not in FLOAT_TYPES:
+    datatype = request.inputs[0].datatype
+    if datatype not in ACCEPTED[graph]:
         raise BadRequest(
             "",
-            f"inputs[0].datatype: {tensor.datatype!r} is not supported; send FP32 (or FP64, FP16)",
+            f"inputs[0].datatype: {datatype!r} is not accepted for {spec.name}; send "
+            + " or ".join(ACCEPTED[graph])
+            + (" (0-255)" if graph == "encoder" else ""),
         )
-    try:
-        values = np.asarray(tensor.data, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise BadRequest("", "inputs[0].data: expected numbers (flat or nested lists)") from None
-    count = int(np.prod(tensor.shape)) if tensor.shape else 1
-    if values.size != count:
+
+
+def _input_array(
+    request: InferenceRequest, values: list[np.ndarray], spec: TensorSpec, graph: str
+) -> np.ndarray:
+    tensor, flat = request.inputs[0], values[0]
+    count = declared_count(tensor.shape)
+    if flat.size != count:
         raise BadRequest(
-            "", f"inputs[0]: shape {tensor.shape} holds {count} values but data has {values.size}"
+            "", f"inputs[0]: shape {tensor.shape} holds {count} values but data has {flat.size}"
         )
-    per_row = int(np.prod([d for d in spec.shape[1:] if isinstance(d, int)]))
-    if len(tensor.shape) < 2 or int(np.prod(tensor.shape[1:])) != per_row:
+    row_shape = [d for d in spec.shape[1:] if isinstance(d, int)]
+    per_row = math.prod(row_shape)
+    if len(tensor.shape) < 2 or math.prod(tensor.shape[1:]) != per_row:
         expected = [-1, *spec.shape[1:]]
         raise BadRequest(
             "",
             f"inputs[0].shape: {tensor.shape} does not fit {spec.name} {expected} "
             f"(N rows of {per_row} values)",
         )
-    if values.size == 0:
+    if flat.size == 0:
         raise BadRequest("", "inputs[0]: no rows; send at least one")
-    rows = values.reshape(tensor.shape[0], *[d for d in spec.shape[1:] if isinstance(d, int)])
+    rows = flat.reshape(tensor.shape[0], *row_shape).astype(np.float64)
+    if tensor.datatype == "UINT8":
+        rows /= 255.0
     try:
         if graph == "encoder":
             rows = check_pixels(rows, "inputs[0].data")
@@ -235,20 +219,37 @@ def _invert(request: InferenceRequest, graph: str) -> Invert:
     return False if choice is None else choice
 
 
+def _parse(
+    body: bytes, runtime: ModelRuntime, graph: str, limit: int
+) -> tuple[InferenceRequest, np.ndarray]:
+    """The request and the graph's input array (checked, inverted as asked, float32)."""
+    spec = _input_spec(runtime, graph)
+    check = functools.partial(_check_inputs, spec=spec, graph=graph)
+    request, values = read_inference_request(body, check)
+    x = _input_array(request, values, spec, graph)
+    x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
+    if len(x) > limit:  # VAE_MAX_IMAGES
+        raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {limit}")
+    return request, x
+
+
 async def _infer(
     registry: ModelRegistry,
     oip_name: str,
     version: str | None,
-    request: InferenceRequest,
-    accept: str,
+    http_request: Request,
 ) -> Response:
-    negotiate(accept, INFER_ANSWERS, "/v2/models/{model}/infer")
+    negotiate(http_request.headers.get("accept", ""), INFER_ANSWERS, "/v2/models/{model}/infer")
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
-    x = _input_array(request, runtime, graph)
-    x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
-    if len(x) > registry.settings.max_images:
-        raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
+    raw = await http_request.body()
+    # Off the event loop when large: a 16 MB body takes long enough to parse and check that,
+    # on the loop, it would hold up every other request and the probes.
+    parse = functools.partial(_parse, raw, runtime, graph, registry.settings.max_images)
+    if len(raw) <= OFF_LOOP_BODY_BYTES:
+        request, x = parse()
+    else:
+        request, x = await parse_off_loop(registry.executor, parse)
     if graph == "encoder":
         mu, logvar = await runtime.encode_batched(x)
         names = [t.name for t in runtime.manifest.encoder.outputs]
@@ -285,6 +286,15 @@ VersionPath = Annotated[str, Path(description="The model's version, as in its ma
 ERRORS: dict[int | str, Any] = {
     400: error_doc("Invalid request", "ErrorBody"),
     404: error_doc("Unknown model or version", "ErrorBody"),
+}
+# The body is read by service.codecs.oip_input, not by FastAPI: documented by hand.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}
+        },
+    }
 }
 INFER_ERRORS: dict[int | str, Any] = {
     **ERRORS,
@@ -356,30 +366,28 @@ def oip_router() -> APIRouter:
         response_model=InferenceResponse,
         summary="Inference",
         responses=infer_responses,
+        openapi_extra=INFER_BODY,
     )
-    async def infer(
-        model_name: ModelPath, body: InferenceRequest, registry: Registry, request: Request
-    ) -> Response:
+    async def infer(model_name: ModelPath, registry: Registry, request: Request) -> Response:
         """Run the encoder (`x` -> `mu`, `logvar`) or the decoder (`z` -> images). For the
         encoder, `parameters: {"invert": "auto" | true | false}` inverts the images first (see
-        /encode; default false)."""
-        accept = request.headers.get("accept", "")
-        return await _infer(registry, model_name, None, body, accept)
+        /encode; default false). An encoder's `x` takes FP32, FP64, FP16 (pixels in [0, 1]) or
+        UINT8 (0-255); a decoder's `z` takes FP32, FP64 or FP16."""
+        return await _infer(registry, model_name, None, request)
 
     @router.post(
         "/models/{model_name}/versions/{model_version}/infer",
         response_model=InferenceResponse,
         summary="Inference, one version",
         responses=infer_responses,
+        openapi_extra=INFER_BODY,
     )
     async def infer_version(
         model_name: ModelPath,
         model_version: VersionPath,
-        body: InferenceRequest,
         registry: Registry,
         request: Request,
     ) -> Response:
-        accept = request.headers.get("accept", "")
-        return await _infer(registry, model_name, model_version, body, accept)
+        return await _infer(registry, model_name, model_version, request)
 
     return router

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-import orjson
+from service.observability.logs import escape, json_line
 
 
 class AccessLog:
@@ -37,17 +37,15 @@ class AccessLog:
         stamp = self._time(time.time())
         if self.json:
             entry = {"time": stamp, "level": "info", "logger": "service.access", "message": message}
-            line = orjson.dumps({**entry, **fields}).decode()
+            line = json_line({**entry, **fields})
         else:
-            # A path is percent-decoded: `%0A` would forge a line. JSON escapes it, text quotes it.
-            if not message.isprintable():
-                message = ascii(message)
+            # A path is percent-decoded: `%0A` would forge a line. Text escapes it.
             extras = " ".join(
-                f"{k}={v if not isinstance(v, str) or v.isprintable() else ascii(v)}"
+                f"{k}={escape(v) if isinstance(v, str) else v}"
                 for k, v in fields.items()
                 if v is not None
             )
-            line = f"{stamp} INFO service.access: {message} {extras}"
+            line = f"{stamp} INFO service.access: {escape(message)} {extras}"
         self.pending.append(line)
         if len(self.pending) >= 256:
             self.flush()
