@@ -33,9 +33,7 @@ SHARED += ["pipelined-reset", "forged-log", "hang-ups", "oip-big", "smaller", "j
 
 
 def failures(result: RowResult) -> list[str]:
-    return [
-        f"{c.measure}: {c.value} (target {c.target})" for c in result.checks if c.ok is False
-    ]
+    return [f"{c.measure}: {c.value} (target {c.target})" for c in result.checks if c.ok is False]
 
 
 @pytest.fixture(scope="module")
