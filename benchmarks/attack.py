@@ -49,7 +49,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reliability import Server, free_port, percentile, run_async, server_env  # noqa: E402
+from reliability import Server, free_port, percentile, run_async, server_env
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -235,7 +235,7 @@ class Watch:
     def start(self) -> None:
         self.rss_before, self.fds_before = self.server.rss_mib(), open_fds(self.server.pid)
         self.started = time.monotonic()
-        for target in (self._probe, self._sample, self._real_client):
+        for target in (self._probe, self._sample, self._sample_metrics, self._real_client):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -258,10 +258,16 @@ class Watch:
                 self._done.wait(0.05)
 
     def _sample(self) -> None:
+        """RSS and fds from /proc every 50 ms: never held up by a stalled server."""
         while self._alive():
-            with contextlib.suppress(OSError, RuntimeError, httpx.HTTPError):
+            with contextlib.suppress(OSError, RuntimeError):
                 self.rss.append(self.server.rss_mib())
                 self.fds.append(open_fds(self.server.pid))
+            self._done.wait(0.05)
+
+    def _sample_metrics(self) -> None:
+        while self._alive():
+            with contextlib.suppress(httpx.HTTPError):
                 self.flight.append((time.monotonic(), in_flight(metrics(self.server.url))))
             self._done.wait(0.2)
 
@@ -465,14 +471,17 @@ async def row_headers(ctx: Ctx) -> list[Check]:
     scale, port = ctx.scale, ctx.server.port
     chunk = b"h" * 65536
 
+    hold = setting(scale, "VAE_HEAD_TIMEOUT_S") + 2
+
     async def flood() -> bool:
-        """Offer header_mib of one header value, never ending the head; True if refused."""
+        """Offer header_mib of one header value, never ending the head, and hold the connection
+        until the server closes it (head_timeout + 2 s at most); True if the server cut it off."""
         sock = await connect(port)
         try:
             await send_all(sock, b"GET /models HTTP/1.1\r\nHost: t\r\nX-Flood: ")
             for _ in range(scale.header_mib * 16):
                 await send_all(sock, chunk)
-            return False
+            return await wait_until(lambda: closed_by_peer([sock]) == 1, hold) is not None
         except OSError:
             return True
         finally:
@@ -679,73 +688,27 @@ def npy_with_header(header: str, data: bytes) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head + data
 
 
+def npy_claiming(shape: str, descr: str = "<f4", data: bytes = b"\0" * 3136) -> bytes:
+    return npy_with_header(
+        f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}", data
+    )
+
+
+def oip_claiming(shape: list[Any]) -> bytes:
+    tensor = {"name": "x", "shape": shape, "datatype": "FP32", "data": [0.0] * 784}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+OIP_INFER = "/v2/models/mnist-vae-encoder/infer"
+NPY = "application/x-npy"
 BAD_SHAPES: dict[str, tuple[str, str, bytes]] = {
-    "npy shape (True, 784)": (
-        "/encode",
-        "application/x-npy",
-        npy_with_header(
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (True, 784), }", b"\0" * 3136
-        ),
-    ),
-    "npy '|u1' (2**62, 0)": (
-        "/encode",
-        "application/x-npy",
-        npy_with_header(
-            f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({2**62}, 0), }}", b""
-        ),
-    ),
-    "npy shape (1.5, 784)": (
-        "/encode",
-        "application/x-npy",
-        npy_with_header(
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (1.5, 784), }", b"\0" * 3136
-        ),
-    ),
-    "npy shape (-1, 784)": (
-        "/encode",
-        "application/x-npy",
-        npy_with_header(
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 784), }", b"\0" * 3136
-        ),
-    ),
-    "OIP shape [2**62+1, 784]": (
-        "/v2/models/mnist-vae-encoder/infer",
-        "application/json",
-        json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "x",
-                        "shape": [2**62 + 1, 784],
-                        "datatype": "FP32",
-                        "data": [0.0] * 784,
-                    }
-                ]
-            }
-        ).encode(),
-    ),
-    "OIP shape [true, 784]": (
-        "/v2/models/mnist-vae-encoder/infer",
-        "application/json",
-        json.dumps(
-            {
-                "inputs": [
-                    {"name": "x", "shape": [True, 784], "datatype": "FP32", "data": [0.0] * 784}
-                ]
-            }
-        ).encode(),
-    ),
-    "OIP shape [2**64, 784]": (
-        "/v2/models/mnist-vae-encoder/infer",
-        "application/json",
-        json.dumps(
-            {
-                "inputs": [
-                    {"name": "x", "shape": [2**64, 784], "datatype": "FP32", "data": [0.0] * 784}
-                ]
-            }
-        ).encode(),
-    ),
+    "npy shape (True, 784)": ("/encode", NPY, npy_claiming("(True, 784)")),
+    "npy '|u1' (2**62, 0)": ("/encode", NPY, npy_claiming(f"({2**62}, 0)", "|u1", b"")),
+    "npy shape (1.5, 784)": ("/encode", NPY, npy_claiming("(1.5, 784)")),
+    "npy shape (-1, 784)": ("/encode", NPY, npy_claiming("(-1, 784)")),
+    "OIP shape [2**62+1, 784]": (OIP_INFER, "application/json", oip_claiming([2**62 + 1, 784])),
+    "OIP shape [true, 784]": (OIP_INFER, "application/json", oip_claiming([True, 784])),
+    "OIP shape [2**64, 784]": (OIP_INFER, "application/json", oip_claiming([2**64, 784])),
 }
 
 
@@ -826,7 +789,7 @@ async def row_oip_big(ctx: Ctx) -> list[Check]:
 
         async def one() -> int:
             response = await client.post(
-                "/v2/models/mnist-vae-encoder/infer",
+                OIP_INFER,
                 content=body,
                 headers={"Content-Type": "application/json"},
             )
@@ -894,7 +857,7 @@ async def row_sigterm(ctx: Ctx) -> list[Check]:
 
 async def row_smaller(ctx: Ctx) -> list[Check]:
     checks = []
-    oip = "/v2/models/mnist-vae-encoder/infer"
+    oip = OIP_INFER
     async with httpx.AsyncClient(base_url=ctx.server.url, timeout=30) as client:
         for path in ("/healthz", "/readyz"):
             status = (await client.head(path)).status_code
@@ -930,7 +893,7 @@ async def row_smaller(ctx: Ctx) -> list[Check]:
             await client.post(
                 "/reconstruct?mode=sampled&seed=1_000",
                 content=npy,
-                headers={"Content-Type": "application/x-npy"},
+                headers={"Content-Type": NPY},
             )
         ).status_code
         checks.append(Check("?seed=1_000", status, "4xx", 400 <= status < 500))
@@ -1024,9 +987,8 @@ def table(results: Sequence[RowResult], before: dict[tuple[str, str], Any] | Non
     for result in results:
         for check in result.checks:
             old = "" if before is None else str(before.get((result.row, check.measure), "-"))
-            lines.append(
-                f"| {result.row} | {check.measure} | {old} | {check.value} | {check.target} | {verdict(check.ok)} |"
-            )
+            cells = [result.row, check.measure, old, check.value, check.target, verdict(check.ok)]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 
@@ -1058,9 +1020,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.scale} scale against {args.root.resolve()}\n\n{HEADER}", flush=True)
     results = run_rows(args.root.resolve(), scale, names)
     if args.before:
-        print(
-            f"\nbefore ({args.before}) and after\n\n{HEADER}\n{table(results, load_before(args.before))}"
-        )
+        side_by_side = table(results, load_before(args.before))
+        print(f"\nbefore ({args.before}) and after\n\n{HEADER}\n{side_by_side}")
     failed = sum(1 for r in results for c in r.checks if c.ok is False)
     print(f"\n{failed} measures fail their target")
     if args.json:
