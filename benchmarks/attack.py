@@ -535,8 +535,8 @@ async def row_silent(ctx: Ctx) -> list[Check]:
             "silent connections opened", f"{len(socks)} of {scale.silent} (nofile {hard})", "", None
         ),
         Check(
-            f"still open after {waited:.1f} s",
-            still_open,
+            "still open (after s)",
+            f"{still_open} ({waited:.1f})",
             f"0 (idle timeout {idle:g} s)",
             still_open == 0,
         ),
@@ -596,9 +596,9 @@ async def never_read(ctx: Ctx, per_connection: int) -> list[Check]:
             held <= timeout + 2,
         ),
         Check(
-            f"connections the server holds after {waited:.1f} s",
-            still_held,
-            "<= 2",
+            "connections the server holds (after s)",
+            f"{still_held} ({waited:.1f})",
+            "<= 2 (the watcher's)",
             still_held <= 2,
         ),
         Check(
