@@ -121,7 +121,7 @@ SMALL = Scale(
     resets=20,
     hangups=10,
     oip_bodies=2,
-    oip_images=3000,  # 9.4 MB each
+    oip_images=2400,  # 7.5 MB each
     load_clients=8,
     # The 2-core CI machine runs this process, the server and other jobs at once: a scheduling
     # hiccup alone can reach 100 ms, while a stall of the kind the issue saw is 0.8 s and more.
@@ -941,14 +941,28 @@ ROWS = [
     Row("headers", "8 connections x 16 MiB of headers, the head never finished", row_headers),
     Row("silent", "20,400 connections that send nothing", row_silent),
     Row("slow-bodies", "128 connections sending a 100 kB body at 1 byte/s", row_slow_bodies),
-    Row("never-read", "300 connections asking /generate n=1024, never reading", row_never_read),
-    Row("pipelined", "135 connections, two pipelined /generate each, never reading", row_pipelined),
+    # The never-readers' requests are real work that may fill the request slots for a moment
+    # (a 503 then is load shedding); what must hold is that the slots and connections are let
+    # go once the answers are unsent past the bounds: judged by their own measures.
+    Row(
+        "never-read",
+        "300 connections asking /generate n=1024, never reading",
+        row_never_read,
+        real=False,
+    ),
+    Row(
+        "pipelined",
+        "135 connections, two pipelined /generate each, never reading",
+        row_pipelined,
+        real=False,
+    ),
     Row("reload", "POST /models/{name}/reload in a loop", row_reload),
     Row("jpeg", "a progressive JPEG repeating one scan (4096 x 4096)", row_jpeg),
     Row("shapes", ".npy and OIP shapes that are not integers or overflow", row_shapes),
     Row("pipelined-reset", "three pipelined requests, read 10 bytes, reset", row_pipelined_reset),
     Row("forged-log", "a path with newlines and a forged log line", row_forged_log),
     Row("hang-ups", "a client that hangs up mid-body on JSON /encode", row_hangups),
+    # Eight bodies of 15.7 MB are 8 x 5000 images of real work: the real client may wait.
     Row("oip-big", "15.7 MB OIP bodies, 8 at once", row_oip_big, real=False),
     Row(
         "sigterm", "SIGTERM under load: new connections in the drain", row_sigterm, own_server=True
