@@ -1,7 +1,7 @@
 """Issue 16's attack table, replayed: each row an attack on a real `python -m service` process on
 127.0.0.1, measured while it runs and after it stops.
 
-While an attack runs, a watcher (threads of this process) polls `/healthz` every 50 ms (its
+While an attack runs, a watcher polls `/healthz` every 50 ms from a process of its own (its
 latency), sends a real client's `/encode` every 100 ms (its statuses), and samples the server's
 RSS, open fds (/proc) and in-flight requests (`vae_requests_in_flight` of /metrics). When the
 attacker stops, the recovery time is how long until the server is back where it began: nothing
@@ -17,8 +17,9 @@ by the attacker), work and slots freed within the configured timeouts.
 tests/test_attacks.py runs (fewer connections, short timeouts set through VAE_ variables).
 `--root` launches another checkout's `service` (an older commit, another branch) with this
 script's attacks. A fresh server is started for every row, so one row's damage (a process at its
-fd limit, 2 GiB of RSS) does not count against the next. The attacker is this process: its
-Python work can add to the /healthz latencies it measures, never take from them.
+fd limit, 2 GiB of RSS) does not count against the next. The attacker is this process; the
+/healthz prober is another, so the attacker's own Python work does not count as the server's
+latency (the three still share the machine's cores).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,6 +59,25 @@ ENCODE_BODY = json.dumps({"images": [[0.0] * 784]}).encode()
 FORGED = "2026-12-02 09:00:00,000 CRITICAL service: FORGED"
 ORIGIN = "http://attack.example"
 WAIT_S = 60.0  # the longest any wait here may take before it counts as never
+
+# The /healthz prober: GET every 50 ms on one keep-alive connection (a new one after a failure),
+# "ok MS" or "fail" per line, until its stdin closes. Standard library only: it starts in ~30 ms.
+PROBER = """
+import http.client, select, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+conn = None
+while not select.select([sys.stdin], [], [], 0.05)[0]:
+    sent = time.monotonic()
+    try:
+        conn = conn or http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        ok = response.status == 200
+    except (OSError, http.client.HTTPException):
+        conn, ok = None, False
+    print(f"ok {(time.monotonic() - sent) * 1000:.2f}" if ok else "fail", flush=True)
+"""
 
 
 # --- scales and the settings the server runs with ------------------------------------------------
@@ -244,18 +265,29 @@ class Watch:
         return not self._done.is_set() and self.server.proc.poll() is None
 
     def _probe(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while self._alive():
-                sent = time.monotonic()
-                try:
-                    ok = client.get(f"{self.server.url}/healthz").status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    self.healthz_ms.append((time.monotonic() - sent) * 1000)
-                else:
-                    self.healthz_failures += 1
-                self._done.wait(0.05)
+        """/healthz latency, timed by a process of its own: the attacker's Python work in this
+        process (building and sending 100 MB of bodies) cannot add to it."""
+        host, port = self.server.url.removeprefix("http://").split(":")
+        prober = subprocess.Popen(
+            [sys.executable, "-c", PROBER, host, port],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert prober.stdout is not None and prober.stdin is not None
+        threading.Thread(target=self._stop_prober, args=(prober,), daemon=True).start()
+        for line in prober.stdout:  # one line per probe until the prober exits
+            if line.startswith("ok "):
+                self.healthz_ms.append(float(line[3:]))
+            else:
+                self.healthz_failures += 1
+        prober.wait()
+
+    def _stop_prober(self, prober: subprocess.Popen[str]) -> None:
+        while self._alive():
+            self._done.wait(0.2)
+        assert prober.stdin is not None
+        prober.stdin.close()  # the prober stops at end of input
 
     def _sample(self) -> None:
         """RSS and fds from /proc every 50 ms: never held up by a stalled server."""

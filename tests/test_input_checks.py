@@ -104,7 +104,9 @@ def test_an_empty_latent_array_names_its_field(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("path", "body", "message"),
     [
-        (ENCODER, tensor(shape=[2**62 + 1, 784]), "holds 3615561838447072117520 values but"),
+        # the product taken in Python integers (numpy's int64 product wraps around to 784)
+        (ENCODER, tensor(shape=[1, 2**62 + 1, 784]), "holds 3615561838447072117520 values but"),
+        (ENCODER, tensor(shape=[2**62 + 1, 784]), "4611686018427387905 rows; at most 64"),
         (ENCODER, tensor(shape=[True, 784]), "inputs[0].shape[0]: Input should be a valid integer"),
         (ENCODER, tensor(shape=[1.0, 784]), "inputs[0].shape[0]: Input should be a valid integer"),
         (ENCODER, tensor(data=[True] * 784), "expected numbers for FP32 (found true, a boolean)"),

@@ -116,6 +116,13 @@ def oip_input(**overrides: Any) -> dict[str, Any]:
         ("/v2/models/tiny-vae-encoder/infer", oip_input(datatype="BYTES"), 400, "'BYTES' is not"),
         ("/v2/models/tiny-vae-encoder/infer", oip_input(shape=[2, 784]), 400, "holds 1568 values"),
         ("/v2/models/tiny-vae-encoder/infer", oip_input(shape=[784]), 400, "does not fit x"),
+        # settings.max_images is 64: refused from the declared shape, the data never converted
+        (
+            "/v2/models/tiny-vae-encoder/infer",
+            oip_input(shape=[65, 784], data=[0.5] * 784 * 65),
+            400,
+            "inputs[0].shape: 65 rows; at most 64 (VAE_MAX_IMAGES)",
+        ),
         ("/v2/models/tiny-vae-encoder/infer", oip_input(data=["a"] * 784), 400, "expected numbers"),
         ("/v2/models/tiny-vae-encoder/infer", oip_input(data=[2.0] * 784), 400, "[0, 1]"),
         (

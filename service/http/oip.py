@@ -148,8 +148,9 @@ def _input_spec(runtime: ModelRuntime, graph: str) -> TensorSpec:
     return (runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder).inputs[0]
 
 
-def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str) -> None:
-    """The request's inputs are the graph's one input, in a datatype it takes."""
+def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str, limit: int) -> None:
+    """The request's inputs are the graph's one input, in a datatype it takes, with at most
+    `limit` rows declared: all known before a value of the data is converted."""
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = [i.name for i in request.inputs]
         raise BadRequest("", f"inputs: expected one tensor named {spec.name!r}, got {names}")
@@ -161,6 +162,9 @@ def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str) -> No
             + " or ".join(ACCEPTED[graph])
             + (" (0-255)" if graph == "encoder" else ""),
         )
+    shape = request.inputs[0].shape
+    if len(shape) > 1 and shape[0] > limit:
+        raise BadRequest("", f"inputs[0].shape: {shape[0]} rows; at most {limit} (VAE_MAX_IMAGES)")
 
 
 def _input_array(
@@ -224,12 +228,12 @@ def _parse(
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The request and the graph's input array (checked, inverted as asked, float32)."""
     spec = _input_spec(runtime, graph)
-    check = functools.partial(_check_inputs, spec=spec, graph=graph)
+    check = functools.partial(_check_inputs, spec=spec, graph=graph, limit=limit)
     request, values = read_inference_request(body, check)
     x = _input_array(request, values, spec, graph)
     x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
-    if len(x) > limit:  # VAE_MAX_IMAGES
-        raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {limit}")
+    if len(x) > limit:  # VAE_MAX_IMAGES, for any shape the check above lets through
+        raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {limit} (VAE_MAX_IMAGES)")
     return request, x
 
 
