@@ -65,15 +65,8 @@ class ConnectionLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
-        return cls(
-            max_connections=settings.max_connections,
-            max_header_bytes=settings.max_header_bytes,
-            max_headers=settings.max_headers,
-            head_timeout_s=settings.head_timeout_s,
-            body_timeout_s=settings.body_timeout_s,
-            idle_timeout_s=settings.idle_timeout_s,
-            retry_after_s=settings.retry_after_s,
-        )
+        # every field is the setting of the same name
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
 
 # Why a connection was refused: the log's wording, and the answer's status.

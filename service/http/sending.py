@@ -54,11 +54,8 @@ class SendLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendLimits:
-        return cls(
-            write_timeout_s=settings.write_timeout_s,
-            max_unsent_bytes=settings.max_unsent_bytes,
-            max_unsent_total_bytes=settings.max_unsent_total_bytes,
-        )
+        # every field is the setting of the same name
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
 
 
 class Sender(Protocol):
