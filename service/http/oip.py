@@ -28,6 +28,7 @@ from service.errors import BadRequest, InvalidInput, NotFound
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
 from service.manifest import TensorSpec
+from service.models.budget import answer_bytes
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.observability.context import note_model
@@ -249,6 +250,15 @@ async def _infer(
     x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
     if len(x) > registry.settings.max_images:
         raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {registry.settings.max_images}")
+    # The answer budget, as for the other inference endpoints (`service.models.budget`).
+    width = 2 * runtime.latent_dim if graph == "encoder" else int(np.prod(runtime.image_shape))
+    async with registry.answers.reserve(answer_bytes(len(x) * width, "json")):
+        return await _run(runtime, graph, oip_name, x, request)
+
+
+async def _run(
+    runtime: ModelRuntime, graph: str, oip_name: str, x: np.ndarray, request: InferenceRequest
+) -> Response:
     if graph == "encoder":
         mu, logvar = await runtime.encode_batched(x)
         names = [t.name for t in runtime.manifest.encoder.outputs]
