@@ -56,8 +56,9 @@ class AnswerBudget:
         """Holds `size` bytes (at most the capacity) for the block, waiting for room first
         unless the answer is small. A wait cancelled (the request timed out, its client left)
         holds nothing."""
+        small = size <= self.small
         size = min(size, self.capacity)
-        if size <= self.small or (not self._waiters and self.held + size <= self.capacity):
+        if small or (not self._waiters and self.held + size <= self.capacity):
             self.held += size
         else:
             await self._wait(size)
