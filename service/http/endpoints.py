@@ -232,8 +232,11 @@ async def answer(
     reserved before inference and given back once it is rendered (the connection's sending
     bounds hold it from there)."""
     size = answer_bytes(endpoint.answer_values(params, model, x, settings), fmt)
-    async with registry.answers.reserve(size):
+    held = await registry.answers.acquire(size)  # no context manager: this is every request
+    try:
         return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
+    finally:
+        registry.answers.release(held)
 
 
 async def respond_to_upload(

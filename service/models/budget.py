@@ -51,22 +51,32 @@ class AnswerBudget:
         """Requests waiting for room."""
         return sum(1 for w in self._waiters if not w.granted.done())
 
-    @asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
-        """Holds `size` bytes (at most the capacity) for the block, waiting for room first
-        unless the answer is small. A wait cancelled (the request timed out, its client left)
-        holds nothing."""
+    async def acquire(self, size: int) -> int:
+        """Reserves `size` bytes (at most the capacity), waiting for room first unless the
+        answer is small; returns what it holds, for `release`. A wait cancelled (the request
+        timed out, its client left) holds nothing."""
         small = size <= self.small
         size = min(size, self.capacity)
         if small or (not self._waiters and self.held + size <= self.capacity):
             self.held += size
         else:
             await self._wait(size)
+        return size
+
+    def release(self, size: int) -> None:
+        """Gives back what `acquire` returned."""
+        self.held -= size
+        if self._waiters:
+            self._grant()
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        """`acquire` and `release` around a block."""
+        held = await self.acquire(size)
         try:
             yield
         finally:
-            self.held -= size
-            self._grant()
+            self.release(held)
 
     async def _wait(self, size: int) -> None:
         waiter = _Waiter(size, asyncio.get_running_loop().create_future())
