@@ -6,8 +6,8 @@ A large answer costs far more memory than its request: /generate n=1024 is a 25-
 results pile up waiting for it (128 x 3.2 MB), whatever the clients do with the answers.
 
 So a request reserves its answer's size (estimated before inference, from what it asks for)
-before its operation runs, and gives it back once the answer is rendered and handed to the
-connection, where the sending side's own bounds (`service.http.sending`) take over. A request
+before its operation runs, and gives it back once the answer is rendered: from then on its bytes
+are the connection's, bounded by the sending side (`service.http.sending`). A request
 whose answer does not fit waits its turn (first come, first served) holding its slot, within
 `VAE_REQUEST_TIMEOUT_S` (else 504, as for any request too slow to serve); an answer larger than
 the whole budget runs alone. Small answers (`SMALL_ANSWER_BYTES`) never wait: they count against
@@ -54,7 +54,7 @@ class AnswerBudget:
     async def acquire(self, size: int) -> int:
         """Reserves `size` bytes (at most the capacity), waiting for room first unless the
         answer is small; returns what it holds, for `release`. A wait cancelled (the request
-        timed out, its client left) holds nothing."""
+        timed out) holds nothing."""
         small = size <= self.small
         size = min(size, self.capacity)
         if small or (not self._waiters and self.held + size <= self.capacity):
