@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     max_unsent_total_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     """Unread answer bytes across all connections; past it the connection stalled the longest
     is aborted first, until the total is under it."""
+    max_answer_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    """Memory for answers in progress (results being computed or rendered), across requests.
+    A request reserves its answer's estimated size (a 1,024-image JSON answer about 13 MB)
+    before inference; one that does not fit waits, holding its slot, within
+    VAE_REQUEST_TIMEOUT_S. Answers of at most 1 MiB never wait."""
     max_buffered_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     """Request bodies held in memory at once, received or being received (the first 64 KiB of
     each not counted); a body that would pass it gets 503 with Retry-After."""

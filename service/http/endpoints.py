@@ -24,12 +24,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import ops
-from service.codecs.accept import JSON, Offer, Offers, negotiate
+from service.codecs.accept import JSON, Offer, Offers, ResponseFormat, negotiate
 from service.codecs.decoding import DecodePool
 from service.codecs.multipart import read_multipart_images
 from service.codecs.npy import NPY, NPZ
 from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
 from service.codecs.responses import render_answer
+from service.models.budget import answer_bytes
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.schemas import (
@@ -51,6 +52,7 @@ from service.settings import Settings
 P = TypeVar("P", bound=BaseModel)
 Array = NDArray[np.float32]
 Operation = Callable[[P, ModelRuntime, Array | None, Settings], Awaitable[ops.Result]]
+AnswerValues = Callable[[P, ModelRuntime, Array | None, Settings], int]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Endpoint(Generic[P]):
     body: type[BaseModel]  # the JSON body
     tensor: TensorField | None  # the field that becomes the model's input; None: parameters only
     operation: Operation[P]
+    answer_values: AnswerValues[P]  # array values of the answer, known before the operation runs
     response_model: type[BaseModel]  # the JSON answer
     produces: Offers  # what it answers in, in its order of preference (the first by default)
     answers: dict[int, str]  # the errors it can give besides the guard's, and when
@@ -106,6 +109,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         body=EncodeRequest,
         tensor=IMAGES,
         operation=ops.encode,
+        answer_values=ops.encode_values,
         response_model=EncodeResponse,
         produces=(
             Offer(JSON, "json"),
@@ -136,6 +140,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         body=ReconstructRequest,
         tensor=IMAGES,
         operation=ops.reconstruct,
+        answer_values=ops.reconstruct_values,
         response_model=ReconstructResponse,
         produces=IMAGE_ANSWERS,
         answers=TENSOR_ANSWERS,
@@ -163,6 +168,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         body=GenerateRequest,
         tensor=None,
         operation=ops.generate,
+        answer_values=ops.generate_values,
         response_model=GenerateResponse,
         produces=IMAGE_ANSWERS,
         answers=PARAMS_ANSWERS,
@@ -183,6 +189,7 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         body=DecodeRequest,
         tensor=LATENTS,
         operation=ops.decode,
+        answer_values=ops.decode_values,
         response_model=DecodeResponse,
         produces=IMAGE_ANSWERS,
         answers=TENSOR_ANSWERS,
@@ -227,7 +234,27 @@ async def respond(
         context = contextvars.copy_context()
         parse = functools.partial(context.run, parse_request, call, endpoint, registry, settings)
         params, model, x = await parse_off_loop(registry.executor, parse)
-    return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
+    return await answer(endpoint, params, model, x, registry, settings, fmt)
+
+
+async def answer(
+    endpoint: Endpoint[Any],
+    params: BaseModel,
+    model: ModelRuntime,
+    x: Array | None,
+    registry: ModelRegistry,
+    settings: Settings,
+    fmt: ResponseFormat,
+) -> Response:
+    """The operation's result, rendered, within the answer budget: room for the answer is
+    reserved before inference and given back once it is rendered (the connection's sending
+    bounds hold it from there)."""
+    size = answer_bytes(endpoint.answer_values(params, model, x, settings), fmt)
+    held = await registry.answers.acquire(size)  # no context manager: this is every request
+    try:
+        return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
+    finally:
+        registry.answers.release(held)
 
 
 async def respond_to_upload(
@@ -244,4 +271,4 @@ async def respond_to_upload(
     params, model, x = await read_multipart_images(
         request, endpoint.params, registry, settings, query_model, decoder
     )
-    return await render_answer(await endpoint.operation(params, model, x, settings), fmt)
+    return await answer(endpoint, params, model, x, registry, settings, fmt)

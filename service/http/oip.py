@@ -36,6 +36,7 @@ from service.http.endpoints import OFF_LOOP_BODY_BYTES, parse_off_loop
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
 from service.manifest import TensorSpec
+from service.models.budget import answer_bytes
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.observability.context import note_model
@@ -254,6 +255,15 @@ async def _infer(
         request, x = parse()
     else:
         request, x = await parse_off_loop(registry.executor, parse)
+    # The answer budget, as for the other inference endpoints (`service.models.budget`).
+    width = 2 * runtime.latent_dim if graph == "encoder" else int(np.prod(runtime.image_shape))
+    async with registry.answers.reserve(answer_bytes(len(x) * width, "json")):
+        return await _run(runtime, graph, oip_name, x, request)
+
+
+async def _run(
+    runtime: ModelRuntime, graph: str, oip_name: str, x: np.ndarray, request: InferenceRequest
+) -> Response:
     if graph == "encoder":
         mu, logvar = await runtime.encode_batched(x)
         names = [t.name for t in runtime.manifest.encoder.outputs]

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from service.errors import InvalidInput, NotFound
 from service.manifest import ModelLoadError, folder_fingerprint, model_folders
+from service.models.budget import AnswerBudget
 from service.models.runtime import BatchObservers, ModelRuntime, resolve_providers
 from service.observability.context import current_request, note_model
 from service.settings import DEFAULT_MODEL_NAME, Settings
@@ -131,6 +132,10 @@ class ModelRegistry:
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rescans: set[asyncio.Task[RescanReport | ModelLoadError]] = field(default_factory=set)
     observer: ModelObserver | None = None
+    answers: AnswerBudget = field(init=False)  # memory of answers in progress, across models
+
+    def __post_init__(self) -> None:
+        self.answers = AnswerBudget(self.settings.max_answer_bytes)
 
     def attach(self, observer: ModelObserver) -> None:
         """Report every model's batches, and which versions are loaded, to `observer`."""
