@@ -66,7 +66,7 @@ PROBER = """
 import http.client, select, sys, time
 host, port = sys.argv[1], int(sys.argv[2])
 conn = None
-while not select.select([sys.stdin], [], [], 0.05)[0]:
+while True:
     sent = time.monotonic()
     try:
         conn = conn or http.client.HTTPConnection(host, port, timeout=10)
@@ -77,6 +77,8 @@ while not select.select([sys.stdin], [], [], 0.05)[0]:
     except (OSError, http.client.HTTPException):
         conn, ok = None, False
     print(f"ok {(time.monotonic() - sent) * 1000:.2f}" if ok else "fail", flush=True)
+    if select.select([sys.stdin], [], [], 0.05)[0]:
+        break
 """
 
 
@@ -255,18 +257,21 @@ class Watch:
 
     def start(self) -> None:
         self.rss_before, self.fds_before = self.server.rss_mib(), open_fds(self.server.pid)
+        prober = self._start_prober()
         self.started = time.monotonic()
-        for target in (self._probe, self._sample, self._sample_metrics, self._real_client):
-            thread = threading.Thread(target=target, daemon=True)
+        self._threads.append(threading.Thread(target=self._probe, args=(prober,), daemon=True))
+        for target in (self._sample, self._sample_metrics, self._real_client):
+            self._threads.append(threading.Thread(target=target, daemon=True))
+        for thread in self._threads:
             thread.start()
-            self._threads.append(thread)
 
     def _alive(self) -> bool:
         return not self._done.is_set() and self.server.proc.poll() is None
 
-    def _probe(self) -> None:
-        """/healthz latency, timed by a process of its own: the attacker's Python work in this
-        process (building and sending 100 MB of bodies) cannot add to it."""
+    def _start_prober(self) -> subprocess.Popen[str]:
+        """/healthz latency is timed by a process of its own: the attacker's Python work in this
+        process (building and sending 100 MB of bodies) cannot add to it. Started, and its first
+        probe answered, before the attack begins."""
         host, port = self.server.url.removeprefix("http://").split(":")
         prober = subprocess.Popen(
             [sys.executable, "-c", PROBER, host, port],
@@ -274,13 +279,21 @@ class Watch:
             stdout=subprocess.PIPE,
             text=True,
         )
-        assert prober.stdout is not None and prober.stdin is not None
+        assert prober.stdout is not None
+        self._note_probe(prober.stdout.readline())
+        return prober
+
+    def _note_probe(self, line: str) -> None:
+        if line.startswith("ok "):
+            self.healthz_ms.append(float(line[3:]))
+        else:
+            self.healthz_failures += 1
+
+    def _probe(self, prober: subprocess.Popen[str]) -> None:
+        assert prober.stdout is not None
         threading.Thread(target=self._stop_prober, args=(prober,), daemon=True).start()
         for line in prober.stdout:  # one line per probe until the prober exits
-            if line.startswith("ok "):
-                self.healthz_ms.append(float(line[3:]))
-            else:
-                self.healthz_failures += 1
+            self._note_probe(line)
         prober.wait()
 
     def _stop_prober(self, prober: subprocess.Popen[str]) -> None:
