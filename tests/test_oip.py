@@ -116,7 +116,14 @@ def oip_input(**overrides: Any) -> dict[str, Any]:
         ("/v2/models/tiny-vae-encoder/infer", oip_input(datatype="BYTES"), 400, "'BYTES' is not"),
         ("/v2/models/tiny-vae-encoder/infer", oip_input(shape=[2, 784]), 400, "holds 1568 values"),
         ("/v2/models/tiny-vae-encoder/infer", oip_input(shape=[784]), 400, "does not fit x"),
-        # settings.max_images is 64: refused from the declared shape, the data never converted
+        # settings.max_images is 64: refused by counting the body's commas, before it is parsed
+        (
+            "/v2/models/tiny-vae-encoder/infer",
+            oip_input(data=[0.5] * 60_000),
+            400,
+            "numbers; 64 rows of 784 (VAE_MAX_IMAGES) hold at most 50176: send fewer rows",
+        ),
+        # ... and from the declared shape, the data never converted
         (
             "/v2/models/tiny-vae-encoder/infer",
             oip_input(shape=[65, 784], data=[0.5] * 784 * 65),

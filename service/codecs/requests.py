@@ -24,7 +24,7 @@ from service.codecs.images import (
     invert_where_needed,
     latents_from_lists,
 )
-from service.codecs.json_input import describe_errors, json_tensor_body
+from service.codecs.json_input import describe_errors, json_tensor_body, most_values
 from service.codecs.npy import NPY, images_from_npy, read_npy
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.manifest import NAME_PATTERN
@@ -196,6 +196,7 @@ def _read_tensor_request(
         return params, model, array
 
     _require_json(call, field)
+    _check_value_count(call.body, field, registry, settings)
     parsed = json_tensor_body(call.body, field.name)
     if parsed is not None:
         fields, tensor = parsed
@@ -303,6 +304,25 @@ def _require_json(call: Call, field: TensorField | None) -> None:
         raise UnsupportedMediaType(
             "content-type",
             f"{call.content_type!r} is not accepted; send application/json{alternatives}",
+        )
+
+
+def _check_value_count(
+    call_body: bytes, field: TensorField, registry: ModelRegistry, settings: Settings
+) -> None:
+    """A JSON body holding more numbers than `VAE_MAX_IMAGES` rows of the widest model's could,
+    refused before it is parsed (the model it names is only known once it is)."""
+    widths = [
+        m.latent_dim if field.name == "z" else int(np.prod(m.image_shape))
+        for m in registry.models.values()
+    ]
+    most = settings.max_images * max(widths, default=0)
+    found = most_values(call_body, most)
+    if found is not None:
+        raise InvalidInput(
+            field.name,
+            f"the body holds about {found} numbers; {settings.max_images} {field.what} "
+            f"(VAE_MAX_IMAGES) hold at most {most}: send fewer per request",
         )
 
 

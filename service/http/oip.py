@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field, ValidationError
 from service import __version__
 from service.codecs.accept import JSON, Offer, negotiate
 from service.codecs.images import MAX_LATENT, Invert, check_pixels, invert_where_needed
-from service.codecs.json_input import describe_errors
+from service.codecs.json_input import describe_errors, most_values
 from service.codecs.oip_input import InferenceRequest, declared_count, read_inference_request
 from service.codecs.responses import JSONBody
 from service.errors import BadRequest, InvalidInput, NotFound
@@ -229,6 +229,14 @@ def _parse(
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The request and the graph's input array (checked, inverted as asked, float32)."""
     spec = _input_spec(runtime, graph)
+    row = math.prod(d for d in spec.shape[1:] if isinstance(d, int))
+    found = most_values(body, limit * row)
+    if found is not None:  # before parsing: its cost grows with the values the body holds
+        raise BadRequest(
+            "",
+            f"inputs: the body holds about {found} numbers; {limit} rows of {row} "
+            f"(VAE_MAX_IMAGES) hold at most {limit * row}: send fewer rows per request",
+        )
     check = functools.partial(_check_inputs, spec=spec, graph=graph, limit=limit)
     request, values = read_inference_request(body, check)
     x = _input_array(request, values, spec, graph)
