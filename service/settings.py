@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     A request reserves its answer's estimated size (a 1,024-image JSON answer about 13 MB)
     before inference; one that does not fit waits, holding its slot, within
     VAE_REQUEST_TIMEOUT_S. Answers of at most 1 MiB never wait."""
-    max_buffered_body_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    max_buffered_body_bytes: int = Field(96 * 1024 * 1024, ge=1024)
     """Request bodies held in memory at once, received or being received (the first 64 KiB of
     each not counted); a body that would pass it gets 503 with Retry-After."""
     retry_after_s: int = Field(1, ge=0)

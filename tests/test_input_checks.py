@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.codecs import oip_input
 from service.http import oip
 from service.http.guard import Guard
 from service.observability.access_log import AccessLog
@@ -154,6 +155,59 @@ def test_oip_honours_the_declared_datatype(client: TestClient) -> None:
     exact = np.float16(z).astype(float).tolist()
     fp64 = client.post(DECODER, json=tensor(name="z", shape=[1, 2], datatype="FP64", data=exact))
     assert fp16.status_code == 200 and fp16.json()["outputs"] == fp64.json()["outputs"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"inputs": [{"name": "x", "data": [0.5, 1e-3, -2E2 , \n0]}]}',
+        b'{"inputs": [{"data" :[1,2], "name": "x"}], "outputs": []}',
+    ],
+)
+def test_flat_data_is_read_by_numpy(text: bytes) -> None:
+    flat = oip_input._flat_data(text)
+    assert flat is not None
+    skeleton, numbers = flat
+    assert json.loads(skeleton)["inputs"][0]["data"] == []
+    assert numbers.tolist() == [float(v) for v in json.loads(text)["inputs"][0]["data"]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"inputs": [{"data": [[0.5, 1], [2, 3]]}]}',  # nested: simdjson reads it
+        b'{"inputs": [{"data": [0.5, true]}]}',
+        b'{"inputs": [{"data": [0.5, "0.5"]}]}',
+        b'{"inputs": [{"data": [+1, 2]}]}',
+        b'{"inputs": [{"data": [1,, 2]}]}',
+        b'{"inputs": [{"data": [1, NaN]}]}',
+        b'{"inputs": [{"data": []}]}',
+        b'{"inputs": [{"data": [ ]}]}',
+        b'{"inputs": [{"data": [1, 2,]}]}',
+        b'{"inputs": [{"data": [1, , 2]}]}',
+        b'{"inputs": [{"data": [ ,1]}]}',
+        b'{"inputs": [{"data": [1]}], "parameters": {"data": [2]}}',  # two: which is which
+    ],
+)
+def test_anything_but_one_flat_list_of_numbers_is_left_to_simdjson(text: bytes) -> None:
+    assert oip_input._flat_data(text) is None
+
+
+def test_large_bodies_read_by_numpy_answer_as_the_others(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = np.random.default_rng(1).uniform(0, 1, size=(3, 784)).round(4)
+    good = tensor(shape=[3, 784], data=images.ravel().tolist())
+    bad = tensor(data=[0.5] * 783 + [True])
+    expected = client.post(ENCODER, json=good).json()
+    refusal = client.post(ENCODER, json=bad).json()
+    monkeypatch.setattr(oip_input, "UNLOCKED_PARSE_BYTES", 1)
+    seen: list[bytes] = []
+    read = oip_input._flat_data
+    monkeypatch.setattr(oip_input, "_flat_data", lambda body: seen.append(body) or read(body))
+    assert client.post(ENCODER, json=good).json() == expected
+    assert client.post(ENCODER, json=bad).json() == refusal  # simdjson names the fault
+    assert len(seen) == 2
 
 
 def test_a_large_oip_body_is_parsed_off_the_event_loop(
