@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -40,16 +40,23 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def hold(
+    budget: AnswerBudget, size: int, entered: list[str], name: str, until: asyncio.Event
+) -> None:
+    """An answer of `size` bytes: noted in `entered` once it has room, held until `until`."""
+    async with budget.reserve(size):
+        entered.append(name)
+        await until.wait()
+
+
 def test_large_answers_wait_in_order_and_small_ones_never_wait() -> None:
     async def main() -> list[str]:
         budget = AnswerBudget(10 * MIB)
         order: list[str] = []
         release = {name: asyncio.Event() for name in "ABCD"}
 
-        async def answer(name: str, size: int) -> None:
-            async with budget.reserve(size):
-                order.append(name)
-                await release[name].wait()
+        def answer(name: str, size: int) -> Coroutine[Any, Any, None]:
+            return hold(budget, size, order, name, release[name])
 
         tasks = [asyncio.create_task(answer("A", 6 * MIB))]
         await settle()
@@ -78,10 +85,8 @@ def test_a_cancelled_wait_holds_nothing_and_lets_the_next_one_through() -> None:
         release = asyncio.Event()
         entered: list[str] = []
 
-        async def answer(name: str, size: int) -> None:
-            async with budget.reserve(size):
-                entered.append(name)
-                await release.wait()
+        def answer(name: str, size: int) -> Coroutine[Any, Any, None]:
+            return hold(budget, size, entered, name, release)
 
         first = asyncio.create_task(answer("first", 6 * MIB))
         await settle()
@@ -105,10 +110,8 @@ def test_an_answer_larger_than_the_budget_runs_alone() -> None:
         release = asyncio.Event()
         entered: list[str] = []
 
-        async def answer(name: str, size: int) -> None:
-            async with budget.reserve(size):
-                entered.append(name)
-                await release.wait()
+        def answer(name: str, size: int) -> Coroutine[Any, Any, None]:
+            return hold(budget, size, entered, name, release)
 
         first = asyncio.create_task(answer("first", 2 * MIB))
         await settle()
