@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.codecs.decoding import DecodePool
 from service.http.guard import is_open
 
 JSON = {"Content-Type": "application/json"}
@@ -669,9 +670,14 @@ def test_large_uploads_do_not_stall_the_service(client: TestClient) -> None:
     Image.new("L", (4096, 4096)).save(buffer, format="PNG")
     files = upload(*[buffer.getvalue()] * 40)()
     answers: list[Any] = []
+    pool: DecodePool = client.app.state.service.decode_pool  # type: ignore[attr-defined]
+    decoded_before = pool.started
     heavy = threading.Thread(target=lambda: answers.append(client.post("/encode", **files)))
     heavy.start()
-    time.sleep(0.3)  # the upload is being decoded by now
+    deadline = time.monotonic() + 30
+    while pool.started == decoded_before:  # until the upload's decoding has begun
+        assert heavy.is_alive() and time.monotonic() < deadline, "no decode started"
+        time.sleep(0.01)
     assert client.get("/healthz").status_code == 200
     assert heavy.is_alive()  # answered while the upload was still being decoded
     heavy.join()
