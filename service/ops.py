@@ -137,11 +137,6 @@ async def decode(
 # --- answer sizes, known before the operation runs (what the answer budget reserves) -------------
 
 
-def _image_values(model: ModelRuntime) -> int:
-    channels, height, width = model.image_shape
-    return channels * height * width
-
-
 def encode_values(
     params: EncodeParams, model: ModelRuntime, images: Array | None, settings: Settings
 ) -> int:
@@ -153,16 +148,16 @@ def reconstruct_values(
 ) -> int:
     k = min(params.samples or 1, settings.max_samples) if params.mode == "sampled" else 1
     rows = 0 if images is None else len(images)
-    return min(rows * k, settings.max_images) * _image_values(model)
+    return min(rows * k, settings.max_images) * model.image_values
 
 
 def generate_values(
     params: GenerateRequest, model: ModelRuntime, inputs: Array | None, settings: Settings
 ) -> int:
-    return min(params.n, settings.max_generate) * (_image_values(model) + model.latent_dim)
+    return min(params.n, settings.max_generate) * (model.image_values + model.latent_dim)
 
 
 def decode_values(
     params: DecodeParams, model: ModelRuntime, z: Array | None, settings: Settings
 ) -> int:
-    return 0 if z is None else len(z) * _image_values(model)
+    return 0 if z is None else len(z) * model.image_values

@@ -24,7 +24,12 @@ from service.codecs.images import (
     invert_where_needed,
     latents_from_lists,
 )
-from service.codecs.json_input import describe_errors, json_tensor_body, most_values
+from service.codecs.json_input import (
+    OTHER_SEPARATORS,
+    describe_errors,
+    json_tensor_body,
+    most_values,
+)
 from service.codecs.npy import NPY, images_from_npy, read_npy
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.manifest import NAME_PATTERN
@@ -312,9 +317,10 @@ def _check_value_count(
 ) -> None:
     """A JSON body holding more numbers than `VAE_MAX_IMAGES` rows of the widest model's could,
     refused before it is parsed (the model it names is only known once it is)."""
+    if len(call_body) <= settings.max_images + OTHER_SEPARATORS:
+        return  # too short to hold too many (every model's row has a value at least): no loop
     widths = [
-        m.latent_dim if field.name == "z" else int(np.prod(m.image_shape))
-        for m in registry.models.values()
+        m.latent_dim if field.name == "z" else m.image_values for m in registry.models.values()
     ]
     most = settings.max_images * max(widths, default=0)
     found = most_values(call_body, most)

@@ -264,7 +264,7 @@ async def _infer(
     else:
         request, x = await parse_off_loop(registry.executor, parse)
     # The answer budget, as for the other inference endpoints (`service.models.budget`).
-    width = 2 * runtime.latent_dim if graph == "encoder" else int(np.prod(runtime.image_shape))
+    width = 2 * runtime.latent_dim if graph == "encoder" else runtime.image_values
     async with registry.answers.reserve(answer_bytes(len(x) * width, "json")):
         return await _run(runtime, graph, oip_name, x, request)
 

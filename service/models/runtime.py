@@ -149,6 +149,12 @@ class ModelRuntime:
     def image_shape(self) -> tuple[int, int, int]:
         return self.manifest.image_shape
 
+    @property
+    def image_values(self) -> int:
+        """Values in one image: channels x height x width."""
+        channels, height, width = self.image_shape
+        return channels * height * width
+
     @classmethod
     def load(
         cls,
