@@ -32,6 +32,15 @@ class TensorSpec(BaseModel):
     shape: list[int | str]  # a string names a dynamic axis (the batch)
 
 
+# How a graph's tensor holds a batch of images: channels first (PyTorch), channels last (Keras,
+# TensorFlow) or one flat row of C*H*W values per image, in the order of `flat_order`.
+Layout = Literal["NCHW", "NHWC", "flat"]
+# The order of a flat row's values: channels first ("CHW": a flattened NCHW tensor, as
+# `x.view(N, -1)` in PyTorch gives) or last ("HWC": a flattened NHWC tensor, as Keras' Flatten
+# and the image libraries give). The same for grayscale images.
+FlatOrder = Literal["CHW", "HWC"]
+
+
 class GraphSpec(BaseModel):
     file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")  # a plain file name: no path tricks
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -48,10 +57,24 @@ Background = Literal["dark", "light"]
 
 
 class InputSpec(BaseModel):
-    shape: tuple[int, int, int]  # (channels, height, width)
+    shape: tuple[int, int, int] = Field(
+        description="The model's images as (channels, height, width), whatever the graph's "
+        "layout: channels 1 (grayscale) or 3 (RGB)."
+    )
     dtype: Literal["float32"]
-    pixel_range: tuple[float, float]
+    pixel_range: tuple[float, float] = Field(
+        description="The values the encoder takes for black and white: [0, 1], [0, 255], "
+        "[-1, 1]... Clients always send [0, 1] (or 8-bit); the service maps them linearly."
+    )
     preprocessing: dict[str, Any]
+    layout: Layout = Field(
+        "NCHW",
+        description="How the encoder's input tensor holds the images: `NCHW`, `NHWC` or `flat` "
+        "(N x C*H*W, in `flat_order`).",
+    )
+    flat_order: FlatOrder = Field(
+        "HWC", description="For a `flat` layout, the order of each row's values: `HWC` or `CHW`."
+    )
     background: Background = Field(
         "dark",
         description="The background of the images the encoder was trained on, after "
@@ -61,6 +84,15 @@ class InputSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_preprocessing(self) -> InputSpec:
+        channels, height, width = self.shape
+        if channels not in (1, 3) or height < 1 or width < 1:
+            raise ValueError(
+                f"shape {list(self.shape)} is not (channels, height, width) with channels 1 "
+                "(grayscale) or 3 (RGB)"
+            )
+        low, high = self.pixel_range
+        if not low < high:
+            raise ValueError(f"pixel_range {list(self.pixel_range)}: black must be below white")
         # Uploads are converted with these steps; one the service cannot apply must fail at
         # start-up, not on the first upload.
         resample = self.preprocessing.get("resample", "bilinear")
@@ -73,9 +105,38 @@ class InputSpec(BaseModel):
         return self
 
 
+class OutputSpec(BaseModel):
+    """How the decoder's images are read back into pixels in [0, 1]."""
+
+    tensor: str | None = Field(
+        None, description="The decoder output holding the images; none: its first output."
+    )
+    layout: Layout = Field(
+        "NCHW", description="How that output holds the images: `NCHW`, `NHWC` or `flat`."
+    )
+    flat_order: FlatOrder = Field(
+        "HWC", description="For a `flat` layout, the order of each row's values: `HWC` or `CHW`."
+    )
+    activation: Literal["none", "sigmoid"] = Field(
+        "none",
+        description="`sigmoid` when the decoder ends in logits (as models trained with "
+        "binary cross-entropy on logits do): the service applies it.",
+    )
+
+
+# What a VAE encoder's second output holds: a log-variance (the usual, and what clients get), a
+# log standard deviation (log sigma = logvar / 2) or a standard deviation (sigma = exp(logvar/2)).
+Variance = Literal["logvar", "log_sigma", "sigma"]
+
+
 class LatentSpec(BaseModel):
     code_output: str
     logvar_output: str | None = None
+    variance: Variance = Field(
+        "logvar",
+        description="What `logvar_output` holds: `logvar`, `log_sigma` or `sigma`; the service "
+        "converts it, so clients always get a log-variance.",
+    )
     sigma: str | None = None  # how a VAE's standard deviation follows from logvar, for readers
     prior: str | None = None  # the prior /generate samples from, for readers
 
@@ -131,6 +192,7 @@ class Manifest(BaseModel):
     input: InputSpec
     encoder: GraphSpec
     decoder: GraphSpec
+    output: OutputSpec = OutputSpec()
     latent: LatentSpec
     opset: int
     dataset: dict[str, Any] = {}
@@ -153,6 +215,9 @@ class Manifest(BaseModel):
             raise ValueError("a vae needs latent.logvar_output naming an encoder output")
         if self.kind == "ae" and self.latent.logvar_output is not None:
             raise ValueError("an ae has no logvar output")
+        decoder_outputs = [t.name for t in self.decoder.outputs]
+        if self.output.tensor is not None and self.output.tensor not in decoder_outputs:
+            raise ValueError(f"output.tensor {self.output.tensor!r} not in {decoder_outputs}")
         if self.decoder.inputs[0].shape[1:] != [self.latent_dim]:
             raise ValueError(
                 f"decoder input shape {self.decoder.inputs[0].shape} does not end in "
@@ -164,7 +229,13 @@ class Manifest(BaseModel):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width)."""
         return self.input.shape
+
+    @property
+    def image_output(self) -> str:
+        """The name of the decoder output holding the images."""
+        return self.output.tensor or self.decoder.outputs[0].name
 
 
 def sha256sum(path: Path) -> str:
