@@ -184,7 +184,7 @@ def import_model(options: ImportOptions) -> Imported:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not force:
         raise ImportRefused(

@@ -125,9 +125,9 @@ def decoder_values(
         return DecoderValues("none", None, f"probabilities ({values})")
     hints = ["--output logits if they are logits (the service applies the sigmoid)"]
     if low >= -1 - RANGE_TOLERANCE and high <= 1 + RANGE_TOLERANCE:
-        hints.append("--output-range -1,1 if it ends in a tanh")
+        hints.append("--output-range=-1,1 if it ends in a tanh")
     elif low >= -RANGE_TOLERANCE and high <= 255 + RANGE_TOLERANCE:
-        hints.append("--output-range 0,255 for 8-bit pixel values")
+        hints.append("--output-range=0,255 for 8-bit pixel values")
     hints.append("--output probabilities to serve the values as they are")
     raise ImportRefused(
         f"the decoder's {name!r} gives {values}: outside [0, 1], so not probabilities (likely "
