@@ -152,6 +152,20 @@ def test_the_background_is_judged_from_decoded_prior_samples(
     assert "background light (judged from" in stdout
 
 
+def test_the_image_shape_comes_from_whichever_graph_has_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The user: a 4-D encoder and a flat decoder; no --image-shape needed.
+    style = dataclasses.replace(STYLES["keras_flat"], name="mixed", input_layout="NCHW")
+    pair = export_style(style, tmp_path / "mixed")
+    code, stdout, stderr = run_importer(*pair, tmp_path / "m", capsys=capsys)
+    assert code == 0, stderr
+    manifest = load_manifest(tmp_path / "m")
+    assert (manifest.input.layout, manifest.output.layout) == ("NCHW", "flat")
+    assert manifest.input.shape == (1, 28, 28)
+    assert "from the encoder's input" in stdout
+
+
 # --- what the importer cannot infer: asked with its flag ---
 
 
