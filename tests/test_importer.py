@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -472,6 +473,40 @@ def test_python_m_service_importer(exported: dict[str, tuple[Path, Path]], tmp_p
     assert done.returncode == 0, done.stderr
     assert "imported 'logits' into" in done.stdout and "an AE of latent_dim 4" in done.stdout
     assert load_manifest(tmp_path / "logits").output.activation == "sigmoid"
+
+
+def _masked(text: str) -> str:
+    """Output lines with what an untrained network's values change masked: numbers, and the
+    background verdict (a coin toss on mid-grey pictures)."""
+    text = re.sub(r"-?\d+\.\d+(e-?\d+)?", "#", text)
+    return re.sub(r"background (dark|light)", "background ?", text)
+
+
+def test_the_pytorch_example_of_the_docs_runs_as_the_page_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/serving-your-model.md: its PyTorch export code, then its importer commands, with the
+    output the page shows."""
+    page = (ROOT / "docs" / "serving-your-model.md").read_text()
+    section = page.split("## A PyTorch example")[1].split("\n## ")[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    [console] = re.findall(r"```console\n(.*?)```", section, re.DOTALL)
+    (tmp_path / "export_vae.py").write_text(code)
+    done = subprocess.run(
+        [sys.executable, "export_vae.py"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    commands = re.split(r"^\$ ", console, flags=re.MULTILINE)[1:]
+    assert len(commands) == 2
+    for command in commands:
+        line, _, shown = command.partition("\n")
+        argv = line.split()
+        assert argv[:3] == ["python", "-m", "service.importer"]
+        code = main(argv[3:])
+        captured = capsys.readouterr()
+        assert code == (2 if shown.startswith("error:") else 0)
+        assert _masked(captured.out + captured.err) == _masked(shown)
 
 
 # --- small graphs the styles do not cover ---
