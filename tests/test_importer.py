@@ -278,6 +278,37 @@ def test_an_unnamed_variance_is_read_as_a_log_variance_and_said_so(
     assert "assumed; --variance" in stdout
 
 
+def test_an_unnamed_variance_never_negative_gets_a_note_suggesting_sigma(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # gray64_vae's softplus sigma, under names that say nothing.
+    style = dataclasses.replace(
+        STYLES["gray64_vae"],
+        name="anon",
+        encoder_outputs=["out0", "out1"],
+        mean="out0",
+        variance="out1",
+    )
+    pair = export_style(style, tmp_path / "anon")
+    code, stdout, stderr = run_importer(*pair, tmp_path / "m", capsys=capsys)
+    assert code == 0, stderr
+    assert load_manifest(tmp_path / "m").latent.variance == "logvar"
+    assert "note: 'out1' was never negative" in stdout and "--variance sigma" in stdout
+
+
+def test_values_outside_the_declared_range_get_a_note(
+    exported: dict[str, tuple[Path, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--output", "probabilities"]
+    code, stdout, stderr = run_importer(
+        *exported["logits_ae"], tmp_path / "m", *flags, capsys=capsys
+    )
+    assert code == 0, stderr
+    assert "outside [0, 1]: served as they are" in stdout
+    manifest = load_manifest(tmp_path / "m")
+    assert (manifest.output.activation, manifest.decoder.output_range) == ("none", None)
+
+
 def test_channels_first_or_last_undecidable_needs_the_layout_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -39,6 +39,7 @@ from service.importer.graphs import (
     variance_from_name,
 )
 from service.importer.probe import (
+    PRIOR_SAMPLES,
     OutputKind,
     check_pair,
     decoder_value_range,
@@ -209,6 +210,7 @@ class Inferred:
     background_how: str
     ignored: list[str]
     decoder_ignored: list[str]
+    notes: list[str]  # what the user may want to act on
 
     def summary(self, options: ImportOptions, encoder: Graph, decoder: Graph) -> list[str]:
         m = self.manifest
@@ -245,7 +247,7 @@ class Inferred:
             "  checked: both graphs on batches of 1 and 3 (black and random images, prior "
             "samples), and the service loads the folder",
         ]
-        return lines
+        return lines + [f"  note: {note}" for note in self.notes]
 
 
 def _layout_text(layout: Layout, order: FlatOrder) -> str:
@@ -292,13 +294,14 @@ def infer(options: ImportOptions, encoder: Graph, decoder: Graph) -> Inferred:
     background_how = "--background"
     if options.background is None:
         fields["background"] = judge_background(manifest, decoder)
-        background_how = f"judged from the border of {256} decoded prior samples"
+        background_how = f"judged from the border of {PRIOR_SAMPLES} decoded prior samples"
     else:
         fields["background"] = options.background
     manifest = _manifest(options, encoder, decoder, fields)
     clip_expected = options.output == "probabilities" or options.output_range is not None
     lowest_variance = check_pair(manifest, encoder, decoder, clip_expected)
     _check_variance_values(outputs.variance, variance, variance_how, lowest_variance)
+    notes = _notes(options, seen, outputs.variance, variance_how, lowest_variance)
     return Inferred(
         manifest,
         chw_from,
@@ -308,7 +311,33 @@ def infer(options: ImportOptions, encoder: Graph, decoder: Graph) -> Inferred:
         background_how,
         outputs.ignored,
         decoder_ignored,
+        notes,
     )
+
+
+def _notes(
+    options: ImportOptions,
+    seen: tuple[float, float],
+    variance_output: str | None,
+    variance_how: str,
+    lowest_variance: float,
+) -> list[str]:
+    """What the flags or the assumptions may have got wrong, judging by the values seen."""
+    notes = []
+    if variance_output is not None and variance_how.startswith("assumed") and lowest_variance >= 0:
+        notes.append(
+            f"{variance_output!r} was never negative on the test images, as a standard "
+            "deviation would be; if it is one, import again with --variance sigma"
+        )
+    low, high = seen
+    wanted = options.output_range or (0.0, 1.0)
+    if options.output != "logits" and (low < wanted[0] or high > wanted[1]):
+        notes.append(
+            f"the decoder gave values {low:.3g} .. {high:.3g} on prior samples, outside "
+            f"[{wanted[0]:g}, {wanted[1]:g}]"
+            + (": they are clipped" if options.output_range else ": served as they are")
+        )
+    return notes
 
 
 def _image_output(decoder: Graph, name: str | None) -> tuple[Tensor, list[str]]:
