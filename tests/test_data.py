@@ -198,12 +198,12 @@ def test_image_folder_grayscale_resize_and_labels(tmp_path: Path) -> None:
         for i in range(3):
             img = Image.new("RGB", (56, 40), color=(255, 255, 255) if label == "dog" else (0, 0, 0))
             img.save(tmp_path / label / f"{i}.png" if i else tmp_path / label / f"{i}.jpg")
-    images, labels, names = load_image_folder(tmp_path)
+    images, labels, names = load_image_folder(tmp_path, image_size=(28, 28))
     assert images.shape == (6, 28, 28) and images.dtype == np.float32
     assert names == ("cat", "dog")
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
     assert images[labels == 1].min() > 0.99 and images[labels == 0].max() < 0.01
-    inverted, _, _ = load_image_folder(tmp_path, invert=True)
+    inverted, _, _ = load_image_folder(tmp_path, invert=True, image_size=(28, 28))
     assert inverted[labels == 1].max() < 0.01
 
 
@@ -227,8 +227,8 @@ def test_array_files(tmp_path: Path) -> None:
     np.save(tmp_path / "bad.npy", images.astype(np.float32))  # floats 0-255: not scaled
     with pytest.raises(DatasetError, match=r"in \[0, 1\]"):
         load_array_file(tmp_path / "bad.npy")
-    np.save(tmp_path / "shape.npy", np.zeros((3, 10, 10), np.uint8))
-    with pytest.raises(DatasetError, match="expected \\(N, 28, 28\\)"):
+    np.save(tmp_path / "shape.npy", np.zeros((3, 10, 10, 2), np.uint8))
+    with pytest.raises(DatasetError, match="expected \\(N, H, W\\)"):
         load_array_file(tmp_path / "shape.npy")
 
 
