@@ -358,13 +358,18 @@ def test_a_grayscale_conv_vae_at_64(tmp_path: Path) -> None:
     _check_shapes_and_parity(out, tmp_path / "run", (1, 64, 64))
 
 
-def test_an_mlp_at_an_odd_colour_size(tmp_path: Path) -> None:
-    np.savez(tmp_path / "odd.npz", images=_colour_squares(40, (20, 24), 3, seed=3) / 255.0)
-    out, manifest = _train_and_export(tmp_path, tmp_path / "odd.npz", architecture="mlp")
-    assert manifest["input"]["shape"] == [3, 20, 24]
-    assert manifest["input"]["preprocessing"]["resize"] == [20, 24]
-    assert load_manifest(out).image_shape == (3, 20, 24)
-    _check_shapes_and_parity(out, tmp_path / "run", (3, 20, 24))
+@pytest.mark.parametrize(("architecture", "size"), [("mlp", (20, 24)), ("conv", (21, 27))])
+def test_odd_colour_sizes(tmp_path: Path, architecture: str, size: tuple[int, int]) -> None:
+    # conv at 21 x 27: both sides odd, so every transposed layer needs its output_padding.
+    images = _colour_squares(40, size, 3, seed=3) / 255.0
+    np.savez(tmp_path / "odd.npz", images=images)
+    out, manifest = _train_and_export(
+        tmp_path, tmp_path / "odd.npz", architecture=architecture, conv_channels=(4, 8)
+    )
+    assert manifest["input"]["shape"] == [3, *size]
+    assert manifest["input"]["preprocessing"]["resize"] == list(size)
+    assert load_manifest(out).image_shape == (3, *size)
+    _check_shapes_and_parity(out, tmp_path / "run", (3, *size))
 
 
 def test_an_idx_model_keeps_its_description(exported_vae: Path) -> None:
