@@ -328,14 +328,15 @@ def _check_value_count(
         m.latent_dim if field.name == "z" else m.image_values for m in registry.models.values()
     ]
     most = settings.max_images * max(widths, default=0)
-    if field.name != "z":  # and no request carries more image values than this
-        most = min(most, settings.max_request_values)
+    limit = "VAE_MAX_IMAGES"
+    if field.name != "z" and settings.max_request_values < most:  # no request carries more
+        most, limit = settings.max_request_values, "VAE_MAX_REQUEST_VALUES"
     found = most_values(call_body, most)
     if found is not None:
         raise InvalidInput(
             field.name,
             f"the body holds about {found} numbers; {settings.max_images} {field.what} "
-            f"(VAE_MAX_IMAGES) hold at most {most}: send fewer per request",
+            f"({limit}) hold at most {most}: send fewer per request",
         )
 
 

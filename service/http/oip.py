@@ -261,8 +261,8 @@ def _parse(
         raise BadRequest(
             "",
             f"inputs: the body holds about {found} numbers; {limit} rows of {row} "
-            f"(VAE_MAX_IMAGES, VAE_MAX_REQUEST_VALUES) hold at most {most}: send fewer rows "
-            "per request",
+            f"({'VAE_MAX_IMAGES' if most == limit * row else 'VAE_MAX_REQUEST_VALUES'}) hold "
+            f"at most {most}: send fewer rows per request",
         )
     check = functools.partial(_check_inputs, spec=spec, graph=graph, limit=limit)
     request, values = read_inference_request(body, check)
