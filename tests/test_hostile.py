@@ -487,7 +487,8 @@ CASES = [
         "/encode",
         binary(npy(np.array(0.5, np.float32))),
         422,
-        "images: array of shape (); expected (N, 28, 28), (N, 784), (N, 28, 28, 1) or (N, 1, 28, 28)",
+        "images: array of shape (); expected (N, 28, 28), (N, 784), (N, 28, 28, 1) or "
+        "(N, 1, 28, 28)",
         id="npy-scalar",
     ),
     pytest.param(

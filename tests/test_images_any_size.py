@@ -574,7 +574,6 @@ def test_a_misfit_is_refused_at_a_rescan_and_the_rest_keeps_serving(tmp_path: Pa
         [refused] = answer["refused"]
         assert refused["model"] is None
         assert "model 'misfit' cannot be served" in refused["problem"]
-        assert "encoder.onnx: 'input_layer' is [N, 28, 28, 1], but a flat input" in (
-            refused["problem"]
-        )
+        problem = refused["problem"]
+        assert "encoder.onnx: 'input_layer' is [N, 28, 28, 1], but a flat input" in problem
         assert [m["name"] for m in client.get("/models").json()["models"]] == ["good"]

@@ -236,7 +236,12 @@ IMG = digits(1).tolist()
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/encode", {"images": [[0.5] * 780]}, 422, "images[0]: expected 28 rows of 28 numbers (H x W), or 784 numbers; got 780 numbers"),
+        (
+            "/encode",
+            {"images": [[0.5] * 780]},
+            422,
+            "images[0]: expected 28 rows of 28 numbers (H x W), or 784 numbers; got 780 numbers",
+        ),
         ("/encode", {"images": [[[0.5] * 28] * 27]}, 422, "images[0]: expected 28 rows of 28"),
         ("/encode", {"images": [[[0.5] * 27] * 28]}, 422, "got 28 rows of 27 numbers"),
         ("/encode", {"images": [[2.0] * 784]}, 422, "images[0]: pixel values must be in [0, 1]"),

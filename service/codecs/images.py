@@ -76,7 +76,7 @@ def as_hwc(array: Numbers, hwc: tuple[int, int, int]) -> Numbers | None:
     h, w, c = hwc
     rest = array.shape[1:]
     if rest in ((h * w * c,), (h, w, c)) or (c == 1 and rest in ((h, w), (1, h, w))):
-        return array.reshape(len(array), h, w, c)
+        return array.reshape(len(array), h, w, c)  # type: ignore[return-value]
     return None
 
 
@@ -90,9 +90,7 @@ def shape_hint(rest: tuple[int, ...], hwc: tuple[int, int, int], batch: bool) ->
     return ""
 
 
-def images_from_lists(
-    images: list[Any], hwc: tuple[int, int, int], field: str = "images"
-) -> Array:
+def images_from_lists(images: list[Any], hwc: tuple[int, int, int], field: str = "images") -> Array:
     """JSON images (each flat H*W*C numbers in HWC order, H rows of W numbers for grayscale, or
     H rows of W pixels of C channels) -> float32 (N, H, W, C)."""
     h, w, c = hwc
@@ -275,7 +273,9 @@ def png_grid(images: Array) -> bytes:
     rows, cols, h, w, c = tiles.shape
     mosaic = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
     pixels = np.round(np.clip(mosaic, 0, 1) * 255).astype(np.uint8)
-    picture = Image.fromarray(pixels[..., 0], mode="L") if c == 1 else Image.fromarray(pixels, "RGB")
+    picture = (
+        Image.fromarray(pixels[..., 0], mode="L") if c == 1 else Image.fromarray(pixels, "RGB")
+    )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -71,8 +71,9 @@ def json_tensor_body(body: bytes, tensor: str) -> tuple[dict[str, Any], NDArray[
     simdjson copies the numbers into a buffer without a Python float per number: faster than
     orjson plus numpy on large bodies, and no heap left fragmented by the freed floats. Its
     `as_buffer` flattens nested lists, so the shape is checked here: every row (and sub-row,
-    down to a colour image's pixels) as long as the first, and no list deeper than that. The last holds because a body has at
-    least one '[' per list (more when a string holds one, which only turns this path down).
+    down to a colour image's pixels) as long as the first, and no list deeper than that. The
+    last holds because a body has at least one '[' per list (more when a string holds one,
+    which only turns this path down).
     """
     try:
         doc = simdjson.Parser().parse(body)  # one per call: parsers are not shared across threads

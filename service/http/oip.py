@@ -5,11 +5,12 @@ images as [N, H, W, C] (any shape whose rows hold H*W*C values in that order: [N
 grayscale [N, 1, 28, 28], are taken too; FP32 in [0, 1]), and gives `mu` and (VAE) `logvar`,
 [N, latent] (a log-variance, whatever the graph's variance output holds); `mnist-vae-decoder`
 takes `z` [N, latent] and gives the images [N, H, W, C] in [0, 1]. The service converts to and
-from the graph's own layout. Tensor names and the version come from the model's manifest. Requests run through the same dynamic batching as the
-service's own endpoints. Errors are the service's own (`service.errors`), answered as
-`{"error": "..."}` (`service.http.errors`): status 400 for an invalid request, 404 for an unknown
-model, as the protocol asks. `parameters: {"invert": "auto" | true | false}` inverts encoder inputs
-as the service's own /encode does (default false: `x` is the model's input as it is).
+from the graph's own layout. Tensor names and the version come from the model's manifest.
+Requests run through the same dynamic batching as the service's own endpoints. Errors are the
+service's own (`service.errors`), answered as `{"error": "..."}` (`service.http.errors`): status
+400 for an invalid request, 404 for an unknown model, as the protocol asks.
+`parameters: {"invert": "auto" | true | false}` inverts encoder inputs as the service's own
+/encode does (default false: `x` is the model's input as it is).
 
 The body is read by `service.codecs.oip_input` (simdjson, the data straight into numpy), off the
 event loop when it is large. The declared datatype is checked against the data: `x` takes FP32,
@@ -164,9 +165,7 @@ def _metadata(runtime: ModelRuntime, graph: str) -> ModelMetadata:
     )
 
 
-def _check_inputs(
-    request: InferenceRequest, spec: TensorMetadata, graph: str, limit: int
-) -> None:
+def _check_inputs(request: InferenceRequest, spec: TensorMetadata, graph: str, limit: int) -> None:
     """The request's inputs are the graph's one input, in a datatype it takes, with at most
     `limit` rows declared: all known before a value of the data is converted."""
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
