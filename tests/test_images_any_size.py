@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -577,3 +578,35 @@ def test_a_misfit_is_refused_at_a_rescan_and_the_rest_keeps_serving(tmp_path: Pa
         problem = refused["problem"]
         assert "encoder.onnx: 'input_layer' is [N, 28, 28, 1], but a flat input" in problem
         assert [m["name"] for m in client.get("/models").json()["models"]] == ["good"]
+
+
+@pytest.fixture(scope="module")
+def live(foreign: Path) -> Iterator[str]:
+    """The service as a real process on the foreign models (the client speaks httpx)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from reliability import serve
+
+    with serve({}, model_dir=foreign) as running:
+        yield running.url
+
+
+@pytest.mark.parametrize("style", ["color_vae", "gray64_vae"])
+def test_the_python_client_sends_and_gets_the_public_shapes(
+    live: str, foreign: Path, style: str
+) -> None:
+    from service.client import Client
+
+    c, h, w = STYLES[style].chw
+    reference = Reference(foreign / model_of(style), style)
+    images = pictures(style, 2, seed=9)
+    with Client(live, model=model_of(style)) as client:
+        [info] = [m for m in client.models() if m.name == model_of(style)]
+        assert info.image_shape == ((h, w) if c == 1 else (h, w, c))
+        encoding = client.encode(public(images))
+        mu, _ = reference.encode(images)
+        close(encoding.mu, mu)
+        reconstruction = client.reconstruct(public(images))
+        assert reconstruction.images.shape == (2, *info.image_shape)
+        close(reconstruction.images, public(reference.decode(mu)))
+        assert client.generate(3, seed=1).images.shape == (3, *info.image_shape)
+        assert client.decode(np.zeros((1, LATENT))).shape == (1, *info.image_shape)
