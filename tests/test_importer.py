@@ -5,22 +5,30 @@ message naming the tensor and the fix; the folder written only when the service 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 from torch import Tensor, nn
 
+from service.app import create_app
 from service.importer import main
 from service.manifest import ModelLoadError, load_manifest
+from service.settings import Settings
 
 from . import foreign_models
-from .foreign_models import STYLES, export_style
+from .foreign_models import STYLES, Style, export_style
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -613,3 +621,150 @@ class _LightDecoder(_Decoder):
 
     def forward(self, z: Tensor) -> Tensor:
         return 0.8 + 0.2 * super().forward(z)
+
+
+# --- end to end: imported, served, and answered as the ONNX files answer ---
+
+NPY = "application/x-npy"
+
+
+@pytest.fixture(scope="module")
+def imported_models(
+    exported: dict[str, tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Every style imported with its minimal flags into one model folder."""
+    models = tmp_path_factory.mktemp("models")
+    for name, (encoder, decoder) in exported.items():
+        argv = ["--encoder", str(encoder), "--decoder", str(decoder)]
+        assert (
+            main([*argv, "--out", str(models / name.replace("_", "-")), *MINIMAL_FLAGS[name]]) == 0
+        )
+    return models
+
+
+@pytest.fixture(scope="module")
+def served(imported_models: Path) -> Iterator[TestClient]:
+    settings = Settings(model_dir=imported_models, default_model="color-vae")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+class Reference:
+    """The style's ONNX files run directly, with the conversions written out by hand."""
+
+    def __init__(self, style: Style, encoder: Path, decoder: Path) -> None:
+        self.style = style
+        self.encoder = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, H, W, C) in [0, 1] -> mu, logvar."""
+        s = self.style
+        feed = {
+            "NCHW": images.transpose(0, 3, 1, 2),
+            "NHWC": images,
+            "flat": images.reshape(len(images), -1),
+        }[s.input_layout]
+        outputs = dict(
+            zip(
+                s.encoder_outputs,
+                self.encoder.run(None, {s.input_name: np.ascontiguousarray(feed)}),
+                strict=True,
+            )
+        )
+        if s.variance is None:
+            return outputs[s.mean], None
+        variance = outputs[s.variance]
+        return outputs[s.mean], 2 * np.log(variance) if s.variance_kind == "sigma" else variance
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """z -> (N, H, W, C) in [0, 1]."""
+        s = self.style
+        c, h, w = s.chw
+        [out] = self.decoder.run(None, {s.decoder_input: z})
+        if s.logits:
+            out = 1 / (1 + np.exp(-out))
+        if s.output_layout == "NCHW":
+            return out.transpose(0, 2, 3, 1)
+        return out.reshape(len(z), h, w, c)
+
+
+def public(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> what clients send and get: (N, H, W) grayscale, (N, H, W, 3) colour."""
+    return images[..., 0] if images.shape[-1] == 1 else images
+
+
+def close(actual: object, expected: np.ndarray, atol: float = 2e-5) -> None:
+    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=1e-4, atol=atol)
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def png_tile(content: bytes, h: int, w: int, c: int) -> np.ndarray:
+    """The first tile of a PNG grid, (H, W, C) in [0, 1]."""
+    with Image.open(io.BytesIO(content)) as grid:
+        assert grid.mode == ("L" if c == 1 else "RGB")
+        pixels = np.asarray(grid, np.float32) / 255
+    return pixels[:h, :w].reshape(h, w, c)
+
+
+@pytest.mark.parametrize("name", sorted(STYLES))
+def test_an_imported_model_answers_as_its_onnx_files_do(
+    name: str, served: TestClient, exported: dict[str, tuple[Path, Path]]
+) -> None:
+    style = STYLES[name]
+    reference = Reference(style, *exported[name])
+    model = name.replace("_", "-")
+    c, h, w = style.chw
+    info = served.get(f"/models/{model}").json()
+    assert info["image_shape"] == ([h, w] if c == 1 else [h, w, c])
+    images = np.random.default_rng(0).random((3, h, w, c), dtype=np.float32)
+    mu, logvar = reference.encode(images)
+    z = np.random.default_rng(1).standard_normal((2, foreign_models.LATENT)).astype(np.float32)
+    as_npy = {"Content-Type": NPY, "Accept": NPY}
+
+    encoded = served.post("/encode", json={"model": model, "images": public(images).tolist()})
+    assert encoded.status_code == 200, encoded.text
+    close(encoded.json()["mu"], mu)
+    assert (encoded.json()["logvar"] is None) == (logvar is None)
+    if logvar is not None:
+        close(encoded.json()["logvar"], logvar)
+    archive = np.load(
+        io.BytesIO(
+            served.post(
+                f"/encode?model={model}", content=npy(public(images)), headers=as_npy
+            ).content
+        )
+    )
+    close(archive["mu"], mu)
+
+    body = {"model": model, "images": public(images).tolist()}
+    close(served.post("/reconstruct", json=body).json()["images"], public(reference.decode(mu)))
+    answer = served.post(f"/reconstruct?model={model}", content=npy(public(images)), headers=as_npy)
+    close(np.load(io.BytesIO(answer.content)), public(reference.decode(mu)))
+    answer = served.post("/reconstruct", json=body, headers={"Accept": "image/png"})
+    close(png_tile(answer.content, h, w, c), reference.decode(mu)[0], atol=0.5 / 255 + 1e-6)
+
+    close(
+        served.post("/decode", json={"model": model, "z": z.tolist()}).json()["images"],
+        public(reference.decode(z)),
+    )
+    answer = served.post(f"/decode?model={model}", content=npy(z), headers=as_npy)
+    close(np.load(io.BytesIO(answer.content)), public(reference.decode(z)))
+    answer = served.post(
+        "/decode", json={"model": model, "z": z.tolist()}, headers={"Accept": "image/png"}
+    )
+    close(png_tile(answer.content, h, w, c), reference.decode(z)[0], atol=0.5 / 255 + 1e-6)
+
+    if style.kind == "vae":
+        generated = served.post("/generate", json={"model": model, "n": 2, "seed": 3}).json()
+        prior = np.asarray(generated["z"], np.float32)
+        close(generated["images"], public(reference.decode(prior)))
+        answer = served.post(
+            "/generate", json={"model": model, "n": 2, "seed": 3}, headers={"Accept": "image/png"}
+        )
+        close(png_tile(answer.content, h, w, c), reference.decode(prior)[0], atol=0.5 / 255 + 1e-6)
