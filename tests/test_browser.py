@@ -804,10 +804,12 @@ def test_playground_follows_a_colour_model(
     assert rgb(page, "#draw-canvas", 140, 140) == [255, 255, 0]
     assert rgb(page, "#input-canvas", 0, 0) == [255, 0, 255]
     assert rgb(page, "#input-canvas", 16, 16) == [255, 255, 0]
+    assert "green.png was inverted" in page.inner_text("#drop-note")  # and the page says why
     magenta_file = picture_file("magenta.png", (255, 0, 255))
     answered(page, lambda: page.set_input_files("#upload-input", str(magenta_file)))
     assert rgb(page, "#draw-canvas", 3, 3) == [255, 0, 255]
     assert rgb(page, "#draw-canvas", 140, 140) == [0, 0, 255]
+    assert not page.is_visible("#drop-note")
     assert colourful(page, "#recon-canvas") > 0
     watched.shot("playground-color")
     watched.check_clean()
@@ -850,7 +852,8 @@ def test_playground_switches_between_model_sizes_without_a_reload(
     page = open_playground(watched, foreign_server, "mnist-vae")
     page.evaluate("window.sameDocument = true")
     draw(page, SEVEN)
-    answered(page, lambda: page.click("#interp-set-a"))
+    page.click("#interp-set-a")
+    wait_brightness(page, "#interp-a", "b > 10")
     page.click("#clear-btn")
     wait_brightness(page, "#input-canvas", "b === 0")
     draw(page, ONE)

@@ -327,8 +327,15 @@ async function drawFile(file, canvas) {
     setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
     return false;
   }
-  fitPicture(bitmap, canvas, lightBorder(bitmap) !== state.shape.light);
+  const light = lightBorder(bitmap);
+  const invert = light !== state.shape.light;
+  fitPicture(bitmap, canvas, invert);
   bitmap.close();
+  // Said, not only done: a photo turned negative is a surprise unless the page says why.
+  $("drop-note").textContent = invert
+    ? `${file.name} was inverted, as the service's invert=auto does: its border is ` +
+      `${light ? "light" : "dark"} and this model's background is ${light ? "dark" : "light"}.`
+    : "";
   return true;
 }
 
@@ -581,6 +588,7 @@ async function drawAndRefresh(file) {
 
 function clearDrawing() {
   clearCanvas($("draw-canvas"));
+  $("drop-note").textContent = "";
   refreshDrawing();
 }
 
