@@ -328,7 +328,8 @@ async function drawFile(file, canvas) {
     return false;
   }
   const light = lightBorder(bitmap);
-  const invert = light !== state.shape.light;
+  // As the service's invert=auto: grayscale models only; a colour photo is never negated.
+  const invert = state.shape.c !== 3 && light !== state.shape.light;
   fitPicture(bitmap, canvas, invert);
   bitmap.close();
   // Said, not only done: a photo turned negative is a surprise unless the page says why.
