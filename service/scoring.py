@@ -94,12 +94,14 @@ class DecoderLikelihood:
         calibration from the user's own data then sets the threshold in the same units."""
         training = training or {}
         kind = training.get("likelihood") or "bernoulli"
-        if kind not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood {kind!r}: expected 'bernoulli' or 'gaussian'")
         sigma = float(training.get("gaussian_sigma") or 0.1)
         if not sigma > 0:
             raise ValueError(f"gaussian_sigma {sigma}: must be > 0")
-        return cls(kind, sigma)
+        if kind == "gaussian":
+            return cls("gaussian", sigma)
+        if kind != "bernoulli":
+            raise ValueError(f"likelihood {kind!r}: expected 'bernoulli' or 'gaussian'")
+        return cls("bernoulli", sigma)
 
     def nll(self, x: Array, mean: Array) -> Float64:
         """-log p(x | z) per row in nats, summed over every axis but the first; float64."""
@@ -402,7 +404,11 @@ def reference_statistics(parts: ScoreParts) -> dict[str, float]:
     the median (typical value) and robust scale of -log p(x) and of L(x), and the least-squares
     line -log p(x) ~ intercept + slope * L(x)."""
     nll = likelihood_term(parts)
-    slope, intercept = np.polyfit(parts.complexity, nll, 1)
+    # Least squares by hand: polyfit fails on a constant L(x) (e.g. images all alike).
+    spread = float(np.var(parts.complexity))
+    covariance = float(np.mean((parts.complexity - parts.complexity.mean()) * (nll - nll.mean())))
+    slope = covariance / spread if spread > 0 else 0.0
+    intercept = float(nll.mean() - slope * parts.complexity.mean())
     return {
         "nll_median": float(np.median(nll)),
         "nll_scale": robust_scale(nll),
