@@ -28,10 +28,13 @@ import numpy as np
 import onnxruntime as ort
 
 from service.scoring import (
+    DEFAULT_K,
+    DEFAULT_SCORE,
     SCORES,
     DecoderLikelihood,
     ScoreParts,
     complexity_nats,
+    default_score_name,
     iwae_nll,
     likelihood_term,
     reference_statistics,
@@ -106,6 +109,10 @@ class Model:
             likelihood=self.likelihood,
             keep_log_weights=True,
         )
+
+
+def default_name(model: Model) -> str:
+    return DEFAULT_SCORE if model.is_vae else default_score_name(False)
 
 
 def at_k(parts: ScoreParts, k: int) -> ScoreParts:
@@ -193,7 +200,8 @@ def report_model(name: str, data_dir: Path, images: int, ks: list[int], main_k: 
     print(header)
     print("|" + "---|" * (len(ood) * 2 + 2))
     for score, rows in table_rows(model, parts, zlib, [main_k], ood).items():
-        print(f"| {score} | " + " | ".join(rows[0]) + " |")
+        label = f"**{score}** (default)" if score == default_name(model) else score
+        print(f"| {label} | " + " | ".join(rows[0]) + " |")
     if model.is_vae:
         print(f"\nAUROC by k ({name}):\n")
         print("| score | k | " + " | ".join(ood) + " | FPR own |")
@@ -256,7 +264,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--images", type=int, default=2000, help="images per set (own: x2)")
     parser.add_argument("--k", default="1,8,32,128", help="IWAE samples per image to compare")
-    parser.add_argument("--main-k", type=int, default=32, help="k of the main table")
+    parser.add_argument("--main-k", type=int, default=DEFAULT_K, help="k of the main table")
     args = parser.parse_args()
     ks = [int(k) for k in args.k.split(",")]
     for name in args.models.split(","):
