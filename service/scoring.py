@@ -48,6 +48,7 @@ sigma. Scores use the model's own likelihood: `DecoderLikelihood.from_training(m
 
 from __future__ import annotations
 
+import asyncio
 import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -368,7 +369,9 @@ async def score_parts_async(
     chunk_values: int = CHUNK_VALUES,
     keep_log_weights: bool = False,
 ) -> ScoreParts:
-    """`score_parts` with an awaitable decoder (the runtime's `decode_batched`)."""
+    """`score_parts` with an awaitable decoder (the runtime's `decode_batched`); the arithmetic
+    and the PNG compression (about 0.1 ms per 28 x 28 image) run in a worker thread, off the
+    event loop."""
     _check(images, mu, logvar, k)
     likelihood = likelihood or DecoderLikelihood()
     at_mu = await decode(mu.astype(np.float32))
@@ -377,8 +380,9 @@ async def score_parts_async(
         eps = draw_noise(len(images), k, mu.shape[1], seed)
         iwae = _Iwae(images, mu, logvar, eps, likelihood, chunk_values)
         for chunk, z in iwae.chunks():
-            iwae.add(chunk, z, await decode(z))
-    return _assemble(
+            await asyncio.to_thread(iwae.add, chunk, z, await decode(z))
+    return await asyncio.to_thread(
+        _assemble,
         images,
         mu,
         logvar,
