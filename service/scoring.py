@@ -433,6 +433,11 @@ def reference_statistics(parts: ScoreParts) -> dict[str, float]:
     }
 
 
+REFERENCE_KEYS = frozenset(
+    ("nll_median", "nll_scale", "complexity_median", "complexity_scale", "slope", "intercept")
+)
+
+
 def _nll(parts: ScoreParts, ref: Mapping[str, float]) -> Float64:
     return likelihood_term(parts)
 
@@ -545,10 +550,16 @@ class ScoreCalibration(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _sorted_quantiles(self) -> ScoreCalibration:
+    def _consistent(self) -> ScoreCalibration:
+        # A calibration the service cannot use is refused at load, not answered with a 500.
         values = np.asarray(self.quantiles)
         if not np.all(np.isfinite(values)) or np.any(np.diff(values) < 0):
             raise ValueError("quantiles must be finite and non-decreasing")
+        if self.score not in SCORES:
+            raise ValueError(f"score {self.score!r}: expected one of {sorted(SCORES)}")
+        missing = sorted(REFERENCE_KEYS - set(self.reference))
+        if SCORES[self.score].needs_reference and missing:
+            raise ValueError(f"score {self.score!r} needs reference statistics {missing}")
         return self
 
 

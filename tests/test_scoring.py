@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.scoring import (
     DEFAULT_SCORE,
+    REFERENCE_KEYS,
     SCORES,
     UNCALIBRATED_SCORE,
     DecoderLikelihood,
@@ -317,6 +318,12 @@ def test_the_calibration_survives_a_round_trip_through_json_and_refuses_unsorted
     assert again == calibration
     with pytest.raises(ValidationError, match="non-decreasing"):
         ScoreCalibration.model_validate({**calibration.model_dump(), "quantiles": [2.0, 1.0]})
+    with pytest.raises(ValidationError, match="score 'magic'"):
+        ScoreCalibration.model_validate({**calibration.model_dump(), "score": "magic"})
+    with pytest.raises(ValidationError, match="needs reference statistics"):
+        ScoreCalibration.model_validate(
+            {**calibration.model_dump(), "score": DEFAULT_SCORE, "reference": {}}
+        )
 
 
 def test_the_default_score_needs_held_out_statistics_and_falls_back_without_them() -> None:
@@ -329,7 +336,7 @@ def test_the_default_score_needs_held_out_statistics_and_falls_back_without_them
         held_out, score=DEFAULT_SCORE, split="s", likelihood=DecoderLikelihood()
     )
     assert calibration.k == 4 and calibration.seed == 3
-    assert set(calibration.reference) == set(reference_statistics(held_out))
+    assert set(calibration.reference) == set(reference_statistics(held_out)) == REFERENCE_KEYS
     name, values = default_score(held_out, calibration)
     assert name == DEFAULT_SCORE
     # The residual of the held-out line: centred, as wide as the noise around the line (5 nats).
