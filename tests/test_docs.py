@@ -8,15 +8,19 @@ import io
 import json
 import os
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
+from pydantic import BaseModel
 
+import service.manifest as manifest_module
 from service.app import create_app
 from service.settings import Settings
 
@@ -144,3 +148,35 @@ def test_docs_hook_writes_the_services_openapi_document(
     written.write_text("{}")
     hooks.on_pre_build({"docs_dir": str(tmp_path)})
     assert json.loads(written.read_text()) == create_app().openapi()
+
+
+def _manifest_models() -> list[type[BaseModel]]:
+    """Manifest and every model its fields hold (found in their annotations, so that a new
+    section of the schema is found too), and the latent map file's model."""
+    found: list[type[BaseModel]] = []
+    pending: list[Any] = [manifest_module.Manifest, manifest_module.LatentMap]
+    while pending:
+        annotation = pending.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in found:
+                found.append(annotation)
+                pending += [f.annotation for f in annotation.model_fields.values()]
+        else:
+            pending += list(typing.get_args(annotation))
+    return found
+
+
+def test_the_manifest_page_explains_every_field_of_the_schema() -> None:
+    """docs/serving-your-model.md has one table per model of service/manifest.py, under a heading
+    naming it, with a row for each of its fields: the page cannot fall behind the schema."""
+    page = (ROOT / "docs" / "serving-your-model.md").read_text()
+    sections = re.split(r"^#+ ", page, flags=re.MULTILINE)
+    models = _manifest_models()
+    assert {m.__name__ for m in models} >= {"Manifest", "InputSpec", "TensorSpec", "LatentMap"}
+    for model in models:
+        [section] = [s for s in sections if f"(`{model.__name__}`)" in s.partition("\n")[0]]
+        rows = {m.group(1) for m in re.finditer(r"^\| `(\w+)` \|", section, re.MULTILINE)}
+        missing = set(model.model_fields) - rows
+        assert not missing, f"{model.__name__}: no row for {sorted(missing)}"
+        unknown = rows - set(model.model_fields)
+        assert not unknown, f"{model.__name__}: rows for fields it lacks: {sorted(unknown)}"
