@@ -59,7 +59,7 @@ def rates(folder: Path) -> None:
 def cost() -> None:
     rng = np.random.default_rng(0)
     for n in (1, 256):
-        batch = rng.random((n, 1, 28, 28), dtype=np.float32)
+        batch = rng.random((n, 28, 28), dtype=np.float32)
         for name, rule in RULES.items():
             timer = timeit.Timer(lambda rule=rule, batch=batch: rule(batch))
             loops, _ = timer.autorange()

@@ -39,8 +39,10 @@ from service.settings import Settings
 
 logger = logging.getLogger("service")
 DESCRIPTION = (
-    "Images are pixel values in [0, 1] (flat 784 or 28 x 28), or PNG/JPEG uploads as "
-    "multipart/form-data (inverted where its background is not the model's: see `invert`). "
+    "Images are pixel values in [0, 1], as the model's `image_shape` in GET /models says: "
+    "H x W (grayscale, 28 x 28 for the bundled models) or H x W x C (colour, channels last), "
+    "nested or flat in that order; or PNG/JPEG uploads as multipart/form-data (inverted where "
+    "its background is not the model's: see `invert`). "
     "`logvar` is the log-variance of q(z|x): sigma = exp(logvar / 2). "
     "Sampled results are reproducible with `seed`. Send `Accept: image/png` to get one "
     "PNG grid instead of JSON images."

@@ -3,7 +3,7 @@
     from service.client import Client
 
     with Client("http://127.0.0.1:8000", api_key="...") as client:
-        encoding = client.encode(images)  # images: (N, 28, 28) float in [0, 1] or uint8
+        encoding = client.encode(images)  # images: (N, H, W[, C]) float in [0, 1] or uint8
         encoding.mu, encoding.sigma        # (N, latent) float32 arrays
 
 Needs only numpy and httpx (`pip install -e '.[client]'` from a checkout, or the wheel that
@@ -68,7 +68,9 @@ _Flow = Generator[httpx.Request, httpx.Response, T]
 DEFAULT_URL = "http://127.0.0.1:8000"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
-IMAGE_SIDE = 28  # a 2-D (28, 28) array is one image; any other 2-D array is N flat images
+# A 2-D (28, 28) array is one image of the bundled models; any other 2-D array is N flat images
+# (one image of another shape: send it as a batch of one, images[None]).
+IMAGE_SIDE = 28
 # Worth retrying: the request never reached the service (refused, unreachable, connect timeout)
 # or the connection broke before an answer (a replica closing keep-alive connections as it shuts
 # down). Safe even for POST: inference has no side effects.
@@ -153,8 +155,8 @@ class Encoding:
 
 @dataclass(frozen=True)
 class Reconstruction:
-    """`images` (N, H, W), or (N, samples, H, W) when `samples` was given; `seed` is None in
-    deterministic mode."""
+    """`images` (N, H, W) for a grayscale model, (N, H, W, C) for a colour one, or (N, samples,
+    ...) when `samples` was given; `seed` is None in deterministic mode."""
 
     model: str
     mode: Mode
@@ -164,7 +166,8 @@ class Reconstruction:
 
 @dataclass(frozen=True)
 class Generation:
-    """`images` (n, H, W) decoded from `z` (n, latent); `seed` reproduces them."""
+    """`images` (n, H, W) or, colour, (n, H, W, C) decoded from `z` (n, latent); `seed`
+    reproduces them."""
 
     model: str
     seed: int
@@ -181,7 +184,7 @@ class ModelInfo:
     latent_dim: int
     version: str
     default: bool
-    image_shape: tuple[int, ...]
+    image_shape: tuple[int, ...]  # one image: (H, W) grayscale, (H, W, C) colour
     raw: dict[str, Any] = field(repr=False)
 
     @classmethod
@@ -201,9 +204,11 @@ class ModelInfo:
 
 
 def as_images(images: npt.ArrayLike) -> npt.NDArray[Any]:
-    """A batch to send: (N, 784), (N, 28, 28) or (N, 1, 28, 28); one (28, 28) or (784,) image
-    becomes a batch of one. uint8 is sent as is (4x smaller), other floats as float32. Shapes
-    and values are checked by the service, which knows each model's image size."""
+    """A batch to send, shaped as the model's `image_shape` (`ModelInfo`) says: (N, H, W) for
+    a grayscale model (also (N, H, W, 1) and (N, 1, H, W)), (N, H, W, C) for a colour one
+    (channels last), or flat (N, H*W*C); one flat (H*W*C,) image, or a (28, 28) one, becomes a
+    batch of one. uint8 is sent as is (4x smaller), other floats as float32. Shapes and values
+    are checked by the service, which knows each model's image size."""
     array = np.asarray(images)
     if array.ndim == 1 or array.shape == (IMAGE_SIDE, IMAGE_SIDE):
         array = array[None]
@@ -583,7 +588,8 @@ class Client(_BaseClient[httpx.Client]):
         return self._run(self._generate(n, seed, temperature, model))
 
     def decode(self, z: npt.ArrayLike, model: str | None = None) -> FloatArray:
-        """Images (N, H, W) decoded from latent vectors z (N, latent)."""
+        """Images (N, H, W), or (N, H, W, C) for a colour model, decoded from latent vectors
+        z (N, latent)."""
         return self._run(self._decode(z, model))
 
     def models(self) -> list[ModelInfo]:

@@ -34,7 +34,7 @@ class Latents:
 
 @dataclass(slots=True)
 class Reconstructions:
-    """/reconstruct: images (N, C, H, W), or (N, samples, C, H, W) when samples were asked for."""
+    """/reconstruct: images (N, H, W, C), or (N, samples, H, W, C) when samples were asked for."""
 
     model: str
     mode: Literal["deterministic", "sampled"]
@@ -54,13 +54,29 @@ class Generated:
 
 @dataclass(slots=True)
 class Decoded:
-    """/decode: the images (N, C, H, W) of the given latent vectors."""
+    """/decode: the images (N, H, W, C) of the given latent vectors."""
 
     model: str
     images: Array
 
 
 Result = Latents | Reconstructions | Generated | Decoded
+
+
+def check_image_values(rows: int, model: ModelRuntime, settings: Settings, field: str) -> None:
+    """`rows` images of `model`, as a request carries or asks for them, within
+    VAE_MAX_REQUEST_VALUES: with VAE_MAX_IMAGES (a count), it bounds a request's memory for
+    models of any size (1,024 images of 256 x 256 x 3 would be 805 MB of float32)."""
+    values = rows * model.image_values
+    if values > settings.max_request_values:
+        height, width, channels = model.image_hwc
+        most = settings.max_request_values // model.image_values
+        raise InvalidInput(
+            field,
+            f"{rows} images of {height} x {width} x {channels} are {values} values; at most "
+            f"{settings.max_request_values} (VAE_MAX_REQUEST_VALUES) per request: send at most "
+            f"{most} images of this model per request",
+        )
 
 
 def draw_seed(seed: int | None) -> int:
@@ -97,6 +113,7 @@ async def reconstruct(
             "samples",
             f"{len(images)} images x {k} samples; at most {settings.max_images} outputs",
         )
+    check_image_values(len(images) * k, model, settings, "samples" if k > 1 else "images")
     mu, logvar = await model.encode_batched(images)
     if params.mode == "deterministic" or logvar is None:
         return Reconstructions(model.name, params.mode, None, await model.decode_batched(mu))
@@ -121,6 +138,7 @@ async def generate(
         )
     if params.n > settings.max_generate:
         raise InvalidInput("n", f"{params.n}; at most {settings.max_generate} per request")
+    check_image_values(params.n, model, settings, "n")
     seed = draw_seed(params.seed)
     eps = np.random.default_rng(seed).standard_normal((params.n, model.latent_dim), np.float32)
     z = (params.temperature * eps).astype(np.float32)
@@ -131,6 +149,7 @@ async def decode(
     params: DecodeParams, model: ModelRuntime, z: Array | None, settings: Settings
 ) -> Decoded:
     assert z is not None
+    check_image_values(len(z), model, settings, "z")
     return Decoded(model.name, await model.decode_batched(z))
 
 

@@ -9,11 +9,13 @@ from pydantic_core import PydanticCustomError
 
 MAX_SEED = 2**63 - 1
 
-# An image: a flat list of H*W numbers in [0, 1], or H rows of W numbers. Strict floats: a string
-# such as "0.5" where a number belongs is an error, not something to guess about.
+# An image: a flat list of H*W*C numbers in [0, 1] (HWC order), H rows of W numbers (grayscale)
+# or H rows of W pixels of C numbers (colour). Strict floats: a string such as "0.5" where a
+# number belongs is an error, not something to guess about.
 FlatImage = list[StrictFloat]
 NestedImage = list[list[StrictFloat]]
-Images = list[FlatImage | NestedImage]
+ColourImage = list[list[list[StrictFloat]]]
+Images = list[FlatImage | NestedImage | ColourImage]
 
 _EXAMPLE_ROW = [0.0] * 28
 EXAMPLE_IMAGE = (
@@ -28,8 +30,10 @@ ModelField = Field(
 )
 ImagesField = Field(
     min_length=1,
-    description="Images with pixels in [0, 1]: each a flat list of 784 numbers or 28 rows of 28 "
-    "(sizes from the model's manifest). Bright strokes on a dark background, as in MNIST.",
+    description="Images with pixels in [0, 1], of the model's `image_shape` (GET /models): "
+    "grayscale, H rows of W numbers (28 rows of 28 for the bundled models); colour, H rows of W "
+    "pixels of C numbers (channels last); or each flat, H*W*C numbers in that order. The "
+    "bundled models take bright strokes on a dark background, as in MNIST.",
 )
 SeedField = Field(
     None,
@@ -93,7 +97,7 @@ class ReconstructParams(_Request):
         None,
         ge=1,
         description="Sampled mode: this many reconstructions per input, grouped by input "
-        "(`images` is then inputs x samples x H x W).",
+        "(`images` is then inputs x samples x H x W, or x C for colour).",
     )
 
 
@@ -125,6 +129,11 @@ class DecodeRequest(DecodeParams):
     )
 
 
+IMAGES_OUT = (
+    "Pixel means in [0, 1], N x H x W for a grayscale model, N x H x W x C for a colour one."
+)
+
+
 class EncodeResponse(BaseModel):
     model: str
     latent_dim: int
@@ -139,8 +148,8 @@ class ReconstructResponse(BaseModel):
     mode: Literal["deterministic", "sampled"]
     seed: int | None = Field(description="The seed used (null in deterministic mode).")
     images: list[Any] = Field(
-        description="Pixel means in [0, 1]: inputs x H x W, or inputs x samples x H x W when "
-        "`samples` was given."
+        description="Pixel means in [0, 1]: inputs x H x W (grayscale) or inputs x H x W x C "
+        "(colour); inputs x samples x ... when `samples` was given."
     )
 
 
@@ -148,12 +157,12 @@ class GenerateResponse(BaseModel):
     model: str
     seed: int
     z: list[list[float]] = Field(description="The latent vectors that were decoded.")
-    images: list[list[list[float]]]
+    images: list[Any] = Field(description=IMAGES_OUT)
 
 
 class DecodeResponse(BaseModel):
     model: str
-    images: list[list[list[float]]]
+    images: list[Any] = Field(description=IMAGES_OUT)
 
 
 class ModelInfo(BaseModel):
@@ -161,7 +170,10 @@ class ModelInfo(BaseModel):
     version: str
     kind: Literal["ae", "vae"]
     latent_dim: int
-    image_shape: list[int]
+    image_shape: list[int] = Field(
+        description="One image as requests and answers hold it: [H, W] for a grayscale model, "
+        "[H, W, C] for a colour one (channels last). The graph's own layout is in `manifest`."
+    )
     default: bool
     ready: bool
     providers: list[str] = Field(description="onnxruntime execution providers in use, in order.")

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     probes and docs are not logged."""
     max_images: int = Field(1024, ge=1)
     """Most images (or latent vectors) one request may carry."""
+    max_request_values: int = Field(1024 * 3 * 32 * 32, ge=784)
+    """Most image values (images x height x width x channels) one request may carry or ask
+    for: with VAE_MAX_IMAGES, it bounds a request's memory whatever the model's image size. The
+    default takes 1,024 images of 32 x 32 x 3 (or of 28 x 28), 16 of 256 x 256 x 3."""
     max_generate: int = Field(1024, ge=1)
     """Largest `n` for /generate."""
     max_samples: int = Field(64, ge=1)

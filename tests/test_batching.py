@@ -112,7 +112,7 @@ def test_batched_model_results_equal_single_calls(model_dir: Path, max_batch_siz
     registry = ModelRegistry.load(Settings(model_dir=model_dir, max_batch_size=max_batch_size))
     model = registry.models["tiny-vae"]
     inputs = [
-        np.random.default_rng(i).random((1 + i % 4, 1, 28, 28), dtype=np.float32) for i in range(12)
+        np.random.default_rng(i).random((1 + i % 4, 28, 28, 1), dtype=np.float32) for i in range(12)
     ]
 
     expected = [model.encode(x) for x in inputs]

@@ -63,3 +63,32 @@ def test_cli_offline_leaves_no_folders_behind(
     assert "data/mnist/train-images-idx3-ubyte.gz  <- " in err
     # Neither the data folder nor the run folder (nor its checkpoints/) was created.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_image_size_and_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (30, 20), color=i * 10).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    common = ["train", "--dataset", str(folder), "--epochs", "1", "--quiet", "--device", "cpu"]
+    args = [*common, "--image-size", "12,16", "--channels", "3", "--out", str(out)]
+    assert main([*args, "--val-size", "2", "--hidden", "8", "--latent-dim", "2"]) == 0
+    assert "on 12x16 RGB images" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["image_size"] == [12, 16] and saved["channels"] == 3
+    assert main([*common, "--out", str(tmp_path / "own"), "--hidden", "8"]) == 0
+    assert "on 20x30 grayscale images" in capsys.readouterr().out  # the folder's own
+    with pytest.raises(SystemExit):
+        main([*common, "--channels", "32,64"])
+    assert "--conv-channels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--image-size", "0"])
+    assert "--image-size" in capsys.readouterr().err
+    too_small = [*common, "--architecture", "conv", "--image-size", "6", "--out", str(tmp_path)]
+    assert main(too_small) == 2
+    assert "at least 8x8 pixels" in capsys.readouterr().err
+    assert main(["train", "--channels", "3", "--out", str(tmp_path / "m")]) == 2
+    assert "mnist is grayscale" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def test_models(client: Client) -> None:
     assert models["tiny-vae"].default and not models["tiny-ae"].default
     assert models["tiny-vae"].kind == "vae" and models["tiny-vae"].latent_dim == 2
     assert models["tiny-ae"].kind == "ae" and models["tiny-ae"].latent_dim == 4
-    assert models["tiny-vae"].image_shape == (1, 28, 28)
+    assert models["tiny-vae"].image_shape == (28, 28)
     assert "manifest" in models["tiny-vae"].raw
     one = client.model("tiny-ae")
     assert one.name == "tiny-ae" and one.version == models["tiny-ae"].version

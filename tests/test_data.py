@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from training.data import (
+    AUTO_SIZE_LIMIT,
     IDX_DATASETS,
     DatasetError,
     IdxDataset,
@@ -198,12 +199,12 @@ def test_image_folder_grayscale_resize_and_labels(tmp_path: Path) -> None:
         for i in range(3):
             img = Image.new("RGB", (56, 40), color=(255, 255, 255) if label == "dog" else (0, 0, 0))
             img.save(tmp_path / label / f"{i}.png" if i else tmp_path / label / f"{i}.jpg")
-    images, labels, names = load_image_folder(tmp_path)
+    images, labels, names = load_image_folder(tmp_path, image_size=(28, 28))
     assert images.shape == (6, 28, 28) and images.dtype == np.float32
     assert names == ("cat", "dog")
     assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
     assert images[labels == 1].min() > 0.99 and images[labels == 0].max() < 0.01
-    inverted, _, _ = load_image_folder(tmp_path, invert=True)
+    inverted, _, _ = load_image_folder(tmp_path, invert=True, image_size=(28, 28))
     assert inverted[labels == 1].max() < 0.01
 
 
@@ -227,11 +228,117 @@ def test_array_files(tmp_path: Path) -> None:
     np.save(tmp_path / "bad.npy", images.astype(np.float32))  # floats 0-255: not scaled
     with pytest.raises(DatasetError, match=r"in \[0, 1\]"):
         load_array_file(tmp_path / "bad.npy")
-    np.save(tmp_path / "shape.npy", np.zeros((3, 10, 10), np.uint8))
-    with pytest.raises(DatasetError, match="expected \\(N, 28, 28\\)"):
+    np.save(tmp_path / "shape.npy", np.zeros((3, 10, 10, 2), np.uint8))
+    with pytest.raises(DatasetError, match="expected \\(N, H, W\\)"):
         load_array_file(tmp_path / "shape.npy")
 
 
 def test_unknown_dataset_names_the_choices() -> None:
     with pytest.raises(DatasetError, match="mnist, fashion-mnist"):
         load_splits("cifar10")
+
+
+def _colour_pngs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
+    """n RGB PNGs (height, width) of `size`: a red, green or blue square on dark noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = rng.integers(0, 30, (*size, 3), dtype=np.uint8)
+        pixels[2:8, 3:9, i % 3] = 230
+        Image.fromarray(pixels).save(folder / f"{i:03}.png")
+
+
+def test_a_colour_folder_trains_as_colour_at_its_own_size(tmp_path: Path) -> None:
+    _colour_pngs(tmp_path, 12, (20, 24))
+    images, _, _ = load_image_folder(tmp_path)
+    assert images.shape == (12, 20, 24, 3) and images.dtype == np.float32
+    with Image.open(tmp_path / "001.png") as first:
+        assert np.allclose(images[1], np.asarray(first) / 255.0)
+    splits = load_splits(str(tmp_path))
+    assert splits.image_shape == (3, 20, 24)
+    assert splits.train.images.shape[1:] == (3, 20, 24) and splits.train.images.flags.c_contiguous
+    # --channels 1: PIL's grayscale of each image; --image-size: bilinear resize.
+    gray, _, _ = load_image_folder(tmp_path, image_size=(10, 12), channels=1)
+    with Image.open(tmp_path / "001.png") as first:
+        expected = first.convert("L").resize((12, 10), Image.Resampling.BILINEAR)
+    assert gray.shape == (12, 10, 12) and np.allclose(gray[1], np.asarray(expected) / 255.0)
+
+
+def test_gray_pictures_saved_as_rgb_stay_grayscale(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        value = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+        Image.fromarray(np.stack([value] * 3, axis=-1)).save(tmp_path / f"{i}.png")
+    auto, _, _ = load_image_folder(tmp_path, image_size=(9, 11))
+    as_gray, _, _ = load_image_folder(tmp_path, image_size=(9, 11), channels=1)
+    assert auto.shape == (4, 9, 11) and np.array_equal(auto, as_gray)
+
+
+def test_a_gray_folder_with_three_channels_is_converted(tmp_path: Path) -> None:
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    images, _, _ = load_image_folder(tmp_path, channels=3)
+    assert images.shape == (3, 8, 8, 3)
+    assert np.allclose(images[2], 80 / 255.0)
+
+
+def test_a_folder_of_mixed_sizes_needs_an_image_size(tmp_path: Path) -> None:
+    _colour_pngs(tmp_path, 3, (20, 24))
+    _colour_pngs(tmp_path / "more", 2, (32, 32), seed=1)
+    with pytest.raises(
+        DatasetError,
+        match=r"different sizes: 20x24 \(3 images\), 32x32 "
+        r"\(2 images\); pass --image-size",
+    ):
+        load_image_folder(tmp_path)
+    images, _, names = load_image_folder(tmp_path, image_size=(16, 16))
+    assert images.shape == (5, 16, 16, 3) and names == ("more",)
+
+
+def test_large_images_need_an_image_size(tmp_path: Path) -> None:
+    side = AUTO_SIZE_LIMIT + 1
+    Image.new("RGB", (side, 8)).save(tmp_path / "wide.png")
+    with pytest.raises(DatasetError, match=f"8x{side}.*pass --image-size"):
+        load_image_folder(tmp_path)
+    np.save(tmp_path / "wide.npy", np.zeros((2, 8, side), np.uint8))
+    with pytest.raises(DatasetError, match="pass --image-size"):
+        load_array_file(tmp_path / "wide.npy")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_colour_arrays(tmp_path: Path, dtype: str) -> None:
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 256, (10, 12, 14, 3), dtype=np.uint8)
+    stored = raw if dtype == "uint8" else raw.astype(np.float32) / 255.0
+    np.savez(tmp_path / "c.npz", x=stored, y=np.arange(10) % 2)
+    images, _ = load_array_file(tmp_path / "c.npz")
+    assert images.shape == (10, 12, 14, 3) and np.allclose(images, raw / 255.0, atol=1e-6)
+    splits = load_splits(str(tmp_path / "c.npz"))
+    assert splits.image_shape == (3, 12, 14) and splits.label_names == ("0", "1")
+    resized, _ = load_array_file(tmp_path / "c.npz", image_size=(6, 7))
+    expected = Image.fromarray(raw[0]).resize((7, 6), Image.Resampling.BILINEAR)
+    assert resized.shape == (10, 6, 7, 3)
+    assert np.allclose(resized[0], np.asarray(expected) / 255.0, atol=1 / 255 + 1e-6)
+    gray, _ = load_array_file(tmp_path / "c.npz", channels=1)
+    assert gray.shape == (10, 12, 14)
+    luma = raw[0].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+    assert np.allclose(gray[0], luma, atol=1e-5)
+
+
+def test_grayscale_arrays_of_any_size(tmp_path: Path) -> None:
+    np.save(tmp_path / "g.npy", np.zeros((6, 64, 64, 1), np.uint8))
+    assert load_splits(str(tmp_path / "g.npy")).image_shape == (1, 64, 64)
+    as_colour, _ = load_array_file(tmp_path / "g.npy", channels=3)
+    assert as_colour.shape == (6, 64, 64, 3)
+
+
+def test_idx_datasets_resize_but_stay_grayscale(data_dir: Path) -> None:
+    splits = load_splits("mnist", data_dir, val_size=50, download=False, image_size=(32, 32))
+    assert splits.image_shape == (1, 32, 32) and len(splits.test) == N_TEST
+    original = load_splits("mnist", data_dir, val_size=50, download=False).test.images[0, 0]
+    expected = Image.fromarray(np.round(original * 255).astype(np.uint8)).resize(
+        (32, 32), Image.Resampling.BILINEAR
+    )
+    assert np.allclose(splits.test.images[0, 0], np.asarray(expected) / 255.0)
+    with pytest.raises(DatasetError, match="mnist is grayscale"):
+        load_splits("mnist", data_dir, val_size=50, download=False, channels=3)

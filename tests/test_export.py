@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 import training.export as export_module
 from service.manifest import (
@@ -24,8 +25,9 @@ from service.manifest import (
     sha256sum,
 )
 from training.cli import main
+from training.config import TrainConfig
 from training.export import ExportError, export_run
-from training.train import load_run
+from training.train import load_run, train
 
 from .conftest import tiny_config
 
@@ -252,3 +254,131 @@ def test_without_the_data_the_background_is_judged_from_the_decoder(tmp_path: Pa
     assert "latent_map" not in manifest
     assert manifest["input"]["background"] == "light"
     assert export_module.input_background(load_run(tmp_path / "run").model, None) == "light"
+
+
+def _colour_squares(n: int, size: tuple[int, int], channels: int, seed: int = 0) -> np.ndarray:
+    """uint8 (n, H, W, C) images: a bright square in one of the channels on dark noise."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, (n, *size, channels), dtype=np.uint8)
+    for i in range(n):
+        top, left = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
+        images[i, top : top + size[0] // 3, left : left + size[1] // 3, i % channels] = 220
+    return images
+
+
+def _train_and_export(tmp_path: Path, dataset: Path, **overrides: object) -> tuple[Path, dict]:
+    values: dict[str, object] = {
+        "dataset": str(dataset),
+        "hidden": (16,),
+        "latent_dim": 3,
+        "epochs": 2,
+        "batch_size": 16,
+        "val_size": 8,
+        "device": "cpu",
+    }
+    values.update(overrides)
+    run = tmp_path / "run"
+    train(TrainConfig.from_dict(values), run, progress=False)
+    out = tmp_path / "served" / "model"
+    export_run(run, out)
+    return out, json.loads((out / "manifest.json").read_text())  # as the file says
+
+
+def _check_shapes_and_parity(folder: Path, run: Path, shape: tuple[int, int, int]) -> None:
+    """The exported pair takes and gives N x C x H x W, as torch does, at two batch sizes."""
+    model = load_run(run).model
+    encoder, decoder = _session(folder / "encoder.onnx"), _session(folder / "decoder.onnx")
+    for batch in (1, 5):
+        x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(batch))
+        mu, logvar = encoder.run(None, {"x": x.numpy()})
+        (images,) = decoder.run(None, {"z": mu})
+        assert images.shape == (batch, *shape) and images.dtype == np.float32
+        with torch.no_grad():
+            t_mu, t_logvar = model.encode(x)
+            t_images = torch.sigmoid(model.decode_logits(t_mu)).reshape(batch, *shape)
+        assert np.allclose(mu, t_mu.numpy(), atol=1e-4)
+        assert np.allclose(logvar, t_logvar.numpy(), atol=1e-4)
+        assert np.allclose(images, t_images.numpy(), atol=1e-4)
+
+
+def test_a_colour_conv_vae_from_an_npz(tmp_path: Path) -> None:
+    images = _colour_squares(64, (32, 32), 3)
+    np.savez(tmp_path / "squares.npz", x=images, y=np.arange(64) % 3)
+    out, manifest = _train_and_export(
+        tmp_path, tmp_path / "squares.npz", architecture="conv", conv_channels=(4, 8, 8)
+    )
+    spec = manifest["input"]
+    assert spec["shape"] == [3, 32, 32] and spec["layout"] == "NCHW"
+    assert manifest["output"] == {"tensor": "x_mean", "layout": "NCHW", "activation": "none"}
+    assert spec["preprocessing"]["color"] == "RGB (PIL mode 'RGB')"
+    assert spec["preprocessing"]["resize"] == [32, 32]
+    assert "foreground" not in spec["preprocessing"]  # nothing is known about a user's data
+    assert manifest["encoder"]["inputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert manifest["decoder"]["outputs"][0]["shape"] == ["batch", 3, 32, 32]
+    assert manifest["architecture"]["conv_channels"] == [4, 8, 8]
+    assert manifest["dataset"]["image_shape"] == [3, 32, 32]
+    assert manifest["dataset"]["label_names"] == ["0", "1", "2"]
+    loaded = load_manifest(out)
+    assert loaded.image_shape == (3, 32, 32) and loaded.image_output == "x_mean"
+    _check_shapes_and_parity(out, tmp_path / "run", (3, 32, 32))
+
+
+def test_a_colour_conv_vae_from_a_folder_of_pngs(tmp_path: Path) -> None:
+    folder = tmp_path / "pictures"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+    for i, pixels in enumerate(_colour_squares(48, (40, 40), 3, seed=1)):
+        Image.fromarray(pixels).save(folder / "ab"[i % 2] / f"{i}.png")
+    out, manifest = _train_and_export(
+        tmp_path,
+        folder,
+        architecture="conv",
+        conv_channels=(4, 8, 8),
+        image_size=32,
+        channels=3,
+    )
+    steps = manifest["input"]["preprocessing"]
+    assert manifest["input"]["shape"] == [3, 32, 32] and manifest["input"]["background"] == "dark"
+    assert steps["color"] == "RGB (PIL mode 'RGB')" and steps["resize"] == [32, 32]
+    assert steps["resample"] == "bilinear" and "foreground" not in steps
+    assert manifest["dataset"]["label_names"] == ["a", "b"]
+    load_manifest(out)
+    _check_shapes_and_parity(out, tmp_path / "run", (3, 32, 32))
+
+
+def test_a_grayscale_conv_vae_at_64(tmp_path: Path) -> None:
+    np.save(tmp_path / "big.npy", _colour_squares(40, (64, 64), 1, seed=2)[..., 0])
+    out, manifest = _train_and_export(
+        tmp_path, tmp_path / "big.npy", architecture="conv", conv_channels=(4, 4, 8, 8)
+    )
+    assert manifest["input"]["shape"] == [1, 64, 64]
+    assert manifest["input"]["preprocessing"]["color"] == "grayscale (PIL mode 'L')"
+    assert manifest["input"]["preprocessing"]["resize"] == [64, 64]
+    assert load_manifest(out).image_shape == (1, 64, 64)
+    _check_shapes_and_parity(out, tmp_path / "run", (1, 64, 64))
+
+
+@pytest.mark.parametrize(("architecture", "size"), [("mlp", (20, 24)), ("conv", (21, 27))])
+def test_odd_colour_sizes(tmp_path: Path, architecture: str, size: tuple[int, int]) -> None:
+    # conv at 21 x 27: both sides odd, so every transposed layer needs its output_padding.
+    images = _colour_squares(40, size, 3, seed=3) / 255.0
+    np.savez(tmp_path / "odd.npz", images=images)
+    out, manifest = _train_and_export(
+        tmp_path, tmp_path / "odd.npz", architecture=architecture, conv_channels=(4, 8)
+    )
+    assert manifest["input"]["shape"] == [3, *size]
+    assert manifest["input"]["preprocessing"]["resize"] == list(size)
+    assert load_manifest(out).image_shape == (3, *size)
+    _check_shapes_and_parity(out, tmp_path / "run", (3, *size))
+
+
+def test_an_idx_model_keeps_its_description(exported_vae: Path) -> None:
+    steps = json.loads((exported_vae / "manifest.json").read_text())["input"]["preprocessing"]
+    assert steps == {
+        "color": "grayscale (PIL mode 'L')",
+        "resize": [28, 28],
+        "resample": "bilinear",
+        "scale": "pixel / 255",
+        "invert": False,
+        "foreground": "bright strokes on a dark background, as in MNIST",
+    }

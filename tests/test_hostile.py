@@ -164,7 +164,7 @@ CASES = [
         "/encode",
         json_numbers(1, 5000),
         422,
-        "images[0]: expected 784 numbers (or 28 rows of 28), got 5000",
+        "images[0]: expected 28 rows of 28 numbers (H x W), or 784 numbers; got 5000 numbers",
         id="image-of-5000-numbers",
     ),
     pytest.param(
@@ -487,7 +487,8 @@ CASES = [
         "/encode",
         binary(npy(np.array(0.5, np.float32))),
         422,
-        "images: array of shape (); expected (N, 784), (N, 28, 28) or (N, 1, 28, 28)",
+        "images: array of shape (); expected (N, 28, 28), (N, 784), (N, 28, 28, 1) or "
+        "(N, 1, 28, 28)",
         id="npy-scalar",
     ),
     pytest.param(

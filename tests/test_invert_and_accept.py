@@ -71,23 +71,23 @@ def garment(value: float = 0.95) -> np.ndarray:
 def test_auto_inverts_each_image_whose_border_is_light() -> None:
     trousers = garment()
     assert trousers.mean() > 0.5
-    batch = np.stack([DARK[0], LIGHT[1], np.full((28, 28), 0.49, np.float32), trousers])[:, None]
+    batch = np.stack([DARK[0], LIGHT[1], np.full((28, 28), 0.49, np.float32), trousers])[..., None]
     out = invert_where_needed(batch, "auto")
     np.testing.assert_array_equal(out[0], batch[0])
-    np.testing.assert_allclose(out[1], DARK[1][None], atol=1e-6)  # dark digit on light paper
+    np.testing.assert_allclose(out[1], DARK[1][..., None], atol=1e-6)  # dark digit on light paper
     np.testing.assert_array_equal(out[2], batch[2])  # a border of 0.49: not above 0.5
     np.testing.assert_array_equal(out[3], batch[3])  # bright garment, dark border: as sent
     # Each picture's negative comes out the same: the garment's too.
     np.testing.assert_allclose(invert_where_needed(1.0 - batch, "auto"), out, atol=1e-6)
     # The inside does not count: light paper with a dark middle is still light paper.
-    framed = np.zeros((1, 1, 28, 28), np.float32)
-    framed[..., 0, :] = framed[..., -1, :] = framed[..., 0] = framed[..., -1] = 1.0
+    framed = np.zeros((1, 28, 28, 1), np.float32)
+    framed[:, 0] = framed[:, -1] = framed[:, :, 0] = framed[:, :, -1] = 1.0
     np.testing.assert_allclose(invert_where_needed(framed, "auto"), 1.0 - framed)
     np.testing.assert_array_equal(invert_where_needed(batch, True), 1.0 - batch)
     assert invert_where_needed(batch, False) is batch
     # A read-only view of a request body is never written to.
-    view = np.frombuffer(LIGHT.tobytes(), np.float32).reshape(3, 1, 28, 28)
-    np.testing.assert_allclose(invert_where_needed(view, "auto"), DARK[:, None], atol=1e-6)
+    view = np.frombuffer(LIGHT.tobytes(), np.float32).reshape(3, 28, 28, 1)
+    np.testing.assert_allclose(invert_where_needed(view, "auto"), DARK[..., None], atol=1e-6)
 
 
 def test_auto_threshold_is_half_of_white_at_the_border_exactly() -> None:
@@ -500,9 +500,9 @@ def light_client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_auto_turns_each_background_into_the_models() -> None:
-    batch = np.stack([DARK[0], LIGHT[1], garment()])[:, None]
+    batch = np.stack([DARK[0], LIGHT[1], garment()])[..., None]
     out = invert_where_needed(batch, "auto", "light")
-    np.testing.assert_allclose(out[0], LIGHT[0][None], atol=1e-6)  # dark background: inverted
+    np.testing.assert_allclose(out[0], LIGHT[0][..., None], atol=1e-6)  # dark background: inverted
     np.testing.assert_array_equal(out[1], batch[1])  # already the model's light background
     np.testing.assert_allclose(out[2], 1.0 - batch[2])  # a bright garment on black: inverted
     np.testing.assert_array_equal(invert_where_needed(batch, "auto", "dark")[0], batch[0])

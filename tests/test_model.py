@@ -7,8 +7,10 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from training.model import (
+    CONV_END_SIDE,
     AutoEncoder,
     ModelConfig,
+    conv_widths,
     kl_to_standard_normal,
     loss_terms,
     reconstruction_nll,
@@ -82,3 +84,52 @@ def test_beta_weights_the_kl_term() -> None:
     t0 = loss_terms(vae, x, "bernoulli", beta=0.0)
     assert torch.allclose(t1.loss, (t1.recon + t1.kl).mean())
     assert torch.allclose(t0.loss, t0.recon.mean())
+
+
+@pytest.mark.parametrize(
+    ("shape", "widths"),
+    [
+        ((1, 28, 28), (32, 64)),  # MNIST: 28 -> 14 -> 7, as before
+        ((3, 32, 32), (32, 64, 128)),  # -> 4
+        ((1, 64, 64), (32, 64, 128, 256)),  # -> 4
+        ((3, 20, 24), (32, 64)),  # -> 5 x 6
+        ((3, 33, 47), (32, 64, 128)),  # odd sides -> 4 x 5
+        ((1, 8, 8), (32,)),  # the smallest: -> 4
+        ((3, 300, 200), (32, 64, 128, 256, 256)),  # -> 9 x 6
+    ],
+)
+def test_conv_layers_follow_the_image_size(
+    shape: tuple[int, int, int], widths: tuple[int, ...]
+) -> None:
+    assert conv_widths(*shape[1:]) == widths
+    for kind in ("ae", "vae"):
+        cfg = ModelConfig(
+            kind=kind,  # type: ignore[arg-type]
+            architecture="conv",
+            latent_dim=3,
+            hidden=(8,),
+            conv_channels=tuple(min(w, 8) for w in widths),
+            image_shape=shape,
+        )
+        model = AutoEncoder(cfg)
+        logits, mu, _ = model(torch.rand(2, *shape))
+        assert logits.shape == (2, math.prod(shape)) and mu.shape == (2, 3)
+        end = shape[1] >> len(widths), shape[2] >> len(widths)
+        assert min(end) <= CONV_END_SIDE and min(end) >= 4
+
+
+def test_mlp_takes_any_size_and_colour() -> None:
+    cfg = ModelConfig(architecture="mlp", latent_dim=2, hidden=(8,), image_shape=(3, 5, 7))
+    logits, _, _ = AutoEncoder(cfg)(torch.rand(4, 3, 5, 7))
+    assert logits.shape == (4, 105)
+
+
+def test_too_small_for_the_conv_layers() -> None:
+    cfg = ModelConfig(architecture="conv", conv_channels=(4, 4, 4), image_shape=(1, 7, 30))
+    with pytest.raises(ValueError, match=r"at least 8x8 pixels .*got 7x30"):
+        AutoEncoder(cfg)
+
+
+def test_old_checkpoints_name_the_conv_widths_channels() -> None:
+    old = {"kind": "vae", "architecture": "conv", "latent_dim": 2, "hidden": [8], "channels": [4]}
+    assert ModelConfig.from_dict(old).conv_channels == (4,)

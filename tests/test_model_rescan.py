@@ -152,7 +152,7 @@ def test_a_removed_folder_is_dropped(client: TestClient, models: Path) -> None:
     assert served(client) == {"tiny-vae": "1"}
     assert model_info(client) == {("tiny-vae", "1")}
     # A request already running on the dropped model finishes on it.
-    mu, _ = client.portal.call(running.encode_batched, digits(1)[:, None])
+    mu, _ = client.portal.call(running.encode_batched, digits(1)[..., None])
     assert mu.shape == (1, 4)
     assert running.ready  # and is closed as soon as that request ends
     client.portal.call(_end, request)

@@ -35,7 +35,7 @@ def test_oip_model_metadata_from_the_manifest(client: TestClient, model_dir: Pat
         "name": "tiny-vae-encoder",
         "versions": ["1"],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 28, 28, 1]}],
         "outputs": [
             {"name": "mu", "datatype": "FP32", "shape": [-1, 2]},
             {"name": "logvar", "datatype": "FP32", "shape": [-1, 2]},
@@ -74,7 +74,7 @@ def test_oip_infer_encoder_as_the_protocol_document_shows(client: TestClient) ->
     body = response.json()
     assert body["id"] == "42" and body["model_name"] == "tiny-vae-encoder"
     assert body["model_version"] == "1"
-    mu, logvar = runtime(client, "tiny-vae").encode(IMAGES.reshape(3, 1, 28, 28).astype(np.float32))
+    mu, logvar = runtime(client, "tiny-vae").encode(IMAGES.reshape(3, 28, 28, 1).astype(np.float32))
     assert [o["name"] for o in body["outputs"]] == ["mu", "logvar"]
     for output, expected in zip(body["outputs"], [mu, logvar], strict=True):
         assert output["shape"] == [3, 2] and output["datatype"] == "FP32"
@@ -94,9 +94,9 @@ def test_oip_infer_decoder(client: TestClient) -> None:
     request = {"inputs": [{"name": "z", "shape": [1, 4], "datatype": "FP32", "data": z}]}
     body = client.post("/v2/models/tiny-ae-decoder/infer", json=request).json()
     (output,) = body["outputs"]
-    assert output["name"] == "x_mean" and output["shape"] == [1, 1, 28, 28]
+    assert output["name"] == "x_mean" and output["shape"] == [1, 28, 28, 1]
     expected = runtime(client, "tiny-ae").decode(np.array(z, dtype=np.float32))
-    np.testing.assert_allclose(np.array(output["data"]).reshape(1, 1, 28, 28), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.array(output["data"]).reshape(1, 28, 28, 1), expected, rtol=1e-6)
 
 
 def oip_input(**overrides: Any) -> dict[str, Any]:

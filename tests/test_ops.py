@@ -30,7 +30,7 @@ def run(operation: Any, params: Any, registry: ModelRegistry, model: str, x: Any
 
 
 def images(n: int) -> np.ndarray:
-    return digits(n)[:, None]  # (N, 1, 28, 28)
+    return digits(n)[..., None]  # (N, 28, 28, 1)
 
 
 def test_encode_gives_mu_and_logvar_per_image(registry: ModelRegistry) -> None:
@@ -54,7 +54,7 @@ def test_deterministic_reconstruct_is_decode_of_mu(registry: ModelRegistry) -> N
 def test_sampled_reconstruct_is_reproducible_from_its_seed(registry: ModelRegistry) -> None:
     params = ReconstructParams(mode="sampled", samples=3)
     first = run(ops.reconstruct, params, registry, "tiny-vae", images(2))
-    assert first.images.shape == (2, 3, 1, 28, 28) and first.seed is not None
+    assert first.images.shape == (2, 3, 28, 28, 1) and first.seed is not None
     again = ReconstructParams(mode="sampled", samples=3, seed=first.seed)
     np.testing.assert_array_equal(
         run(ops.reconstruct, again, registry, "tiny-vae", images(2)).images, first.images
@@ -80,7 +80,7 @@ def test_reconstruct_refusals_name_the_field(
 
 def test_generate_decodes_temperature_times_prior_noise(registry: ModelRegistry) -> None:
     result = run(ops.generate, GenerateRequest(n=4, seed=5), registry, "tiny-vae", None)
-    assert result.seed == 5 and result.z.shape == (4, 2) and result.images.shape == (4, 1, 28, 28)
+    assert result.seed == 5 and result.z.shape == (4, 2) and result.images.shape == (4, 28, 28, 1)
     expected = np.random.default_rng(5).standard_normal((4, 2), np.float32)
     np.testing.assert_array_equal(result.z, expected)
     cold = run(ops.generate, GenerateRequest(n=1, temperature=0), registry, "tiny-vae", None)
@@ -94,5 +94,5 @@ def test_generate_decodes_temperature_times_prior_noise(registry: ModelRegistry)
 def test_decode_gives_one_image_per_vector(registry: ModelRegistry) -> None:
     z = np.zeros((3, 2), np.float32)
     result = run(ops.decode, DecodeParams(), registry, "tiny-vae", z)
-    assert result.model == "tiny-vae" and result.images.shape == (3, 1, 28, 28)
+    assert result.model == "tiny-vae" and result.images.shape == (3, 28, 28, 1)
     assert result.images.min() >= 0 and result.images.max() <= 1

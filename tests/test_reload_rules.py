@@ -132,7 +132,7 @@ def test_an_old_version_is_closed_when_its_last_request_ends(models: Path) -> No
         assert client.post("/models/tiny-vae/reload").status_code == 200
         assert first.ready and first.leases == 2  # two requests still on it
         # A request that started before the reload finishes on the old version.
-        mu, _ = client.portal.call(first.encode_batched, digits(1)[:, None])
+        mu, _ = client.portal.call(first.encode_batched, digits(1)[..., None])
         assert mu.shape == (1, 2)
         client.portal.call(_end, one)
         assert first.ready and first.leases == 1

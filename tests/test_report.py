@@ -2,13 +2,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from PIL import Image
 
 from training import report
+from training.config import TrainConfig
 from training.report import FIGURES, write_report
+from training.train import train
 
 
 @pytest.mark.parametrize("run_fixture", ["vae_run", "ae_run"])
@@ -64,3 +67,33 @@ def test_loss_curve_ticks_are_whole_numbers_for_any_run_length(epochs: int) -> N
         ticks = _visible_ticks(ax)
         assert ticks and all(t == int(t) for t in ticks), ticks
         assert len(ticks) <= 11  # whole numbers, but not one tick per epoch of a long run
+
+
+def test_colour_runs_are_drawn_in_colour(tmp_path: Path) -> None:
+    # Pure red, green and blue squares on black, at an odd size (conv: odd sides exercised too).
+    rng = np.random.default_rng(0)
+    images = np.zeros((60, 15, 18, 3), np.uint8)
+    for i in range(60):
+        top, left = rng.integers(0, 8), rng.integers(0, 9)
+        images[i, top : top + 7, left : left + 9, i % 3] = 255
+    np.savez(tmp_path / "rgb.npz", x=images, y=np.arange(60) % 3)
+    cfg = TrainConfig(
+        dataset=str(tmp_path / "rgb.npz"),
+        architecture="conv",
+        conv_channels=(4, 8),
+        hidden=(16,),
+        latent_dim=2,
+        epochs=2,
+        batch_size=16,
+        val_size=8,
+        device="cpu",
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    for path in write_report(tmp_path / "run"):
+        if path.name == "loss_curves.png":
+            continue
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"), dtype=np.int16)
+        if path.name == "reconstructions.png":  # the input row holds pure colours
+            spread = pixels.max(axis=-1) - pixels.min(axis=-1)
+            assert (spread > 200).sum() > 100, path

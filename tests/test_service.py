@@ -236,9 +236,14 @@ IMG = digits(1).tolist()
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/encode", {"images": [[0.5] * 780]}, 422, "images[0]: expected 784 numbers"),
+        (
+            "/encode",
+            {"images": [[0.5] * 780]},
+            422,
+            "images[0]: expected 28 rows of 28 numbers (H x W), or 784 numbers; got 780 numbers",
+        ),
         ("/encode", {"images": [[[0.5] * 28] * 27]}, 422, "images[0]: expected 28 rows of 28"),
-        ("/encode", {"images": [[[0.5] * 27] * 28]}, 422, "got 28 rows of [27] numbers"),
+        ("/encode", {"images": [[[0.5] * 27] * 28]}, 422, "got 28 rows of 27 numbers"),
         ("/encode", {"images": [[2.0] * 784]}, 422, "images[0]: pixel values must be in [0, 1]"),
         ("/encode", {"images": [*IMG, [[-0.1] * 28] * 28]}, 422, "images[1]: pixel values"),
         ("/encode", {"images": []}, 422, "images: List should have at least 1 item"),
@@ -399,7 +404,18 @@ def test_manifest_that_lies_about_tensors_stops_the_start(model_dir: Path, tmp_p
     (broken / "tiny-vae" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(
         ModelLoadError,
-        match=r"graph outputs \['mu', 'logvar'\] differ from the manifest's \['mean', 'logvar'\]",
+        match=r"model 'tiny-vae' cannot be served: .*encoder.onnx: has no tensor 'mean'; its "
+        r"inputs and outputs are \['x', 'mu', 'logvar'\]: name one of them in the manifest",
+    ):
+        start(Settings(model_dir=broken))
+    # Names right, a shape the graph does not have: the manifest is out of date.
+    manifest["encoder"]["outputs"][0]["name"] = manifest["latent"]["code_output"] = "mu"
+    manifest["encoder"]["outputs"].append({"name": "z", "dtype": "float32", "shape": ["N", 2]})
+    (broken / "tiny-vae" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        ModelLoadError,
+        match=r"encoder.onnx: the graph's outputs are \['mu', 'logvar'\], the manifest lists "
+        r"\['mu', 'logvar', 'z'\]: list them as the graph has them",
     ):
         start(Settings(model_dir=broken))
 

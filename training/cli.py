@@ -24,6 +24,32 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected sizes like 512,256, got {text!r}") from exc
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """--image-size: one side (32) or height and width (64,48 or 64x48)."""
+    parts = text.lower().replace("x", ",").replace(" ", ",").split(",")
+    try:
+        sides = [int(p) for p in parts if p]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a side like 32 or a height,width like 64,48, got {text!r}"
+        )
+    return sides[0], sides[1]
+
+
+def _image_channels(text: str) -> int:
+    """--channels: the images' colour channels, 1 or 3."""
+    if text.strip() in ("1", "3"):
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"expected 1 (grayscale) or 3 (RGB), got {text!r}; the widths of the conv layers, "
+        "which --channels set before, are --conv-channels now"
+    )
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -74,7 +100,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256 (default 512)"
     )
     g.add_argument(
-        "--channels", type=_int_list, help="conv channels per stride-2 layer (default 32,64)"
+        "--conv-channels",
+        type=_int_list,
+        help="conv channels per stride-2 layer (default: 32,64,128... one layer per halving "
+        "until the smaller side is 7 px or less; 32,64 at 28x28)",
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -84,6 +113,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--data-dir",
         help=f"where mnist/ and fashion-mnist/ live (default ${DATA_DIR_ENV} or ./data)",
+    )
+    g.add_argument(
+        "--image-size",
+        type=_image_size,
+        metavar="H[,W]",
+        help="resize every image to H x W (bilinear; default: the data's own size)",
+    )
+    g.add_argument(
+        "--channels",
+        type=_image_channels,
+        metavar="1|3",
+        help="1: grayscale, 3: RGB (default: the data's own; a folder is RGB when any image "
+        "holds colour; MNIST and Fashion-MNIST are grayscale only)",
     )
     g.add_argument(
         "--val-size", type=int, help=f"validation images carved from train (default {d.val_size})"
@@ -193,9 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.out or Path("runs") / f"{cfg.model}-{Path(cfg.dataset).name}-z{cfg.latent_dim}"
             )
             result = train(cfg, out, resume=args.resume, progress=not args.quiet)
+            channels, height, width = result.image_shape
+            colour = "grayscale" if channels == 1 else "RGB"
             print(
-                f"trained {result.run_dir}: best validation loss {result.best_val_loss:.3f} "
-                f"at epoch {result.best_epoch}"
+                f"trained {result.run_dir} on {height}x{width} {colour} images: best validation "
+                f"loss {result.best_val_loss:.3f} at epoch {result.best_epoch}"
             )
         elif args.command == "evaluate":
             from training.evaluate import evaluate_run

@@ -1,8 +1,13 @@
 """Datasets: IDX files (MNIST, Fashion-MNIST), a folder of images, or a NumPy array.
 
-Every dataset comes out as float32 images of shape (N, 1, 28, 28) with pixels in [0, 1] and int64
-labels (-1 where there are none). The preprocessing for a user's own images is `preprocess_image`,
-and the manifest describes it in `PREPROCESSING` so the service can apply the same steps.
+Every dataset comes out as float32 images of shape (N, C, H, W) with pixels in [0, 1] (C = 1 for
+grayscale, 3 for RGB) and int64 labels (-1 where there are none). Size and colour are the data's
+own unless asked for (`image_size`, `channels`): images are then resized with PIL's bilinear
+filter (which widens with the shrink factor, so shrinking averages rather than skips pixels) and
+converted as PIL converts (mode 'L' for grayscale, 'RGB' for colour: a grayscale image's value
+copied into the three channels). The preprocessing for a user's own images is
+`preprocess_image`, and the manifest describes it (`preprocessing`) so the service can apply the
+same steps.
 """
 
 from __future__ import annotations
@@ -19,28 +24,52 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-IMAGE_SIZE = 28
+IMAGE_SIZE = 28  # the IDX datasets' side
+# Without --image-size, a folder's or array's images train at their own size up to this side;
+# larger ones must be given a size (the model, and the data in memory, grow with the pixels).
+AUTO_SIZE_LIMIT = 256
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 DATA_DIR_ENV = "VAE_DATA_DIR"
 DEFAULT_DATA_DIR = Path("data")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-# How a user's image becomes model input; the manifest carries this so the service matches it.
-PREPROCESSING = {
-    "color": "grayscale (PIL mode 'L')",
-    "resize": [IMAGE_SIZE, IMAGE_SIZE],
-    "resample": "bilinear",
-    "scale": "pixel / 255",
-    "invert": False,
-    "foreground": "bright strokes on a dark background, as in MNIST",
+RESAMPLE = "bilinear"
+COLOR = {1: "grayscale (PIL mode 'L')", 3: "RGB (PIL mode 'RGB')"}
+# What the IDX datasets' images show; a user's data has no known description (its background,
+# judged from the images, is the manifest's `input.background`).
+FOREGROUND = {
+    "mnist": "bright strokes on a dark background, as in MNIST",
+    "fashion-mnist": "bright garments on a dark background, as in Fashion-MNIST",
 }
+
+
+def preprocessing(
+    dataset: str, image_shape: tuple[int, int, int], invert: bool = False
+) -> dict[str, object]:
+    """How an image becomes the input of a model trained on `dataset` at `image_shape`: the
+    manifest carries this so the service converts uploads the same way."""
+    channels, height, width = image_shape
+    steps: dict[str, object] = {
+        "color": COLOR[channels],
+        "resize": [height, width],
+        "resample": RESAMPLE,
+        "scale": "pixel / 255",
+        "invert": invert,
+    }
+    if dataset in FOREGROUND:
+        steps["foreground"] = FOREGROUND[dataset]
+    return steps
+
+
+# The preprocessing of the default model (MNIST at 28 x 28), as before issue #17.
+PREPROCESSING = preprocessing("mnist", (1, IMAGE_SIZE, IMAGE_SIZE))
 
 
 class DatasetError(RuntimeError):
@@ -294,42 +323,155 @@ def ensure_idx_files(spec: IdxDataset, data_dir: Path, download: bool = True) ->
 # A user's own images
 
 
-def preprocess_image(image: Image.Image, invert: bool = False) -> NDArray[np.float32]:
-    """PIL image -> (28, 28) float32 in [0, 1]: grayscale, bilinear resize, pixel / 255."""
-    gray = image.convert("L")
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+def preprocess_image(
+    image: Image.Image,
+    invert: bool = False,
+    size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
+    channels: int = 1,
+) -> NDArray[np.float32]:
+    """PIL image -> float32 in [0, 1], (H, W) grayscale or (H, W, 3) RGB: converted to mode 'L'
+    or 'RGB', resized bilinearly to `size` (height, width), pixel / 255, inverted if asked."""
+    converted = _convert(image, channels)
+    height, width = size
+    if converted.size != (width, height):
+        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(converted, dtype=np.float32) / 255.0
     return 1.0 - pixels if invert else pixels
 
 
+def _convert(image: Image.Image, channels: int) -> Image.Image:
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _folder_size(files: list[Path], folder: Path) -> tuple[int, int]:
+    """The one size of a folder's images (height, width), read from their headers; refused, with
+    what to pass, when they differ or are too large to take as they are."""
+    counts: dict[tuple[int, int], int] = {}
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except OSError as exc:
+            raise DatasetError(f"{path}: not a readable image ({exc})") from exc
+        counts[(height, width)] = counts.get((height, width), 0) + 1
+    if len(counts) > 1:
+        common = sorted(counts.items(), key=lambda item: -item[1])
+        listing = ", ".join(f"{h}x{w} ({n} images)" for (h, w), n in common[:5])
+        more = f" and {len(common) - 5} other sizes" if len(common) > 5 else ""
+        raise DatasetError(
+            f"{folder}: the images have different sizes: {listing}{more}; pass --image-size "
+            "H[,W] (e.g. --image-size 64) to resize them all to one"
+        )
+    ((height, width),) = counts
+    _check_auto_size(height, width, str(folder))
+    return height, width
+
+
+def _check_auto_size(height: int, width: int, where: str) -> None:
+    if max(height, width) > AUTO_SIZE_LIMIT:
+        raise DatasetError(
+            f"{where}: the images are {height}x{width}; above {AUTO_SIZE_LIMIT} pixels a side "
+            "they are not taken at their own size: pass --image-size H[,W] (e.g. 64 or 128) to "
+            "resize them"
+        )
+
+
 def load_image_folder(
-    folder: Path, invert: bool = False
+    folder: Path,
+    invert: bool = False,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64], tuple[str, ...]]:
-    """Images from a folder. Sub-folders name the labels (as torchvision's ImageFolder);
-    images directly in the folder are unlabelled (-1)."""
+    """Images from a folder: (N, H, W) grayscale or (N, H, W, 3) RGB float32 in [0, 1].
+    Sub-folders name the labels (as torchvision's ImageFolder); images directly in the folder
+    are unlabelled (-1).
+
+    `image_size` (height, width), default the images' own (which must then be one size); every
+    image is resized to it. `channels` 1 or 3; by default 3 when any image holds colour (a pixel
+    whose red, green and blue differ), else 1, so RGB files of gray pictures stay grayscale.
+    """
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DatasetError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images found")
+    size = image_size or _folder_size(files, folder)
     class_names = sorted({p.parent.name for p in files if p.parent != folder})
     class_index = {name: i for i, name in enumerate(class_names)}
-    images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    # Without a channel count, decode as RGB and decide from the pixels: a gray image's RGB
+    # channels are its 'L' values exactly (PIL's L = (299 R + 587 G + 114 B) / 1000), and
+    # resizing treats each channel alike, so taking one channel gives what mode 'L' gives.
+    decode_channels = channels or 3
+    shape = (len(files), *size) + ((3,) if decode_channels == 3 else ())
+    images = np.empty(shape, dtype=np.float32)
     labels = np.full(len(files), -1, dtype=np.int64)
     for i, path in enumerate(files):
         try:
             with Image.open(path) as img:
-                images[i] = preprocess_image(img, invert=invert)
+                images[i] = preprocess_image(img, invert, size, decode_channels)
         except OSError as exc:
             raise DatasetError(f"{path}: not a readable image ({exc})") from exc
         if path.parent != folder:
             labels[i] = class_index[path.parent.name]
+    if channels is None and not _holds_colour(images):
+        images = np.ascontiguousarray(images[..., 0])
     return images, labels, tuple(class_names)
 
 
-def load_array_file(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Images from .npy (N, 28, 28) or (N, 784), or .npz with `x`/`images` and optional
-    `y`/`labels`. uint8 arrays are scaled by 1/255; floats must already be in [0, 1]."""
+def _holds_colour(images: NDArray[np.float32]) -> bool:
+    """Whether any pixel of (N, H, W, 3) images has red, green and blue not all equal."""
+    return bool(
+        np.any(images[..., 0] != images[..., 1]) or np.any(images[..., 1] != images[..., 2])
+    )
+
+
+# PIL's grayscale conversion (ITU-R 601-2 luma), applied to arrays of colour images.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def convert_channels(images: NDArray[np.float32], channels: int) -> NDArray[np.float32]:
+    """(N, H, W) or (N, H, W, 3) images as `channels`: colour to gray by PIL's luma weights,
+    gray to colour by copying the value into red, green and blue (as PIL's 'RGB' does)."""
+    have = 1 if images.ndim == 3 else 3
+    if have == channels:
+        return images
+    if channels == 1:
+        return np.asarray(images @ LUMA, dtype=np.float32)
+    return np.repeat(images[..., None], 3, axis=-1)
+
+
+def resize_images(images: NDArray[Any], size: tuple[int, int]) -> NDArray[Any]:
+    """(N, H, W) or (N, H, W, C) images, uint8 or float, resized to `size` (height, width) with
+    PIL's bilinear filter: 8-bit images as PIL images (as the service resizes uploads), floats
+    one channel at a time in PIL's 32-bit float mode."""
+    height, width = size
+    if images.shape[1:3] == (height, width):
+        return images
+    out = np.empty((len(images), height, width, *images.shape[3:]), dtype=images.dtype)
+    bilinear = Image.Resampling.BILINEAR
+    for i, image in enumerate(images):
+        if images.dtype == np.uint8:
+            out[i] = np.asarray(Image.fromarray(image).resize((width, height), bilinear))
+        elif image.ndim == 2:
+            out[i] = np.asarray(Image.fromarray(image, mode="F").resize((width, height), bilinear))
+        else:
+            for c in range(image.shape[2]):
+                plane = Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
+                out[i, ..., c] = np.asarray(plane.resize((width, height), bilinear))
+    return out
+
+
+ARRAY_SHAPES = "(N, H, W), (N, H, W, 1), (N, H, W, 3), (N, 1, H, W) or (N, 784)"
+
+
+def load_array_file(
+    path: Path, image_size: tuple[int, int] | None = None, channels: int | None = None
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Images from .npy or from .npz with `x`/`images` and optional `y`/`labels`, of shape
+    (N, H, W) (grayscale), (N, H, W, 1) or (N, H, W, 3) (RGB, as image libraries hold them);
+    (N, 1, H, W) and (N, 784) (28 x 28) are also taken. uint8 arrays are scaled by 1/255; floats
+    must already be in [0, 1]. Returns (N, H, W) or (N, H, W, 3) float32 in [0, 1], resized to
+    `image_size` and converted to `channels` when those are given."""
     path = Path(path)
     labels: NDArray[np.int64] | None = None
     if path.suffix == ".npz":
@@ -347,23 +489,30 @@ def load_array_file(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]
         raw = np.load(path)
     if raw.ndim == 2 and raw.shape[1] == IMAGE_SIZE * IMAGE_SIZE:
         raw = raw.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    if raw.ndim == 4 and raw.shape[1] == 1:
+    if raw.ndim == 4 and raw.shape[1] == 1 and raw.shape[3] not in (1, 3):
         raw = raw[:, 0]
-    if raw.ndim != 3 or raw.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if not (raw.ndim == 3 or (raw.ndim == 4 and raw.shape[3] == 3)) or min(raw.shape[1:3]) < 1:
         raise DatasetError(
-            f"{path}: images have shape {raw.shape}; "
-            "expected (N, 28, 28), (N, 1, 28, 28) or (N, 784)"
+            f"{path}: images have shape {raw.shape}; expected {ARRAY_SHAPES} (a channels-first "
+            "colour array (N, 3, H, W) becomes (N, H, W, 3) with np.moveaxis(x, 1, -1))"
         )
-    if raw.dtype == np.uint8:
-        images = raw.astype(np.float32) / 255.0
-    else:
-        images = raw.astype(np.float32)
-        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+    if raw.dtype != np.uint8:
+        raw = raw.astype(np.float32)
+        if not np.isfinite(raw).all() or raw.min() < 0.0 or raw.max() > 1.0:
             raise DatasetError(
                 f"{path}: float pixels must be finite and in [0, 1] "
-                f"(found [{np.nanmin(images):.3g}, {np.nanmax(images):.3g}]); "
+                f"(found [{np.nanmin(raw):.3g}, {np.nanmax(raw):.3g}]); "
                 "store uint8 0-255 or scale them first"
             )
+    if image_size is None:
+        _check_auto_size(raw.shape[1], raw.shape[2], str(path))
+    else:
+        raw = resize_images(raw, image_size)  # before scaling: 8-bit images resize as PIL's
+    images = raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8 else raw
+    if channels is not None:
+        images = convert_channels(images, channels)
     if labels is None:
         labels = np.full(len(images), -1, dtype=np.int64)
     elif labels.shape != (len(images),):
@@ -377,7 +526,7 @@ def load_array_file(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]
 
 @dataclass
 class Split:
-    images: NDArray[np.float32]  # (N, 1, 28, 28) in [0, 1]
+    images: NDArray[np.float32]  # (N, C, H, W) in [0, 1]
     labels: NDArray[np.int64]  # (N,), -1 where unknown
 
     def __len__(self) -> int:
@@ -392,18 +541,30 @@ class Splits:
     test: Split
     label_names: tuple[str, ...]
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image."""
+        channels, height, width = self.train.images.shape[1:]
+        return channels, height, width
+
 
 SPLIT_SEED = 0  # fixed, so runs with different training seeds share one validation set
 
 
+def channels_first(images: NDArray[np.float32]) -> NDArray[np.float32]:
+    """(N, H, W) or (N, H, W, C) images as the (N, C, H, W) float32 the model takes."""
+    nchw = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(nchw, dtype=np.float32)
+
+
 def _split(images: NDArray[np.float32], labels: NDArray[np.int64]) -> Split:
-    return Split(images[:, None].astype(np.float32, copy=False), labels.astype(np.int64))
+    return Split(images, labels.astype(np.int64))
 
 
 def carve(
     images: NDArray[np.float32], labels: NDArray[np.int64], size: int, seed: int = SPLIT_SEED
 ) -> tuple[Split, Split]:
-    """Split off `size` random examples: (rest, carved)."""
+    """Split off `size` random examples of (N, C, H, W) images: (rest, carved)."""
     if not 0 <= size < len(images):
         raise DatasetError(f"cannot carve {size} examples out of {len(images)}")
     order = np.random.default_rng(seed).permutation(len(images))
@@ -417,6 +578,15 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
 
 
+def _idx_images(
+    images: NDArray[np.uint8], image_size: tuple[int, int] | None
+) -> NDArray[np.float32]:
+    """IDX images (N, 28, 28) uint8 -> (N, 1, H, W) float32 in [0, 1], resized as PIL would."""
+    if image_size is not None:
+        images = resize_images(images, image_size)
+    return channels_first(images.astype(np.float32) / 255.0)
+
+
 def load_splits(
     dataset: str,
     data_dir: str | Path | None = None,
@@ -424,26 +594,36 @@ def load_splits(
     test_fraction: float = 0.1,
     invert: bool = False,
     download: bool = True,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
 ) -> Splits:
-    """Train/validation/test splits of a named dataset or of a user's folder or array file.
+    """Train/validation/test splits of a named dataset or of a user's folder or array file, as
+    (N, C, H, W) images of `image_size` (height, width) and `channels` (default: the data's own;
+    see `load_image_folder` and `load_array_file`).
 
     The validation set is carved out of the training set; the test set is the dataset's own
     (or, for a user's data, a fixed fraction carved out first) and is used only by evaluation.
     """
     if dataset in IDX_DATASETS:
+        if channels == 3:
+            raise DatasetError(
+                f"{dataset} is grayscale; three channels would only hold three copies of each "
+                "image. Leave --channels out (or pass 1), or train on colour data: a folder of "
+                "colour images or an .npy/.npz of N x H x W x 3"
+            )
         spec = IDX_DATASETS[dataset]
         paths = ensure_idx_files(spec, resolve_data_dir(data_dir), download=download)
         train_x, train_y = read_idx_pair(paths["train_images"], paths["train_labels"])
         test_x, test_y = read_idx_pair(paths["test_images"], paths["test_labels"])
-        train, val = carve(train_x.astype(np.float32) / 255.0, train_y.astype(np.int64), val_size)
-        test = _split(test_x.astype(np.float32) / 255.0, test_y.astype(np.int64))
+        train, val = carve(_idx_images(train_x, image_size), train_y.astype(np.int64), val_size)
+        test = _split(_idx_images(test_x, image_size), test_y.astype(np.int64))
         return Splits(dataset, train, val, test, spec.label_names)
 
     path = Path(dataset)
     if path.is_dir():
-        images, labels, names = load_image_folder(path, invert=invert)
+        images, labels, names = load_image_folder(path, invert, image_size, channels)
     elif path.suffix in (".npy", ".npz") and path.is_file():
-        images, labels = load_array_file(path)
+        images, labels = load_array_file(path, image_size, channels)
         names = tuple(str(i) for i in range(int(labels.max()) + 1)) if labels.max() >= 0 else ()
     else:
         known = ", ".join(IDX_DATASETS)
@@ -452,7 +632,7 @@ def load_splits(
             "images or .npy/.npz file"
         )
     test_size = max(1, round(len(images) * test_fraction))
-    rest, test = carve(images, labels, test_size)
+    rest, test = carve(channels_first(images), labels, test_size)
     val_size = min(val_size, max(1, len(rest) // 10))
-    train, val = carve(rest.images[:, 0], rest.labels, val_size)
+    train, val = carve(rest.images, rest.labels, val_size)
     return Splits(path.name, train, val, test, names)

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from training.config import TrainConfig
-from training.data import Splits, load_splits
+from training.data import Splits
 from training.model import (
     LOG_2PI,
     AutoEncoder,
@@ -28,7 +28,7 @@ from training.model import (
     reconstruction_nll,
     reparameterize,
 )
-from training.train import load_run
+from training.train import load_run, load_run_splits
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 EVAL_SEED = 1234
@@ -220,7 +220,7 @@ def evaluate_model(
     batch_size: int = 1000,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """All test metrics for `model` on images `x` (N, 1, 28, 28); see the module docstring.
+    """All test metrics for `model` on images `x` (N, C, H, W); see the module docstring.
 
     Everything but the IWAE estimate uses all of `x`; the IWAE estimate uses `iwae_images` of
     them (None: all) with `iwae_k` samples each (0: skipped).
@@ -312,7 +312,7 @@ def evaluate_run(
     """Evaluate a run's model on its test set and write evaluation.json into the run."""
     run = load_run(run_dir, checkpoint, device)
     cfg = run.config
-    splits = load_splits(cfg.dataset, data_dir or cfg.data_dir, cfg.val_size, invert=cfg.invert)
+    splits = load_run_splits(run, data_dir)
     x = test_images(cfg, splits, next(run.model.parameters()).device)
     if limit is not None:
         x = x[:limit]

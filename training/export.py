@@ -1,8 +1,9 @@
 """Export a trained run as two ONNX files and a manifest that describes them (and a latent map).
 
-  encoder.onnx     x (N, 1, 28, 28) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
-                   x (N, 1, 28, 28) float32 in [0, 1] -> z (N, latent)            [AE]
-  decoder.onnx     z (N, latent) float32 -> x_mean (N, 1, 28, 28) float32 in [0, 1]
+  encoder.onnx     x (N, C, H, W) float32 in [0, 1] -> mu, logvar (N, latent)   [VAE]
+                   x (N, C, H, W) float32 in [0, 1] -> z (N, latent)            [AE]
+  decoder.onnx     z (N, latent) float32 -> x_mean (N, C, H, W) float32 in [0, 1]
+                   (C, H, W: the run's images, 1 x 28 x 28 for MNIST; NCHW, channels first)
   manifest.json    everything the service needs to load, check and describe them, checked
                    against the service's own schema (service.manifest) before anything is kept
   latent_map.json  latent_dim 2 only: the test split's latent means (AE: codes) and labels, for
@@ -38,10 +39,10 @@ from service.codecs.images import light_background
 from service.manifest import Background, ModelLoadError, load_latent_map, load_manifest, sha256sum
 from training import __version__
 from training.config import TrainConfig
-from training.data import IDX_DATASETS, PREPROCESSING, DatasetError, Splits, load_splits
+from training.data import IDX_DATASETS, DatasetError, Splits, preprocessing
 from training.evaluate import test_images
 from training.model import AutoEncoder
-from training.train import LoadedRun, load_run
+from training.train import LoadedRun, load_run, load_run_splits
 
 logger = logging.getLogger(__name__)
 
@@ -162,18 +163,16 @@ def _tensor_spec(name: str, shape: list[int | str]) -> dict[str, Any]:
 
 
 def load_training_splits(
-    cfg: TrainConfig, data_dir: str | None, consequences: list[str]
+    run: LoadedRun, data_dir: str | None, consequences: list[str]
 ) -> Splits | None:
     """The run's splits as training preprocessed them; None, with one warning that says why and
     what follows from it (`consequences`), when they cannot be read (nothing is downloaded)."""
     try:
-        return load_splits(
-            cfg.dataset, data_dir or cfg.data_dir, cfg.val_size, invert=cfg.invert, download=False
-        )
+        return load_run_splits(run, data_dir, download=False)
     except DatasetError as exc:
         logger.warning(
             "the dataset %r cannot be loaded at export time (%s): %s",
-            cfg.dataset,
+            run.config.dataset,
             exc,
             "; ".join(consequences),
         )
@@ -191,7 +190,9 @@ def input_background(model: AutoEncoder, splits: Splits | None) -> Background:
         z = torch.randn(BACKGROUND_SAMPLES, model.config.latent_dim, generator=gen)
         with torch.no_grad():
             images = DecoderGraph(model).eval()(z).numpy()
-    light = light_background(images)
+    # The mean over the channels: the border's mean brightness is the same, and (N, H, W) reads
+    # alike whether the rule takes channels first or last.
+    light = light_background(images.mean(axis=1))
     return "light" if 2 * int(light.sum()) > len(light) else "dark"
 
 
@@ -246,7 +247,7 @@ def export_run(
         parity = export_graphs(run.model, tmp)
         wants_map = run.model.config.latent_dim == 2
         splits = load_training_splits(
-            run.config,
+            run,
             data_dir,
             [f"no {LATENT_MAP_FILE} written"] * wants_map
             + ["input.background judged from the decoder's images"],
@@ -335,7 +336,8 @@ def build_manifest(
             "shape": image_shape,
             "dtype": "float32",
             "pixel_range": [0.0, 1.0],
-            "preprocessing": {**PREPROCESSING, "invert": cfg.invert},
+            "layout": "NCHW",
+            "preprocessing": preprocessing(cfg.dataset, mcfg.image_shape, cfg.invert),
             "background": background,
         },
         "encoder": {
@@ -351,9 +353,12 @@ def build_manifest(
             "outputs": [_tensor_spec("x_mean", ["batch", *image_shape])],
             "output_range": [0.0, 1.0],
         },
+        # The decoder applies the sigmoid itself: its output is pixels in [0, 1], channels first.
+        "output": {"tensor": "x_mean", "layout": "NCHW", "activation": "none"},
         "latent": {
             "code_output": "mu" if model.is_vae else "z",
             "logvar_output": "logvar" if model.is_vae else None,
+            **({"variance": "logvar"} if model.is_vae else {}),
             "sigma": "exp(logvar / 2)" if model.is_vae else None,
             "prior": "standard normal N(0, I)" if model.is_vae else None,
         },

@@ -31,17 +31,20 @@ class ModelConfig:
     architecture: Architecture = "mlp"
     latent_dim: int = 16
     hidden: tuple[int, ...] = (512,)
-    channels: tuple[int, ...] = (32, 64)  # conv only: one stride-2 convolution per entry
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    # conv only: one stride-2 convolution per entry (see `conv_widths` for the default)
+    conv_channels: tuple[int, ...] = (32, 64)
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        # Checkpoints written before issue #17 call the conv widths `channels`.
+        widths = d.get("conv_channels", d.get("channels", (32, 64)))
         return cls(
             kind=d["kind"],
             architecture=d["architecture"],
             latent_dim=int(d["latent_dim"]),
             hidden=tuple(d["hidden"]),
-            channels=tuple(d.get("channels", (32, 64))),
+            conv_channels=tuple(widths),
             image_shape=tuple(d.get("image_shape", (1, 28, 28))),
         )
 
@@ -71,28 +74,84 @@ def _mlp_body(cfg: ModelConfig) -> _Body:
     return _Body(encoder, decoder, hidden[-1])
 
 
+# The conv body halves the image at each stride-2 layer until its smaller side is at most
+# CONV_END_SIDE pixels: 28 -> 14 -> 7 (MNIST, two layers, as before), 32 -> 4 (three), 64 -> 4
+# (four). Stopping at 4-7 px keeps the flattened feature map, which the dense layers see, at a few
+# thousand values whatever the image size (its parameters grow with that map, not with the image),
+# while the layers' receptive fields still cover most of the image.
+CONV_END_SIDE = 7
+MIN_CONV_SIDE = 8  # one stride-2 layer at least, ending on a grid of 4 or more
+CONV_BASE_WIDTH = 32  # the first layer's channels; each further layer doubles them...
+CONV_MAX_WIDTH = 256  # ...up to this
+
+
+def conv_stages(height: int, width: int) -> int:
+    """How many stride-2 layers bring the smaller side of an image down to CONV_END_SIDE or less."""
+    side = min(height, width)
+    stages = 1
+    while math.ceil(side / 2**stages) > CONV_END_SIDE:
+        stages += 1
+    return stages
+
+
+def conv_widths(height: int, width: int) -> tuple[int, ...]:
+    """The default channels of the conv layers for an image size: 32, 64, 128, 256, 256..."""
+    stages = conv_stages(height, width)
+    return tuple(min(CONV_BASE_WIDTH * 2**i, CONV_MAX_WIDTH) for i in range(stages))
+
+
+def conv_size_problem(height: int, width: int, stages: int) -> str | None:
+    """Why `stages` stride-2 layers cannot take height x width images; None when they can."""
+    smallest = max(MIN_CONV_SIDE, 2**stages)
+    if min(height, width) >= smallest:
+        return None
+    return (
+        f"the conv architecture needs images of at least {smallest}x{smallest} pixels "
+        f"({stages} stride-2 layer(s) halve each side {stages} time(s)), got {height}x{width}; "
+        "choose a larger --image-size, fewer --conv-channels, or --architecture mlp"
+    )
+
+
+def _side_sizes(side: int, stages: int) -> list[int]:
+    """The side after each stride-2 layer (kernel 4, padding 1: floor(side / 2)), input first."""
+    sizes = [side]
+    for _ in range(stages):
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
 def _conv_body(cfg: ModelConfig) -> _Body:
     c, h, w = cfg.image_shape
-    scale = 2 ** len(cfg.channels)
-    if h % scale or w % scale:
-        raise ValueError(f"conv architecture needs image sides divisible by {scale}, got {h}x{w}")
-    chans = [c, *cfg.channels]
+    problem = conv_size_problem(h, w, len(cfg.conv_channels))
+    if problem:
+        raise ValueError(problem)
+    chans = [c, *cfg.conv_channels]
+    heights, widths = _side_sizes(h, len(cfg.conv_channels)), _side_sizes(w, len(cfg.conv_channels))
     down: list[nn.Module] = []
     for c_in, c_out in pairwise(chans):
         down += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.ReLU()]
-    flat = chans[-1] * (h // scale) * (w // scale)
+    end_h, end_w = heights[-1], widths[-1]
+    flat = chans[-1] * end_h * end_w
     hidden = list(cfg.hidden)
     encoder = nn.Sequential(*down, nn.Flatten(), _mlp([flat, *hidden]))
 
+    # Each transposed layer doubles its input side (2n); output_padding adds the pixel that an
+    # odd side lost to the encoder's floor(n / 2), so the decoder gives exactly C x H x W.
     up: list[nn.Module] = []
     rev = chans[::-1]
     for i, (c_in, c_out) in enumerate(pairwise(rev)):
-        up.append(nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1))
+        stage = len(rev) - 2 - i  # the encoder layer this one undoes
+        extra = (heights[stage] - 2 * heights[stage + 1], widths[stage] - 2 * widths[stage + 1])
+        up.append(
+            nn.ConvTranspose2d(
+                c_in, c_out, kernel_size=4, stride=2, padding=1, output_padding=extra
+            )
+        )
         if i < len(rev) - 2:
             up.append(nn.ReLU())
     decoder = nn.Sequential(
         _mlp([cfg.latent_dim, *hidden[::-1], flat]),
-        nn.Unflatten(1, (chans[-1], h // scale, w // scale)),
+        nn.Unflatten(1, (chans[-1], end_h, end_w)),
         *up,
         nn.Flatten(),
     )

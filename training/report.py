@@ -19,28 +19,44 @@ import torch
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
 
-from training.data import load_splits
 from training.evaluate import EVAL_SEED, test_images
 from training.model import AutoEncoder, reparameterize
-from training.train import load_run, read_history
+from training.train import load_run, load_run_splits, read_history
 
 FIGURES = ("latent_scatter", "manifold", "reconstructions", "samples", "loss_curves")
 
 
+def _as_pictures(images: torch.Tensor) -> NDArray[np.float32]:
+    """(N, C, H, W) images -> (N, H, W) grayscale or (N, H, W, 3) colour, as matplotlib draws."""
+    pictures = images.permute(0, 2, 3, 1).cpu().numpy()
+    return pictures[..., 0] if pictures.shape[-1] == 1 else pictures
+
+
 def _decode(model: AutoEncoder, z: torch.Tensor) -> NDArray[np.float32]:
+    """Decoded images as pictures: (N, H, W) grayscale or (N, H, W, 3) colour."""
     with torch.no_grad():
-        side = model.config.image_shape[1:]
-        return torch.sigmoid(model.decode_logits(z)).reshape(-1, *side).cpu().numpy()
+        shape = model.config.image_shape
+        return _as_pictures(torch.sigmoid(model.decode_logits(z)).reshape(-1, *shape))
 
 
 def _tile(images: NDArray[np.float32], rows: int, cols: int, pad: int = 1) -> NDArray[np.float32]:
-    """(rows*cols, h, w) -> one (rows*(h+pad), cols*(w+pad)) mosaic."""
-    h, w = images.shape[1:]
-    canvas = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), dtype=np.float32)
+    """(rows*cols, h, w[, 3]) -> one (rows*(h+pad), cols*(w+pad)[, 3]) mosaic on white."""
+    h, w = images.shape[1:3]
+    canvas = np.ones(
+        (rows * (h + pad) - pad, cols * (w + pad) - pad, *images.shape[3:]), dtype=np.float32
+    )
     for i, img in enumerate(images[: rows * cols]):
         r, c = divmod(i, cols)
         canvas[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
     return canvas
+
+
+def _show(ax: plt.Axes, mosaic: NDArray[np.float32]) -> None:
+    """Draw a mosaic: grayscale through the gray colour map, colour as it is."""
+    if mosaic.ndim == 2:
+        ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(mosaic, 0, 1))
 
 
 def _pca_2d(points: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
@@ -88,7 +104,7 @@ def write_report(
     run_dir = Path(run_dir)
     run = load_run(run_dir, checkpoint)
     model, cfg = run.model, run.config
-    splits = load_splits(cfg.dataset, data_dir or cfg.data_dir, cfg.val_size, invert=cfg.invert)
+    splits = load_run_splits(run, data_dir)
     x = test_images(cfg, splits, torch.device("cpu"))[:n_scatter]
     labels = splits.test.labels[:n_scatter]
     gen = torch.Generator().manual_seed(EVAL_SEED)
@@ -129,7 +145,7 @@ def write_report(
     z[:, dims[0]] = centre[dims[0]] + cols.ravel() * scale[dims[0]]
     z[:, dims[1]] = centre[dims[1]] + rows.ravel() * scale[dims[1]]
     fig, ax = plt.subplots(figsize=(8, 8.4))
-    ax.imshow(_tile(_decode(model, torch.from_numpy(z)), grid, grid), cmap="gray", vmin=0, vmax=1)
+    _show(ax, _tile(_decode(model, torch.from_numpy(z)), grid, grid))
     ax.set_axis_off()
     ax.set_title(f"Manifold: {label}\n{subtitle}", fontsize=9)
     path = run_dir / "manifold.png"
@@ -139,7 +155,7 @@ def write_report(
     # Reconstructions: the first test image of each label (or the first ten images).
     picks = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels) if c >= 0][:10]
     picks = picks if len(picks) >= 2 else list(range(min(10, len(x))))
-    originals = x[picks, 0].numpy()
+    originals = _as_pictures(x[picks])
     rows_list = [("input", originals), ("decode(mu)", _decode(model, mu[picks]))]
     if logvar is not None:
         for i in range(3):
@@ -148,7 +164,7 @@ def write_report(
             rows_list.append((f"sampled #{i + 1}", sampled))
     fig, axes = plt.subplots(len(rows_list), 1, figsize=(len(picks) * 0.9, len(rows_list) * 1.05))
     for ax, (row_name, imgs) in zip(axes, rows_list, strict=True):
-        ax.imshow(_tile(imgs, 1, len(picks)), cmap="gray", vmin=0, vmax=1)
+        _show(ax, _tile(imgs, 1, len(picks)))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(row_name, rotation=0, ha="right", va="center", fontsize=8)
@@ -162,7 +178,7 @@ def write_report(
     if not model.is_vae:
         z_samples = z_samples * torch.from_numpy(scale).float() + torch.from_numpy(centre).float()
     fig, ax = plt.subplots(figsize=(7, 7.3))
-    ax.imshow(_tile(_decode(model, z_samples), 10, 10), cmap="gray", vmin=0, vmax=1)
+    _show(ax, _tile(_decode(model, z_samples), 10, 10))
     ax.set_axis_off()
     source = (
         "z ~ N(0, I)" if model.is_vae else "z ~ Gaussian fitted to test codes (an AE has no prior)"

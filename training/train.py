@@ -68,6 +68,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     best_val_loss: float
+    image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width) trained on
 
 
 @dataclass
@@ -141,7 +142,8 @@ def train(
     # Data first: when it cannot be read or downloaded, no run directory is left behind.
     data = load_training_data(cfg, splits, device)
     files.checkpoints.mkdir(parents=True, exist_ok=True)
-    state = start_training(cfg, len(data.train), device)
+    image_shape = tuple(data.train.shape[1:])
+    state = start_training(cfg, len(data.train), device, image_shape)
     if resume:
         restore_training(state, Checkpoint.load(files.last, device), files.run_dir)
     write_run_start(files, cfg, state.history)
@@ -149,7 +151,13 @@ def train(
         record = train_one_epoch(state, data, epoch, progress)
         save_checkpoints(state, record, data.dataset, files)
         append_metrics(files, record)
-    return TrainResult(files.run_dir, state.history, state.best_epoch, state.best_val_loss)
+    return TrainResult(
+        files.run_dir,
+        state.history,
+        state.best_epoch,
+        state.best_val_loss,
+        state.model.config.image_shape,
+    )
 
 
 def check_run_directory(run_dir: Path, resume: bool) -> RunFiles:
@@ -167,7 +175,14 @@ def load_training_data(
 ) -> TrainingData:
     """The train and validation images as tensors on `device`: indexing one tensor with a shuffled
     permutation costs far less per batch than a DataLoader's Python collation."""
-    splits = splits or load_splits(cfg.dataset, cfg.data_dir, cfg.val_size, invert=cfg.invert)
+    splits = splits or load_splits(
+        cfg.dataset,
+        cfg.data_dir,
+        cfg.val_size,
+        invert=cfg.invert,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+    )
     x_train = torch.from_numpy(splits.train.images).to(device)
     x_val = torch.from_numpy(splits.val.images).to(device)
     if cfg.binarize:
@@ -178,13 +193,21 @@ def load_training_data(
         "name": splits.name,
         "label_names": list(splits.label_names),
         "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "image_shape": list(splits.image_shape),
     }
     return TrainingData(x_train, x_val, dataset)
 
 
-def start_training(cfg: TrainConfig, n_train: int, device: torch.device) -> TrainingState:
-    """A fresh model, optimiser, learning-rate schedule and shuffling generator."""
-    model = AutoEncoder(cfg.model_config()).to(device)
+def start_training(
+    cfg: TrainConfig,
+    n_train: int,
+    device: torch.device,
+    image_shape: tuple[int, ...] = (1, 28, 28),
+) -> TrainingState:
+    """A fresh model for images of `image_shape` (channels, height, width), optimiser,
+    learning-rate schedule and shuffling generator."""
+    channels, height, width = image_shape
+    model = AutoEncoder(cfg.model_config((channels, height, width))).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -352,6 +375,24 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> Lo
     saved = Checkpoint.load(path, torch_device)
     model = saved.build_model(torch_device)
     return LoadedRun(files.run_dir, saved.train_config, model, saved.epoch, saved.dataset)
+
+
+def load_run_splits(
+    run: LoadedRun, data_dir: str | Path | None = None, download: bool = True
+) -> Splits:
+    """The run's dataset as its model saw it in training: the model's image size and channels
+    (which the config may have left to the data), `data_dir` overriding the run's data folder."""
+    cfg = run.config
+    channels, height, width = run.model.config.image_shape
+    return load_splits(
+        cfg.dataset,
+        data_dir or cfg.data_dir,
+        cfg.val_size,
+        invert=cfg.invert,
+        download=download,
+        image_size=(height, width),
+        channels=channels,
+    )
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:

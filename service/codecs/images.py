@@ -58,28 +58,63 @@ def check_pixels(array: Numbers, field: str) -> Numbers:
     )
 
 
-def images_from_lists(
-    images: list[Any], shape: tuple[int, int, int], field: str = "images"
-) -> Array:
-    """JSON images (each flat C*H*W numbers or H rows of W) -> float32 (N, C, H, W)."""
-    c, h, w = shape
-    flat_size = c * h * w
-    batch = np.empty((len(images), c, h, w), dtype=np.float64)  # float32 after the range check
+def image_text(hwc: tuple[int, int, int]) -> str:
+    """What one image of a model is, for messages: "28 rows of 28 numbers (H x W)"."""
+    h, w, c = hwc
+    if c == 1:
+        return f"{h} rows of {w} numbers (H x W), or {h * w} numbers"
+    return (
+        f"{h} rows of {w} pixels of {c} channels (H x W x C, channels last), or {h * w * c} "
+        "numbers in that order"
+    )
+
+
+def as_hwc(array: Numbers, hwc: tuple[int, int, int]) -> Numbers | None:
+    """A batch (N, ...) as (N, H, W, C) when its shape is one the public contract takes: flat
+    rows of H*W*C values in HWC order, (N, H, W, C); grayscale also (N, H, W) and the legacy
+    (N, 1, H, W). None for any other shape."""
+    h, w, c = hwc
+    rest = array.shape[1:]
+    if rest in ((h * w * c,), (h, w, c)) or (c == 1 and rest in ((h, w), (1, h, w))):
+        return array.reshape(len(array), h, w, c)  # type: ignore[return-value]
+    return None
+
+
+def shape_hint(rest: tuple[int, ...], hwc: tuple[int, int, int], batch: bool) -> str:
+    """The fix for an image of shape `rest` that is not one the model takes, when it is a
+    channels-first one (C x H x W, as PyTorch holds images)."""
+    h, w, c = hwc
+    if c > 1 and rest == (c, h, w):
+        axes = "0, 2, 3, 1" if batch else "1, 2, 0"
+        return f"; that is channels first (C x H x W): transpose it with x.transpose({axes})"
+    return ""
+
+
+def images_from_lists(images: list[Any], hwc: tuple[int, int, int], field: str = "images") -> Array:
+    """JSON images (each flat H*W*C numbers in HWC order, H rows of W numbers for grayscale, or
+    H rows of W pixels of C channels) -> float32 (N, H, W, C)."""
+    h, w, c = hwc
+    batch = np.empty((len(images), h, w, c), dtype=np.float64)  # float32 after the range check
     for i, image in enumerate(images):
-        nested = bool(image) and isinstance(image[0], list)
-        if nested and c == 1 and (len(image) != h or any(len(row) != w for row in image)):
-            widths = sorted({len(row) for row in image})
-            raise InvalidInput(
-                f"{field}[{i}]",
-                f"expected {h} rows of {w} numbers, got {len(image)} rows of {widths} numbers",
-            )
-        if not nested and len(image) != flat_size:
-            raise InvalidInput(
-                f"{field}[{i}]",
-                f"expected {flat_size} numbers (or {h} rows of {w}), got {len(image)}",
-            )
-        batch[i] = np.asarray(image, dtype=np.float64).reshape(c, h, w)
+        try:
+            array = np.asarray(image, dtype=np.float64)
+        except ValueError:  # rows of different lengths
+            array = None
+        image_hwc = None if array is None else as_hwc(array[None], hwc)
+        if image_hwc is None:
+            got = "rows of different lengths" if array is None else _shape_words(array.shape)
+            hint = "" if array is None else shape_hint(array.shape, hwc, batch=False)
+            raise InvalidInput(f"{field}[{i}]", f"expected {image_text(hwc)}; got {got}{hint}")
+        batch[i] = image_hwc[0]
     return check_pixels(batch, field).astype(np.float32)
+
+
+def _shape_words(shape: tuple[int, ...]) -> str:
+    if len(shape) == 1:
+        return f"{shape[0]} numbers"
+    if len(shape) == 2:
+        return f"{shape[0]} rows of {shape[1]} numbers"
+    return "an array of shape " + " x ".join(map(str, shape))
 
 
 def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> Array:
@@ -105,20 +140,39 @@ def latents_from_lists(z: list[list[float]] | NDArray[Any], latent_dim: int) -> 
     return array.astype(np.float32, copy=False)
 
 
-def light_background(images: NDArray[Any], white: float = 1.0) -> NDArray[np.bool_]:
-    """For each image of `images` (N, ..., H, W), whether its background is light: the mean of
-    its border, the outermost ring of pixels, above half of `white` (1.0 for [0, 1] pixels, 255
-    for 8-bit ones). An exact tie is not light."""
+# How bright each channel of an RGB pixel looks (ITU-R 601, as Pillow's "L" conversion weighs
+# them): a colour picture's background is judged on its luminance.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def light_background(
+    images: NDArray[Any], white: float = 1.0, channels_last: bool = False
+) -> NDArray[np.bool_]:
+    """For each image of `images` (N, ..., H, W; with `channels_last`, (N, H, W, C)), whether
+    its background is light: the mean of its border, the outermost ring of pixels, above half
+    of `white` (1.0 for [0, 1] pixels, 255 for 8-bit ones). Colour images are judged on their
+    luminance. An exact tie is not light."""
+    weights: NDArray[np.float64] | None = None
+    if channels_last:
+        channels = images.shape[-1]
+        weights = np.array(LUMA_WEIGHTS if channels == 3 else [1.0 / channels] * channels)
+        images = np.moveaxis(images, -1, 1)  # a view: (N, C, H, W), channels summed below
     if images.ndim < 3:  # flat images: no rows to find a border in, so every pixel is border
         images = images[:, None, :]
     height, width = images.shape[-2:]
     top_and_bottom = images[..., :: max(height - 1, 1), :]  # row 0 and the last (one if height 1)
     sides = images[..., 1:-1, :: max(width - 1, 1)]  # columns 0 and the last, between those rows
-    count = math.prod(top_and_bottom.shape[1:]) + math.prod(sides.shape[1:])
     n = len(images)
     # Sums in float64: exact for 8-bit pixels, and a float64 sum is cheaper than a float64 mean.
-    sums = top_and_bottom.reshape(n, -1).sum(axis=1, dtype=np.float64)
-    sums += sides.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    if weights is not None:
+        per_channel = top_and_bottom.reshape(n, len(weights), -1).sum(axis=2, dtype=np.float64)
+        per_channel += sides.reshape(n, len(weights), -1).sum(axis=2, dtype=np.float64)
+        sums = per_channel @ weights
+        count = math.prod(top_and_bottom.shape[2:]) + math.prod(sides.shape[2:])
+    else:
+        sums = top_and_bottom.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        sums += sides.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        count = math.prod(top_and_bottom.shape[1:]) + math.prod(sides.shape[1:])
     light: NDArray[np.bool_] = sums > (AUTO_INVERT_ABOVE + _TIE_MARGIN) * white * count
     return light
 
@@ -129,16 +183,17 @@ def invert_where_needed(
     background: Background = "dark",
     light: NDArray[np.bool_] | None = None,
 ) -> Array:
-    """Images (N, ..., H, W) in [0, 1], each inverted (1 - pixel) when `invert` is true, none when
-    it is false, and with "auto" those whose background (`light`, by default `light_background`
-    of `images`) differs from the model's `background`. A new array wherever anything is
-    inverted: `images` may be a read-only view of a request body."""
+    """Images (N, H, W, C) in [0, 1] (or grayscale (N, ..., H, W)), each inverted (1 - pixel)
+    when `invert` is true, none when it is false, and with "auto" those whose background
+    (`light`, by default `light_background` of `images`) differs from the model's
+    `background`. A new array wherever anything is inverted: `images` may be a read-only view
+    of a request body."""
     if invert is False:
         return images
     if invert is True:
         return 1.0 - images
     if light is None:
-        light = light_background(images)
+        light = light_background(images, channels_last=images.ndim == 4)
     mismatched = light != (background == "light")
     if not mismatched.any():
         return images
@@ -150,21 +205,22 @@ def invert_where_needed(
 def image_from_file(
     data: bytes,
     field: str,
-    shape: tuple[int, int, int],
+    hwc: tuple[int, int, int],
     preprocessing: dict[str, Any],
     invert: Invert = "auto",
     background: Background = "dark",
     max_pixel_scans: int = MAX_UPLOAD_PIXEL_SCANS,
 ) -> Array:
-    """An uploaded PNG/JPEG -> (C, H, W), with the training pipeline's steps from the manifest:
-    grayscale, resize (bilinear by default), pixel / 255; then inverted as `invert` says ("auto":
-    where its background differs from the model's `background`). "auto" judges the picture as
-    sent, at its own resolution (`light_background`): resizing blends the border with what lies
-    inside it. What decoding would cost is checked first (`check_upload`): 413 past
-    `max_pixel_scans`."""
+    """An uploaded PNG/JPEG -> (H, W, C), with the training pipeline's steps from the manifest:
+    grayscale (a 1-channel model) or RGB (a 3-channel one: RGBA, palette and gray pictures are
+    converted), resize (bilinear by default), pixel / 255; then inverted as `invert` says
+    ("auto": where its background, judged on its luminance, differs from the model's
+    `background`). "auto" judges the picture as sent, at its own resolution
+    (`light_background`): resizing blends the border with what lies inside it. What decoding
+    would cost is checked first (`check_upload`): 413 past `max_pixel_scans`."""
     from PIL import Image
 
-    c, h, w = shape
+    h, w, c = hwc
     cost = check_upload(data, field, max_pixel_scans)
     try:
         with warnings.catch_warnings():
@@ -175,7 +231,7 @@ def image_from_file(
                     raise UnsupportedMediaType(field, f"is a {img.format} file; send PNG or JPEG")
                 if img.width * img.height > MAX_UPLOAD_PIXELS:
                     raise _too_many_pixels(field, f"is {img.width}x{img.height} pixels")
-                gray = img.convert("L")
+                picture = img.convert("L" if c == 1 else "RGB")
     except (UnsupportedMediaType, TooLarge):
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -185,14 +241,15 @@ def image_from_file(
         raise InvalidInput(field, "is not a readable PNG or JPEG image (unknown format)") from exc
     except (OSError, ValueError) as exc:
         raise InvalidInput(field, f"is not a readable PNG or JPEG image ({exc})") from exc
-    light = light_background(np.asarray(gray)[None], white=255) if invert == "auto" else None
-    if gray.size != (w, h):
+    light = None
+    if invert == "auto":
+        sent = np.asarray(picture).reshape(picture.height, picture.width, c)
+        light = light_background(sent[None], white=255, channels_last=True)
+    if picture.size != (w, h):
         resample = Image.Resampling[preprocessing.get("resample", "bilinear").upper()]
-        gray = gray.resize((w, h), resample)
-    pixels = invert_where_needed(
-        (np.asarray(gray, dtype=np.float32) / 255.0)[None], invert, background, light
-    )[0]
-    return np.broadcast_to(pixels, (c, h, w)).copy()
+        picture = picture.resize((w, h), resample)
+    pixels = (np.asarray(picture, dtype=np.float32) / 255.0).reshape(1, h, w, c)
+    return invert_where_needed(pixels, invert, background, light)[0]
 
 
 def _too_many_pixels(field: str, what: str) -> TooLarge:
@@ -200,10 +257,11 @@ def _too_many_pixels(field: str, what: str) -> TooLarge:
 
 
 def png_grid(images: Array) -> bytes:
-    """(N, H, W) -> a near-square grid, row-major; (N, K, H, W) -> N rows of K. One 8-bit PNG."""
+    """(N, H, W, C) -> a near-square grid, row-major; (N, K, H, W, C) -> N rows of K. One 8-bit
+    PNG: mode L for one channel, RGB for three."""
     from PIL import Image
 
-    if images.ndim == 3:
+    if images.ndim == 4:
         n = len(images)
         cols = math.ceil(math.sqrt(n))
         rows = math.ceil(n / cols)
@@ -212,10 +270,12 @@ def png_grid(images: Array) -> bytes:
         tiles = padded.reshape(rows, cols, *images.shape[1:])
     else:
         tiles = images
-    rows, cols, h, w = tiles.shape
-    mosaic = tiles.transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(np.clip(mosaic, 0, 1) * 255).astype(np.uint8), mode="L").save(
-        buffer, format="PNG"
+    rows, cols, h, w, c = tiles.shape
+    mosaic = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+    pixels = np.round(np.clip(mosaic, 0, 1) * 255).astype(np.uint8)
+    picture = (
+        Image.fromarray(pixels[..., 0], mode="L") if c == 1 else Image.fromarray(pixels, "RGB")
     )
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -51,6 +51,18 @@ def most_values(body: bytes, most: int) -> int | None:
     return count + 1 if count > most + OTHER_SEPARATORS else None
 
 
+# A row is N x latent, N x H*W*C, N x H x W or N x H x W x C: up to three levels of lists.
+MAX_ROW_DEPTH = 3
+
+
+def _regular(items: Any, shape: list[int]) -> bool:
+    """Every one of `items` a list of shape[0] lists of shape[1]... (the last level: numbers,
+    which the caller's count of '[' checks)."""
+    if len(shape) == 1:
+        return all(len(item) == shape[0] for item in items)
+    return all(len(item) == shape[0] and _regular(item, shape[1:]) for item in items)
+
+
 def json_tensor_body(body: bytes, tensor: str) -> tuple[dict[str, Any], NDArray[Any]] | None:
     """A JSON object whose `tensor` field (`images` or `z`) is a regular nested list of numbers,
     as its other fields and that field as one float64 array (N, ...); None for anything else,
@@ -58,9 +70,10 @@ def json_tensor_body(body: bytes, tensor: str) -> tuple[dict[str, Any], NDArray[
 
     simdjson copies the numbers into a buffer without a Python float per number: faster than
     orjson plus numpy on large bodies, and no heap left fragmented by the freed floats. Its
-    `as_buffer` flattens nested lists, so the shape is checked here: every row (and sub-row)
-    as long as the first, and no list deeper than that. The last holds because a body has at
-    least one '[' per list (more when a string holds one, which only turns this path down).
+    `as_buffer` flattens nested lists, so the shape is checked here: every row (and sub-row,
+    down to a colour image's pixels) as long as the first, and no list deeper than that. The
+    last holds because a body has at least one '[' per list (more when a string holds one,
+    which only turns this path down).
     """
     try:
         doc = simdjson.Parser().parse(body)  # one per call: parsers are not shared across threads
@@ -76,24 +89,21 @@ def json_tensor_body(body: bytes, tensor: str) -> tuple[dict[str, Any], NDArray[
             or any(isinstance(v, simdjson.Array | simdjson.Object) for v in fields.values())
         ):
             return None
-        first = rows[0]
-        if not isinstance(first, simdjson.Array) or len(first) == 0:
-            return None
         # Typed loosely: len() of a number or a string, where a list belongs, raises (or the
         # count below turns it down) and the except clause takes it.
-        elements: Any = rows
-        shape: tuple[int, ...]
-        if isinstance(first[0], simdjson.Array):  # N x 28 x 28
-            shape = (len(first), len(first[0]))
-            regular = all(
-                len(r) == shape[0] and all(len(s) == shape[1] for s in r) for r in elements
-            )
-            lists = 1 + len(rows) * (1 + shape[0])
-        else:  # N x 784, N x latent
-            shape = (len(first),)
-            regular = all(len(r) == shape[0] for r in elements)
-            lists = 1 + len(rows)
-        if not regular or body.count(b"[") != lists:
+        shape: list[int] = []  # of one row: (784,), (28, 28), (32, 32, 3)
+        probe: Any = rows[0]
+        while isinstance(probe, simdjson.Array) and len(shape) < MAX_ROW_DEPTH:
+            if len(probe) == 0:
+                return None
+            shape.append(len(probe))
+            probe = probe[0]
+        if not shape or not _regular(rows, shape):
+            return None
+        lists_per_row = 1
+        for size in reversed(shape[:-1]):
+            lists_per_row = 1 + size * lists_per_row
+        if body.count(b"[") != 1 + len(rows) * lists_per_row:
             return None
         flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
         if flat.size != len(rows) * math.prod(shape):
@@ -101,12 +111,3 @@ def json_tensor_body(body: bytes, tensor: str) -> tuple[dict[str, Any], NDArray[
         return fields, flat.reshape(len(rows), *shape)
     except (ValueError, TypeError, RuntimeError, IndexError):  # simdjson's words for bad JSON
         return None
-
-
-def _fast_images(array: NDArray[Any], shape: tuple[int, int, int]) -> NDArray[Any] | None:
-    """The JSON image rows as one (N, C, H, W) array, or None when their shape is off. Not yet
-    float32: the pixel check comes first, as a cast would turn 1e300 into infinity."""
-    c, h, w = shape
-    if (array.ndim == 2 and array.shape[1] == c * h * w) or (c == 1 and array.shape[1:] == (h, w)):
-        return array.reshape(len(array), c, h, w)
-    return None

@@ -23,6 +23,7 @@ from service.codecs.requests import (
 from service.errors import BadRequest, InvalidInput, TooLarge
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
+from service.ops import check_image_values
 from service.settings import Settings
 
 # When a request does not say: a file is a picture (a photo, a scan: often dark ink on light
@@ -50,6 +51,7 @@ async def read_multipart_images(
         fields = {k: v for k, v in form.multi_items() if k != "images" and isinstance(v, str)}
         params = validate_fields(params_type, _with_query(fields, query_of(request.scope)))
         model = registry.pick(getattr(params, "model", None), query_model)
+        check_image_values(len(uploads), model, settings, "images")  # before any is decoded
         invert = invert_choice(params, FILE_INVERT_DEFAULT)
         decoding = _decode_files(uploads, model, invert, settings, decoder)
         batch = await unless_client_leaves(request.receive, decoding)
@@ -65,7 +67,7 @@ async def _decode_files(
     settings: Settings,
     decoder: DecodePool,
 ) -> Array:
-    batch = np.empty((len(uploads), *model.image_shape), dtype=np.float32)
+    batch = np.empty((len(uploads), *model.image_hwc), dtype=np.float32)
     for i, upload in enumerate(uploads):
         field = f"images[{i}] ({upload.filename})" if upload.filename else f"images[{i}]"
         data = await upload.read(settings.max_upload_bytes + 1)
@@ -77,7 +79,7 @@ async def _decode_files(
             image_from_file,
             data,
             field,
-            model.image_shape,
+            model.image_hwc,
             model.manifest.input.preprocessing,
             invert,
             model.manifest.input.background,

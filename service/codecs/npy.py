@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.codecs.images import check_pixels
+from service.codecs.images import as_hwc, check_pixels, image_text, shape_hint
 from service.errors import BadRequest, InvalidInput
 
 Array = NDArray[np.float32]
@@ -107,25 +107,26 @@ def _checked_count(
     return count
 
 
-def images_from_npy(array: NDArray[Any], shape: tuple[int, int, int]) -> Array:
-    c, h, w = shape
-    if array.dtype == np.uint8:
-        images = array.astype(np.float32) / 255.0
-    elif array.dtype == np.float32:
-        images = array
-    else:
+def images_from_npy(array: NDArray[Any], hwc: tuple[int, int, int]) -> Array:
+    """A .npy batch -> float32 (N, H, W, C) in [0, 1]: (N, H, W, C) or (N, H*W*C) in HWC
+    order, for grayscale also (N, H, W) and (N, 1, H, W); float32 in [0, 1] or uint8 0-255."""
+    h, w, c = hwc
+    if array.dtype not in (np.uint8, np.float32):
         raise InvalidInput("images", f"dtype {array.dtype}: send float32 in [0, 1] or uint8 0-255")
-    if (images.ndim == 2 and images.shape[1] == c * h * w) or (
-        images.ndim == 3 and images.shape[1:] == (h, w)
-    ):
-        images = images.reshape(len(images), c, h, w)
-    elif images.shape[1:] != (c, h, w):
+    images = as_hwc(array, hwc) if array.ndim >= 1 else None
+    if images is None:
+        taken = f"(N, {h}, {w}, {c}) or (N, {h * w * c})"
+        if c == 1:
+            taken = f"(N, {h}, {w}), (N, {h * w}), (N, {h}, {w}, 1) or (N, 1, {h}, {w})"
         raise InvalidInput(
             "images",
-            f"array of shape {array.shape}; expected (N, {c * h * w}), (N, {h}, {w}) or "
-            f"(N, {c}, {h}, {w})",
+            f"array of shape {array.shape}; expected {taken}: N images of "
+            f"{image_text(hwc)}{shape_hint(array.shape[1:], hwc, batch=True)}; one image: "
+            "add the batch axis, x[None]",
         )
-    return check_pixels(np.ascontiguousarray(images, dtype=np.float32), "images")
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    return check_pixels(np.ascontiguousarray(images), "images")
 
 
 # --- answers ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from starlette.types import Scope
 
 from service.codecs.images import (
     Invert,
+    as_hwc,
     check_pixels,
     images_from_lists,
     invert_where_needed,
@@ -35,6 +36,7 @@ from service.errors import InvalidInput, UnsupportedMediaType
 from service.manifest import NAME_PATTERN
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
+from service.ops import check_image_values
 from service.settings import Settings
 
 Array = NDArray[np.float32]
@@ -113,20 +115,20 @@ def _fast_latents(z: NDArray[Any], model: ModelRuntime) -> Array | None:
 
 
 def _fast_images(array: NDArray[Any], model: ModelRuntime) -> Array | None:
-    """The JSON image rows as one (N, C, H, W) array, or None when their shape is off. The pixel
-    check comes before the cast to float32, which would turn 1e300 into infinity."""
-    c, h, w = model.image_shape
-    if (array.ndim == 2 and array.shape[1] == c * h * w) or (c == 1 and array.shape[1:] == (h, w)):
-        images = array.reshape(len(array), c, h, w)
-        return check_pixels(images, "images").astype(np.float32, copy=False)
-    return None
+    """The JSON image rows as one (N, H, W, C) array, or None when their shape is off (pydantic
+    and `images_from_lists` then name the image at fault). The pixel check comes before the cast
+    to float32, which would turn 1e300 into infinity."""
+    images = as_hwc(array, model.image_hwc)
+    if images is None:
+        return None
+    return check_pixels(images, "images").astype(np.float32, copy=False)
 
 
 IMAGES = TensorField(
     "images",
-    from_npy=lambda array, model: images_from_npy(array, model.image_shape),
+    from_npy=lambda array, model: images_from_npy(array, model.image_hwc),
     from_fast_json=_fast_images,
-    from_lists=lambda raw, model: images_from_lists(raw, model.image_shape),
+    from_lists=lambda raw, model: images_from_lists(raw, model.image_hwc),
     uploads=True,
     invertible=True,
     what="images",
@@ -196,8 +198,11 @@ def _read_tensor_request(
     if call.content_type == NPY:
         params = validate_fields(params_type, call.query)
         model = registry.pick(getattr(params, "model", None), query_model)
-        array = field.from_npy(read_npy(call.body, field.name, field.what), model)
-        check_count(len(array), settings, field)
+        raw_array = read_npy(call.body, field.name, field.what)
+        if raw_array.ndim >= 1:  # bounded before any conversion (uint8 -> float32 is 4x)
+            check_rows(len(raw_array), model, settings, field)
+        array = field.from_npy(raw_array, model)
+        check_rows(len(array), model, settings, field)
         return params, model, array
 
     _require_json(call, field)
@@ -213,7 +218,7 @@ def _read_tensor_request(
             model = registry.pick(getattr(fast_params, "model", None), query_model)
             fast = field.from_fast_json(tensor, model)
             if fast is not None:
-                check_count(len(fast), settings, field)
+                check_rows(len(fast), model, settings, field)
                 return fast_params, model, fast
     try:
         full = body_type.model_validate_json(call.body)
@@ -222,7 +227,7 @@ def _read_tensor_request(
     params = _validate(params_type, full.model_dump(exclude={field.name}, exclude_unset=True))
     model = registry.pick(getattr(params, "model", None), query_model)
     raw = getattr(full, field.name)
-    check_count(len(raw), settings, field)
+    check_rows(len(raw), model, settings, field)
     return params, model, field.from_lists(raw, model)
 
 
@@ -323,13 +328,23 @@ def _check_value_count(
         m.latent_dim if field.name == "z" else m.image_values for m in registry.models.values()
     ]
     most = settings.max_images * max(widths, default=0)
+    limit = "VAE_MAX_IMAGES"
+    if field.name != "z" and settings.max_request_values < most:  # no request carries more
+        most, limit = settings.max_request_values, "VAE_MAX_REQUEST_VALUES"
     found = most_values(call_body, most)
     if found is not None:
         raise InvalidInput(
             field.name,
             f"the body holds about {found} numbers; {settings.max_images} {field.what} "
-            f"(VAE_MAX_IMAGES) hold at most {most}: send fewer per request",
+            f"({limit}) hold at most {most}: send fewer per request",
         )
+
+
+def check_rows(count: int, model: ModelRuntime, settings: Settings, field: TensorField) -> None:
+    """At most VAE_MAX_IMAGES rows and, for images, VAE_MAX_REQUEST_VALUES values."""
+    check_count(count, settings, field)
+    if field.uploads:
+        check_image_values(count, model, settings, field.name)
 
 
 def check_count(count: int, settings: Settings, field: TensorField) -> None:

@@ -1,6 +1,7 @@
 """Results -> answers: JSON (orjson), .npy/.npz, PNG; and which of them a request's Accept asks for.
 
-JSON drops the images' channel axis; .npy, .npz and PNG answers carry the model and the seed in
+Images are (N, H, W, C) (with samples, (N, K, H, W, C)); JSON and .npy drop the channel axis of
+grayscale ones, (N, H, W). .npy, .npz and PNG answers carry the model and the seed in
 headers. `render_answer` renders a large answer in a worker thread, off the event loop.
 """
 
@@ -68,9 +69,9 @@ def render(result: Result, fmt: ResponseFormat, json_body: type[JSONBody] = JSON
     """`result` as the answer in `fmt`. JSON: every field of the result. Binary: the images as
     one .npy array, or else the result's arrays as an .npz archive. PNG: the images as a grid."""
     fields = {name: getattr(result, name) for name in result.__slots__}
-    images = fields.get("images")
-    if images is not None:
-        fields["images"] = images = images.squeeze(-3)
+    images = fields.get("images")  # (N, [K,] H, W, C)
+    if images is not None and images.shape[-1] == 1:  # grayscale: (N, [K,] H, W)
+        fields["images"] = images.reshape(images.shape[:-1])  # a view, still contiguous
     if fmt == "json" or (fmt == "png" and images is None):  # no images to draw: JSON
         return json_body(fields)
     headers = {"X-Model": result.model}
@@ -82,7 +83,7 @@ def render(result: Result, fmt: ResponseFormat, json_body: type[JSONBody] = JSON
         return Response(npz_bytes(arrays), media_type=NPZ, headers=headers)
     if fmt == "png":
         return Response(png_grid(images), media_type="image/png", headers=headers)
-    return Response(npy_bytes(images), media_type=NPY, headers=headers)
+    return Response(npy_bytes(fields["images"]), media_type=NPY, headers=headers)
 
 
 def result_values(result: Result) -> int:

@@ -79,8 +79,8 @@ IMAGE_ANSWERS = (
     Offer(
         NPY,
         "npy",
-        "With Accept: application/x-npy: one float32 .npy array of the images (N x 28 x 28, or "
-        "N x samples x 28 x 28).",
+        "With Accept: application/x-npy: one float32 .npy array of the images: N x H x W for a "
+        "grayscale model, N x H x W x C for a colour one (N x samples x ... with `samples`).",
     ),
     Offer("image/png", "png", "With Accept: image/png: one PNG grid of all images."),
 )

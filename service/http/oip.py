@@ -1,13 +1,16 @@
 """The Open Inference Protocol (KServe v2) REST API, beside the service's own.
 
-Each model's encoder and decoder are OIP models of their own: `mnist-vae-encoder` takes `x`
-(N x 1 x 28 x 28, or N x 784, FP32 in [0, 1]) and gives `mu` and (VAE) `logvar`;
-`mnist-vae-decoder` takes `z` (N x latent) and gives the images. Tensor names, shapes and the
-version come from the model's manifest. Requests run through the same dynamic batching as the
-service's own endpoints. Errors are the service's own (`service.errors`), answered as
-`{"error": "..."}` (`service.http.errors`): status 400 for an invalid request, 404 for an unknown
-model, as the protocol asks. `parameters: {"invert": "auto" | true | false}` inverts encoder inputs
-as the service's own /encode does (default false: `x` is the model's input as it is).
+Each model's encoder and decoder are OIP models of their own: `mnist-vae-encoder` takes `x`,
+images as [N, H, W, C] (any shape whose rows hold H*W*C values in that order: [N, 784], and for
+grayscale [N, 1, 28, 28], are taken too; FP32 in [0, 1]), and gives `mu` and (VAE) `logvar`,
+[N, latent] (a log-variance, whatever the graph's variance output holds); `mnist-vae-decoder`
+takes `z` [N, latent] and gives the images [N, H, W, C] in [0, 1]. The service converts to and
+from the graph's own layout. Tensor names and the version come from the model's manifest.
+Requests run through the same dynamic batching as the service's own endpoints. Errors are the
+service's own (`service.errors`), answered as `{"error": "..."}` (`service.http.errors`): status
+400 for an invalid request, 404 for an unknown model, as the protocol asks.
+`parameters: {"invert": "auto" | true | false}` inverts encoder inputs as the service's own
+/encode does (default false: `x` is the model's input as it is).
 
 The body is read by `service.codecs.oip_input` (simdjson, the data straight into numpy), off the
 event loop when it is large. The declared datatype is checked against the data: `x` takes FP32,
@@ -27,7 +30,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service import __version__
 from service.codecs.accept import JSON, Offer, negotiate
-from service.codecs.images import MAX_LATENT, Invert, check_pixels, invert_where_needed
+from service.codecs.images import (
+    MAX_LATENT,
+    Invert,
+    check_pixels,
+    invert_where_needed,
+    shape_hint,
+)
 from service.codecs.json_input import describe_errors, most_values
 from service.codecs.oip_input import InferenceRequest, declared_count, read_inference_request
 from service.codecs.responses import JSONBody
@@ -35,12 +44,13 @@ from service.errors import BadRequest, InvalidInput, NotFound
 from service.http.endpoints import OFF_LOOP_BODY_BYTES, parse_off_loop
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
-from service.manifest import TensorSpec
 from service.models.budget import answer_bytes
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.observability.context import note_model
+from service.ops import check_image_values
 from service.schemas import EncodeParams
+from service.settings import Settings
 
 GRAPHS = ("encoder", "decoder")
 INFER_ANSWERS = (Offer(JSON, "json"),)
@@ -123,33 +133,39 @@ def _check_version(runtime: ModelRuntime, oip_name: str, version: str | None) ->
         )
 
 
-def _tensors(specs: list[TensorSpec]) -> list[TensorMetadata]:
-    return [
-        TensorMetadata(
-            name=t.name,
-            datatype="FP32",
-            shape=[d if isinstance(d, int) else -1 for d in t.shape],
-        )
-        for t in specs
-    ]
+def _tensor(name: str, row: tuple[int, ...]) -> TensorMetadata:
+    return TensorMetadata(name=name, datatype="FP32", shape=[-1, *row])
+
+
+def _input_tensor(runtime: ModelRuntime, graph: str) -> TensorMetadata:
+    """The graph's input as the protocol sees it: an encoder's images [-1, H, W, C] (whatever
+    the graph's own layout: the service converts), a decoder's latent vectors [-1, latent]."""
+    if graph == "encoder":
+        return _tensor(runtime.manifest.encoder.inputs[0].name, runtime.image_hwc)
+    return _tensor(runtime.manifest.decoder.inputs[0].name, (runtime.latent_dim,))
+
+
+def _output_tensors(runtime: ModelRuntime, graph: str) -> list[TensorMetadata]:
+    """An encoder's mean (or code) and a VAE's log-variance [-1, latent] (other outputs of the
+    graph, such as a sampled z, are not served); a decoder's images [-1, H, W, C]."""
+    if graph == "decoder":
+        return [_tensor(runtime.manifest.image_output, runtime.image_hwc)]
+    latent = runtime.manifest.latent
+    names = [latent.code_output, *([latent.logvar_output] if latent.logvar_output else [])]
+    return [_tensor(name, (runtime.latent_dim,)) for name in names]
 
 
 def _metadata(runtime: ModelRuntime, graph: str) -> ModelMetadata:
-    spec = runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder
     return ModelMetadata(
         name=f"{runtime.name}-{graph}",
         versions=[runtime.manifest.version],
         platform="onnxruntime_onnx",
-        inputs=_tensors(spec.inputs),
-        outputs=_tensors(spec.outputs),
+        inputs=[_input_tensor(runtime, graph)],
+        outputs=_output_tensors(runtime, graph),
     )
 
 
-def _input_spec(runtime: ModelRuntime, graph: str) -> TensorSpec:
-    return (runtime.manifest.encoder if graph == "encoder" else runtime.manifest.decoder).inputs[0]
-
-
-def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str, limit: int) -> None:
+def _check_inputs(request: InferenceRequest, spec: TensorMetadata, graph: str, limit: int) -> None:
     """The request's inputs are the graph's one input, in a datatype it takes, with at most
     `limit` rows declared: all known before a value of the data is converted."""
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
@@ -169,22 +185,27 @@ def _check_inputs(request: InferenceRequest, spec: TensorSpec, graph: str, limit
 
 
 def _input_array(
-    request: InferenceRequest, values: list[np.ndarray], spec: TensorSpec, graph: str
+    request: InferenceRequest, values: list[np.ndarray], spec: TensorMetadata, graph: str
 ) -> np.ndarray:
+    """The input's rows as `spec` has them ((N, H, W, C) images, (N, latent) vectors), from a
+    tensor of any shape whose rows hold as many values (an encoder's images [N, H*W*C] or, for
+    grayscale, [N, 1, H, W] too), checked and float32."""
     tensor, flat = request.inputs[0], values[0]
     count = declared_count(tensor.shape)
     if flat.size != count:
         raise BadRequest(
             "", f"inputs[0]: shape {tensor.shape} holds {count} values but data has {flat.size}"
         )
-    row_shape = [d for d in spec.shape[1:] if isinstance(d, int)]
+    row_shape = spec.shape[1:]
     per_row = math.prod(row_shape)
     if len(tensor.shape) < 2 or math.prod(tensor.shape[1:]) != per_row:
-        expected = [-1, *spec.shape[1:]]
+        what = f"N rows of {per_row} values"
+        if graph == "encoder":
+            h, w, c = row_shape
+            what += f": images of {h} x {w} x {c}, H x W x C, channels last"
+            what += shape_hint(tuple(tensor.shape[1:]), (h, w, c), batch=True)
         raise BadRequest(
-            "",
-            f"inputs[0].shape: {tensor.shape} does not fit {spec.name} {expected} "
-            f"(N rows of {per_row} values)",
+            "", f"inputs[0].shape: {tensor.shape} does not fit {spec.name} {spec.shape} ({what})"
         )
     if flat.size == 0:
         raise BadRequest("", "inputs[0]: no rows; send at least one")
@@ -225,21 +246,30 @@ def _invert(request: InferenceRequest, graph: str) -> Invert:
 
 
 def _parse(
-    body: bytes, runtime: ModelRuntime, graph: str, limit: int
+    body: bytes, runtime: ModelRuntime, graph: str, settings: Settings
 ) -> tuple[InferenceRequest, np.ndarray]:
     """The request and the graph's input array (checked, inverted as asked, float32)."""
-    spec = _input_spec(runtime, graph)
-    row = math.prod(d for d in spec.shape[1:] if isinstance(d, int))
-    found = most_values(body, limit * row)
+    limit = settings.max_images
+    spec = _input_tensor(runtime, graph)
+    row = math.prod(spec.shape[1:])
+    most = limit * row
+    if graph == "encoder":  # and no request carries more image values than this
+        most = min(most, settings.max_request_values)
+    found = most_values(body, most)
     if found is not None:  # before parsing: its cost grows with the values the body holds
         raise BadRequest(
             "",
             f"inputs: the body holds about {found} numbers; {limit} rows of {row} "
-            f"(VAE_MAX_IMAGES) hold at most {limit * row}: send fewer rows per request",
+            f"({'VAE_MAX_IMAGES' if most == limit * row else 'VAE_MAX_REQUEST_VALUES'}) hold "
+            f"at most {most}: send fewer rows per request",
         )
     check = functools.partial(_check_inputs, spec=spec, graph=graph, limit=limit)
     request, values = read_inference_request(body, check)
     x = _input_array(request, values, spec, graph)
+    try:  # VAE_MAX_REQUEST_VALUES: the images read, or the images the answer will hold
+        check_image_values(len(x), runtime, settings, "inputs[0]")
+    except InvalidInput as exc:  # the protocol calls an invalid request 400
+        raise BadRequest("", str(exc)) from None
     x = invert_where_needed(x, _invert(request, graph), runtime.manifest.input.background)
     if len(x) > limit:  # VAE_MAX_IMAGES, for any shape the check above lets through
         raise BadRequest("", f"inputs[0]: {len(x)} rows; at most {limit} (VAE_MAX_IMAGES)")
@@ -258,7 +288,7 @@ async def _infer(
     raw = await http_request.body()
     # Off the event loop when large: a 16 MB body takes long enough to parse and check that,
     # on the loop, it would hold up every other request and the probes.
-    parse = functools.partial(_parse, raw, runtime, graph, registry.settings.max_images)
+    parse = functools.partial(_parse, raw, runtime, graph, registry.settings)
     if len(raw) <= OFF_LOOP_BODY_BYTES:
         request, x = parse()
     else:
@@ -274,11 +304,11 @@ async def _run(
 ) -> Response:
     if graph == "encoder":
         mu, logvar = await runtime.encode_batched(x)
-        names = [t.name for t in runtime.manifest.encoder.outputs]
+        names = [t.name for t in _output_tensors(runtime, graph)]
         results = dict(zip(names, [mu] if logvar is None else [mu, logvar], strict=True))
     else:
-        images = await runtime.decode_batched(x)
-        results = {runtime.manifest.decoder.outputs[0].name: images}
+        images = await runtime.decode_batched(x)  # (N, H, W, C), as the metadata says
+        results = {runtime.manifest.image_output: images}
     wanted = [o.name for o in request.outputs] if request.outputs else list(results)
     unknown = [name for name in wanted if name not in results]
     if unknown:

@@ -98,9 +98,10 @@ def request_body(endpoint: Endpoint[Any]) -> dict[str, Any]:
     if tensor.uploads:
         description = (
             "JSON; or PNG/JPEG files as multipart/form-data (repeated `images` parts, other "
-            "fields as form fields); or one .npy array (N x 784, N x 28 x 28 or N x 1 x 28 x 28; "
-            "float32 in [0, 1] or uint8 0-255) as application/x-npy, other fields as query "
-            "parameters."
+            "fields as form fields; colour models keep the files' colour); or one .npy array "
+            "(N x H x W x C or N x H*W*C, channels last; for a grayscale model also N x H x W "
+            "and N x 1 x H x W; float32 in [0, 1] or uint8 0-255; sizes in GET /models' "
+            "`image_shape`) as application/x-npy, other fields as query parameters."
         )
         content["multipart/form-data"] = {
             "schema": {

@@ -142,7 +142,11 @@ def signature_problems(
     def check(graph: str, name: str, wanted: list[int], what: str, fix: str) -> None:
         tensor = by_name.get((graph, name))
         if tensor is None:
-            problems.append((graph, f"has no tensor {name!r}"))
+            names = [t.name for t in (encoder if graph == "encoder" else decoder)]
+            problems.append(
+                (graph, f"has no tensor {name!r}; its inputs and outputs are {names}: name "
+                 "one of them in the manifest")
+            )
             return
         if tensor.type != "tensor(float)":
             problems.append(
@@ -183,14 +187,16 @@ def signature_problems(
         manifest.encoder.inputs[0].name,
         graph_shape(spec.layout, spec.flat_order, chw),
         f"a {spec.layout} input of {size} images",
-        "set the layout (--input-layout) and image shape (--image-shape C,H,W) the graph has",
+        "set input.layout and input.shape (channels, height, width) in the manifest to what the "
+        "graph takes (the importer: --input-layout, --image-shape C,H,W)",
     )
     check(
         "encoder",
         manifest.latent.code_output,
         [latent],
         f"latent_dim {latent}",
-        "name the encoder's mean (or code) output and its size",
+        "set latent.code_output to the encoder's mean (or code) output and latent_dim to its "
+        "size",
     )
     if manifest.latent.logvar_output is not None:
         check(
@@ -198,7 +204,8 @@ def signature_problems(
             manifest.latent.logvar_output,
             [latent],
             f"latent_dim {latent}",
-            "name the encoder's log-variance output; it must match the mean's size",
+            "set latent.logvar_output to the encoder's variance output; it must match the mean's "
+            "size",
         )
     check(
         "decoder",
@@ -213,7 +220,7 @@ def signature_problems(
         manifest.image_output,
         graph_shape(out.layout, out.flat_order, chw),
         f"a {out.layout} output of the encoder's {size} images",
-        "the decoder must give back images of the encoder's size and channels; set its "
-        "layout (--output-layout)",
+        "the decoder must give back images of the encoder's size and channels; set output.layout "
+        "(and output.tensor) in the manifest to what it gives (the importer: --output-layout)",
     )
     return problems

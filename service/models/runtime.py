@@ -26,6 +26,7 @@ from service.manifest import (
     load_latent_map,
     load_manifest,
 )
+from service.models.adapter import GraphAdapter, graph_shape, signature_problems
 from service.models.batching import DynamicBatcher, Observer
 from service.settings import Settings
 
@@ -123,6 +124,7 @@ class ModelRuntime:
     # GET /models/{name}/latent-map's answer, serialised once; the parsed map (10,000 points as
     # Python lists) is not kept.
     latent_map_body: bytes | None = None
+    adapter: GraphAdapter = field(init=False)
     _encoder: ort.InferenceSession | None = None
     _decoder: ort.InferenceSession | None = None
     _encode_batcher: DynamicBatcher | None = None
@@ -132,6 +134,9 @@ class ModelRuntime:
     _leases: int = 0
     _retired: bool = False
     _lease_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.adapter = GraphAdapter(self.manifest)
 
     @property
     def name(self) -> str:
@@ -146,13 +151,21 @@ class ModelRuntime:
         return self.manifest.latent_dim
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.manifest.image_shape
+    def image_hwc(self) -> tuple[int, int, int]:
+        """One image as the service holds it: (height, width, channels)."""
+        channels, height, width = self.manifest.input.shape
+        return height, width, channels
+
+    @property
+    def public_image_shape(self) -> tuple[int, ...]:
+        """One image as clients send and get it: (H, W) grayscale, (H, W, C) colour."""
+        height, width, channels = self.image_hwc
+        return (height, width) if channels == 1 else (height, width, channels)
 
     @property
     def image_values(self) -> int:
         """Values in one image: channels x height x width."""
-        channels, height, width = self.image_shape
+        channels, height, width = self.manifest.input.shape
         return channels * height * width
 
     @classmethod
@@ -173,6 +186,7 @@ class ModelRuntime:
         runtime._encoder = runtime._open(runtime.manifest.encoder, options, providers)
         runtime._decoder = runtime._open(runtime.manifest.decoder, options, providers)
         runtime.providers = runtime._encoder.get_providers()
+        runtime._check_signatures()
         runtime._warm_up()
         batching = (
             settings.max_batch_size,
@@ -216,10 +230,40 @@ class ModelRuntime:
                 f"model {self.name!r}: {path}: provider {providers[0]} was requested but could not "
                 f"be initialised (in use: {', '.join(in_use)})"
             )
-        self._check_signature(session, spec, path)
         return session
 
-    def _check_signature(self, session: ort.InferenceSession, spec: GraphSpec, path: Path) -> None:
+    def _check_signatures(self) -> None:
+        """The structural contract (`signature_problems`): every tensor the service feeds or
+        reads has the rank, sizes and dtype the manifest says; then the manifest's own lists
+        of tensors against the graphs'. One message per model, naming the file at fault."""
+        assert self._encoder is not None and self._decoder is not None
+        graphs = {"encoder": self._encoder, "decoder": self._decoder}
+        problems = [
+            (graph, f"takes {len(inputs)} inputs {[t.name for t in inputs]}; the service feeds "
+             "one (the images, or the latent vectors): export the graph with one input")
+            for graph, session in graphs.items()
+            if len(inputs := session.get_inputs()) != 1
+        ]
+        if not problems:
+            problems = signature_problems(
+                self.manifest,
+                [*self._encoder.get_inputs(), *self._encoder.get_outputs()],
+                [*self._decoder.get_inputs(), *self._decoder.get_outputs()],
+            )
+        if not problems:
+            problems = [
+                problem
+                for graph, session in graphs.items()
+                if (problem := self._declared_problem(graph, session)) is not None
+            ]
+        if problems:
+            raise self._load_error(problems)
+
+    def _declared_problem(
+        self, graph: str, session: ort.InferenceSession
+    ) -> tuple[str, str] | None:
+        """The manifest's list of a graph's inputs and outputs against the graph's own."""
+        spec: GraphSpec = getattr(self.manifest, graph)
         for kind, actual, declared in (
             ("input", session.get_inputs(), spec.inputs),
             ("output", session.get_outputs(), spec.outputs),
@@ -227,45 +271,133 @@ class ModelRuntime:
             actual_names = [t.name for t in actual]
             declared_names = [t.name for t in declared]
             if actual_names != declared_names:
-                raise ModelLoadError(
-                    f"model {self.name!r}: {path}: graph {kind}s {actual_names} differ from the "
-                    f"manifest's {declared_names}"
+                return graph, (
+                    f"the graph's {kind}s are {actual_names}, the manifest lists "
+                    f"{declared_names}: list them as the graph has them"
                 )
             for tensor, spec_tensor in zip(actual, declared, strict=True):
                 fixed_actual = [d if isinstance(d, int) else None for d in tensor.shape]
                 fixed_declared = [d if isinstance(d, int) else None for d in spec_tensor.shape]
-                if fixed_actual != fixed_declared or tensor.type != "tensor(float)":
-                    raise ModelLoadError(
-                        f"model {self.name!r}: {path}: {kind} {tensor.name!r} is {tensor.type} "
-                        f"{tensor.shape}, the manifest says float32 {spec_tensor.shape}"
+                if fixed_actual != fixed_declared:
+                    return graph, (
+                        f"{kind} {tensor.name!r} is {list(tensor.shape)}, the manifest says "
+                        f"{spec_tensor.shape}: write the graph's shape in the manifest"
                     )
+        return None
+
+    def _load_error(self, problems: list[tuple[str, str]]) -> ModelLoadError:
+        """The model's problems, each after the file it is in."""
+        where = {"encoder": self.manifest.encoder.file, "decoder": self.manifest.decoder.file}
+        text = "; ".join(f"{self.folder / where[graph]}: {problem}" for graph, problem in problems)
+        return ModelLoadError(f"model {self.name!r} cannot be served: {text}")
 
     def _warm_up(self) -> None:
-        # The first run of a session allocates its arena and picks kernels: pay that before ready.
-        for batch in (1, 8):
-            mu, _ = self.encode(np.zeros((batch, *self.image_shape), dtype=np.float32))
-            self.decode(mu)
+        """Run both graphs as requests will, on black and grey images, before the model is
+        ready (the first run of a session also allocates its arena and picks kernels): a graph
+        that fails, answers in another shape, or gives NaN or infinity is refused here, not on
+        its first request."""
+        h, w, c = self.image_hwc
+        for batch, grey in ((1, 0.0), (2, 0.5), (8, 0.0)):
+            images = np.full((batch, h, w, c), grey, dtype=np.float32)
+            what = f"a batch of {batch} {'grey' if grey else 'black'} images"
+            mu, logvar = self._checked_encode(images, what)
+            self._checked_decode(mu, what)
+
+    def _run_checked(
+        self, graph: str, outputs: list[str], feed: Array, what: str
+    ) -> list[Array]:
+        session = self._encoder if graph == "encoder" else self._decoder
+        assert session is not None
+        spec: GraphSpec = getattr(self.manifest, graph)
+        try:
+            return list(session.run(outputs, {spec.inputs[0].name: feed}))
+        except Exception as exc:  # onnxruntime's own exception types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise self._load_error(
+                [
+                    (
+                        graph,
+                        f"fails when run on {what} (input {list(feed.shape)}): {first_line}; "
+                        "the graph must run on any batch size: export it with a dynamic batch "
+                        "axis and check it with onnxruntime",
+                    )
+                ]
+            ) from exc
+
+    def _check_values(self, graph: str, name: str, value: Array, want: list[int], what: str) -> None:
+        if list(value.shape) != want:
+            raise self._load_error(
+                [
+                    (
+                        graph,
+                        f"{name!r} is {list(value.shape)} when run on {what}; the manifest says "
+                        f"{want}: set the manifest's shapes and layout to what the graph gives",
+                    )
+                ]
+            )
+        if not np.isfinite(value).all():
+            raise self._load_error(
+                [(graph, f"{name!r} holds NaN or infinity when run on {what}")]
+            )
+
+    def _checked_encode(self, images: Array, what: str) -> tuple[Array, Array | None]:
+        n = len(images)
+        names = self._encoder_outputs()
+        raw = self._run_checked("encoder", names, self.adapter.encoder_input(images), what)
+        for name, value in zip(names, raw, strict=True):
+            self._check_values("encoder", name, value, [n, self.latent_dim], what)
+        logvar = self.adapter.logvar(raw[1]) if len(raw) > 1 else None
+        if logvar is not None and not np.isfinite(logvar).all():
+            raise self._load_error(
+                [
+                    (
+                        "encoder",
+                        f"{names[1]!r} gives a log-variance of NaN or infinity when run on "
+                        f"{what} (latent.variance is {self.manifest.latent.variance!r}: is that "
+                        "what the output holds?)",
+                    )
+                ]
+            )
+        return raw[0], logvar
+
+    def _checked_decode(self, z: Array, what: str) -> None:
+        out = self.manifest.output
+        name = self.manifest.image_output
+        [decoded] = self._run_checked("decoder", [name], z, what)
+        want = [len(z), *graph_shape(out.layout, out.flat_order, self.manifest.input.shape)]
+        self._check_values("decoder", name, decoded, want, what)
+
+    def _encoder_outputs(self) -> list[str]:
+        """The encoder outputs the service reads: the code (mean), then a VAE's variance."""
+        latent = self.manifest.latent
+        return [latent.code_output, *([latent.logvar_output] if latent.logvar_output else [])]
 
     def _encode_rows(self, images: Array) -> tuple[Array, ...]:
-        """(N, C, H, W) -> (code,) for an AE, (mu, logvar) for a VAE."""
+        """(N, H, W, C) in [0, 1] -> (code,) for an AE, (mu, logvar) for a VAE; converted from
+        and to the graph's tensors here, in the batcher's call (a worker thread when large)."""
         assert self._encoder is not None
-        wanted = [self.manifest.latent.code_output]
-        if self.manifest.latent.logvar_output:
-            wanted.append(self.manifest.latent.logvar_output)
-        return tuple(self._encoder.run(wanted, {self.manifest.encoder.inputs[0].name: images}))
+        feed = {self.manifest.encoder.inputs[0].name: self.adapter.encoder_input(images)}
+        outputs = self._encoder.run(self._encoder_outputs(), feed)
+        if len(outputs) > 1:
+            return outputs[0], self.adapter.logvar(outputs[1])
+        return (outputs[0],)
 
     def _decode_rows(self, z: Array) -> tuple[Array, ...]:
+        """(N, latent) -> ((N, H, W, C) in [0, 1],): only the decoder's image output is run."""
         assert self._decoder is not None
-        return tuple(self._decoder.run(None, {self.manifest.decoder.inputs[0].name: z}))
+        feed = {self.manifest.decoder.inputs[0].name: z}
+        [decoded] = self._decoder.run([self.manifest.image_output], feed)
+        # Contiguous: the answer's renderers (orjson, np.save) want it so.
+        return (np.ascontiguousarray(self.adapter.images(decoded)),)
 
     def encode(self, images: Array) -> tuple[Array, Array | None]:
-        """(N, C, H, W) in [0, 1] -> (mu, logvar); an AE's code comes back as mu, logvar None.
+        """(N, H, W, C) in [0, 1] -> (mu, logvar); an AE's code comes back as mu, logvar None.
         Runs here and now; the service's requests go through `encode_batched`."""
         outputs = self._encode_rows(images)
         return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     def decode(self, z: Array) -> Array:
-        """(N, latent) -> (N, C, H, W) pixel means in [0, 1]."""
+        """(N, latent) -> (N, H, W, C) pixel means in [0, 1]."""
         return self._decode_rows(z)[0]
 
     async def encode_batched(self, images: Array) -> tuple[Array, Array | None]:
@@ -284,7 +416,7 @@ class ModelRuntime:
             "version": self.manifest.version,
             "kind": self.manifest.kind,
             "latent_dim": self.latent_dim,
-            "image_shape": list(self.image_shape),
+            "image_shape": list(self.public_image_shape),
             "default": default,
             "ready": self.ready,
             "providers": self.providers,
