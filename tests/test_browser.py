@@ -571,3 +571,306 @@ def test_docs_render_offline(watched: Watched, server: reliability.Server) -> No
     assert page.locator("[data-section-id^='operation/']").count() == operations
     watched.shot("docs-redoc", full_page=False)
     watched.check_clean()
+
+
+# --- models of other sizes and colours ------------------------------------------------------------
+#
+# Built as other frameworks write them (tests/foreign_models.py), with hand-written manifests:
+# a 3 x 32 x 32 colour VAE, a 1 x 64 x 64 grayscale one, the same on a light background; and the
+# bundled mnist-vae beside them, to switch between sizes.
+
+
+def write_foreign_model(folder: Path, style_name: str, background: str = "dark") -> None:
+    """An ONNX pair of `style_name` in `folder` with the manifest a person importing it would
+    write (NCHW in and out)."""
+    from service.manifest import Manifest, sha256sum
+    from tests.foreign_models import LATENT, STYLES, export_style
+
+    style = STYLES[style_name]
+    encoder, decoder = export_style(style, folder)
+    c, h, w = style.chw
+
+    def spec(name: str, shape: list[int | str]) -> dict[str, Any]:
+        return {"name": name, "dtype": "float32", "shape": shape}
+
+    manifest = {
+        "name": folder.name,
+        "kind": style.kind,
+        "latent_dim": LATENT,
+        "description": f"{style_name} from tests/foreign_models.py (untrained)",
+        "input": {
+            "shape": [c, h, w],
+            "dtype": "float32",
+            "pixel_range": [0.0, 1.0],
+            "preprocessing": {"resize": [h, w], "resample": "bilinear", "invert": False},
+            "layout": "NCHW",
+            "background": background,
+        },
+        "encoder": {
+            "file": encoder.name,
+            "sha256": sha256sum(encoder),
+            "inputs": [spec(style.input_name, ["N", c, h, w])],
+            "outputs": [spec(name, ["N", LATENT]) for name in style.encoder_outputs],
+        },
+        "decoder": {
+            "file": decoder.name,
+            "sha256": sha256sum(decoder),
+            "inputs": [spec(style.decoder_input, ["N", LATENT])],
+            "outputs": [spec(style.decoder_output, ["N", c, h, w])],
+            "output_range": [0.0, 1.0],
+        },
+        "output": {"layout": "NCHW"},
+        "latent": {
+            "code_output": style.mean,
+            "logvar_output": style.variance,
+            "variance": style.variance_kind,
+        },
+        "opset": 17,
+        "dataset": {"name": style_name},
+    }
+    Manifest.model_validate(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def foreign_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[reliability.Server]:
+    pytest.importorskip("torch", reason="torch missing: the test models are exported with it")
+    models = tmp_path_factory.mktemp("foreign-models")
+    shutil.copytree(reliability.MODELS / "mnist-vae", models / "mnist-vae")
+    write_foreign_model(models / "color-vae", "color_vae")
+    write_foreign_model(models / "gray64-vae", "gray64_vae")
+    write_foreign_model(models / "gray64-light", "gray64_vae", background="light")
+    with reliability.serve({"VAE_ACCESS_LOG": "false"}, model_dir=models) as server:
+        yield server
+
+
+def size(page: Any, selector: str) -> list[int]:
+    """A canvas's own pixels, [width, height]."""
+    value: list[int] = page.eval_on_selector(selector, "c => [c.width, c.height]")
+    return value
+
+
+def rgb(page: Any, selector: str, x: int, y: int) -> list[int]:
+    """The [red, green, blue] (0-255) of one pixel of a canvas."""
+    value: list[int] = page.eval_on_selector(
+        selector,
+        "(c, [x, y]) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3))",
+        [x, y],
+    )
+    return value
+
+
+def mean_rgb(page: Any, selector: str) -> list[float]:
+    """The mean [red, green, blue] (0-255) of a canvas."""
+    value: list[float] = page.eval_on_selector(
+        selector,
+        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  const s = [0, 0, 0];
+                  for (let i = 0; i < d.length; i += 4)
+                    for (let k = 0; k < 3; k++) s[k] += d[i + k];
+                  return s.map(v => v / (d.length / 4)); }""",
+    )
+    return value
+
+
+def colourful(page: Any, selector: str) -> int:
+    """How many pixels of a canvas are not grey (their channels differ)."""
+    value: int = page.eval_on_selector(
+        selector,
+        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let n = 0;
+                  for (let i = 0; i < d.length; i += 4)
+                    if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) n++;
+                  return n; }""",
+    )
+    return value
+
+
+def ink_box(page: Any, selector: str, light: bool = False) -> dict[str, float]:
+    """The bounding box (`left`, `top`, `right`, `bottom`) and centre (`x`, `y`) of what is
+    drawn on a canvas: pixels over half bright, or under half on a `light` background."""
+    box: dict[str, float] = page.eval_on_selector(
+        selector,
+        """(c, light) => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let left = c.width, top = c.height, right = -1, bottom = -1;
+                  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+                    const v = d[4 * (y * c.width + x)];
+                    if (light ? v >= 128 : v <= 127) continue;
+                    left = Math.min(left, x); right = Math.max(right, x);
+                    top = Math.min(top, y); bottom = Math.max(bottom, y); }
+                  return {left, top, right, bottom,
+                          x: (left + right + 1) / 2, y: (top + bottom + 1) / 2}; }""",
+        light,
+    )
+    return box
+
+
+def centre_of_mass(page: Any, selector: str, light: bool = False) -> tuple[float, float]:
+    """Where the ink of a canvas balances, in its pixels, each pixel counted at its index (as
+    MNIST's preparation counts them: the centre of a 64-pixel side is 31.5)."""
+    x, y = page.eval_on_selector(
+        selector,
+        """(c, light) => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let m = 0, mx = 0, my = 0;
+                  for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) {
+                    const v = d[4 * (y * c.width + x)] / 255, ink = light ? 1 - v : v;
+                    m += ink; mx += ink * x; my += ink * y; }
+                  return [mx / m, my / m]; }""",
+        light,
+    )
+    return x, y
+
+
+def pick(page: Any, model: str) -> None:
+    """Switch the page to `model` and wait until its answers are painted."""
+    answered(page, lambda: page.select_option("#model-select", model))
+
+
+MODEL_CANVASES = ["#input-canvas", "#recon-canvas", "#map-preview", "#interp-a", "#interp-b"]
+
+
+def test_playground_follows_a_64x64_grayscale_model(
+    watched: Watched, foreign_server: reliability.Server
+) -> None:
+    page = open_playground(watched, foreign_server, "gray64-vae")
+    assert "64 \N{MULTIPLICATION SIGN} 64" in page.inner_text("#input-caption")
+    assert not page.is_visible("#brush-colour")  # grayscale: white ink, as in MNIST
+    assert size(page, "#draw-canvas") == [PAD, PAD]
+    for canvas in MODEL_CANVASES:
+        assert size(page, canvas) == [64, 64], canvas
+    draw(page, SEVEN)
+    assert brightness(page, "#input-canvas") > 10
+    assert brightness(page, "#recon-canvas") > 10
+    # MNIST's preparation at 64 x 64: the strokes fitted to 20/28 of the frame (46 pixels) and
+    # placed near its centre.
+    ink = ink_box(page, "#input-canvas")
+    extent = max(ink["right"] - ink["left"] + 1, ink["bottom"] - ink["top"] + 1)
+    assert 43 <= extent <= 47, ink
+    x, y = centre_of_mass(page, "#input-canvas")
+    assert abs(x - 31.5) <= 1 and abs(y - 31.5) <= 1, (x, y)
+    assert page.locator("#samples canvas").count() == 6
+    samples = page.eval_on_selector_all("#samples canvas", "cs => cs.map(c => [c.width, c.height])")
+    assert samples == [[64, 64]] * 6
+    answered(page, lambda: page.select_option("#gen-n", "16"))
+    assert size(page, "#gen-canvas") == [4 * 64, 4 * 64]
+    assert brightness(page, "#gen-canvas") > 10
+    page.click("#interp-set-a")
+    wait_brightness(page, "#interp-a", "b > 10")
+    page.click("#clear-btn")
+    wait_brightness(page, "#input-canvas", "b === 0")
+    draw(page, ZERO)
+    answered(page, lambda: page.click("#interp-set-b"))
+    assert size(page, "#interp-canvas") == [10 * 64, 64]
+    watched.shot("playground-gray64")
+    watched.check_clean()
+
+
+def test_playground_follows_a_colour_model(
+    watched: Watched, foreign_server: reliability.Server, tmp_path: Path
+) -> None:
+    from PIL import Image, ImageDraw
+
+    page = open_playground(watched, foreign_server, "color-vae")
+    assert "32 \N{MULTIPLICATION SIGN} 32, colour" in page.inner_text("#input-caption")
+    assert size(page, "#draw-canvas") == [PAD, PAD]
+    for canvas in MODEL_CANVASES:
+        assert size(page, canvas) == [32, 32], canvas
+    # A colour model's pad paints in the brush's colour, and the model sees it in colour.
+    assert page.is_visible("#brush-colour")
+    page.fill("#brush-colour", "#ff0000")
+    draw(page, SEVEN)
+    red, green, blue = mean_rgb(page, "#input-canvas")
+    assert red > 10 and green < 1 and blue < 1, (red, green, blue)
+    assert colourful(page, "#recon-canvas") > 0  # an RGB answer, painted as such
+    assert page.locator("#samples canvas").count() == 6
+    assert colourful(page, "#samples canvas >> nth=0") > 0
+    answered(page, lambda: page.select_option("#gen-n", "16"))
+    assert size(page, "#gen-canvas") == [4 * 32, 4 * 32]
+    assert colourful(page, "#gen-canvas") > 0
+
+    # Dropped pictures keep their colour, stretched over the pad as the service resizes them,
+    # and are never inverted (invert=auto is the grayscale ink-on-paper rule), though a green
+    # border is light (luminance 150 of 255).
+    picture = Image.new("RGB", (300, 200), (0, 255, 0))
+    ImageDraw.Draw(picture).rectangle([(100, 50), (199, 149)], fill=(0, 0, 255))
+    picture.save(tmp_path / "green.png")
+    answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "green.png")))
+    assert rgb(page, "#draw-canvas", 3, 3) == [0, 255, 0]
+    assert rgb(page, "#draw-canvas", 140, 140) == [0, 0, 255]
+    assert rgb(page, "#input-canvas", 0, 0) == [0, 255, 0]
+    assert rgb(page, "#input-canvas", 16, 16) == [0, 0, 255]
+    assert not page.is_visible("#drop-note")
+    assert colourful(page, "#recon-canvas") > 0
+    watched.shot("playground-color")
+    watched.check_clean()
+
+
+def test_playground_draws_dark_on_light_for_a_light_background_model(
+    watched: Watched, foreign_server: reliability.Server, tmp_path: Path
+) -> None:
+    from PIL import Image, ImageDraw
+
+    page = open_playground(watched, foreign_server, "gray64-light")
+    assert pixel(page, "#draw-canvas", 5, 5) == 255  # white paper
+    draw(page, SEVEN)
+    assert pixel(page, "#draw-canvas", 5, 5) == 255
+    assert pixel(page, "#input-canvas", 0, 0) == 255
+    ink = ink_box(page, "#input-canvas", light=True)  # dark strokes, centred
+    extent = max(ink["right"] - ink["left"] + 1, ink["bottom"] - ink["top"] + 1)
+    assert 43 <= extent <= 47, ink
+    # Dark ink on white paper is what this model takes: not inverted; a bright garment on a
+    # dark frame is, and its letterbox is the model's white.
+    image = Image.new("RGB", (300, 200), "white")
+    ImageDraw.Draw(image).line([(40, 40), (40, 160)], fill="black", width=14)
+    image.save(tmp_path / "one.png")
+    answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "one.png")))
+    assert pixel(page, "#draw-canvas", 140, 10) == 255
+    assert pixel(page, "#draw-canvas", 250, 140) == 255
+    assert pixel(page, "#draw-canvas", 37, 140) < 50
+    garment = Image.new("RGB", (200, 280), "black")
+    ImageDraw.Draw(garment).rectangle([(50, 0), (149, 279)], fill=(230, 230, 230))
+    garment.save(tmp_path / "trousers.png")
+    answered(page, lambda: page.set_input_files("#upload-input", str(tmp_path / "trousers.png")))
+    assert pixel(page, "#draw-canvas", 140, 140) == 25
+    assert pixel(page, "#draw-canvas", 5, 140) == 255  # the letterbox
+    watched.check_clean()
+
+
+def test_playground_switches_between_model_sizes_without_a_reload(
+    watched: Watched, foreign_server: reliability.Server
+) -> None:
+    page = open_playground(watched, foreign_server, "mnist-vae")
+    page.evaluate("window.sameDocument = true")
+    draw(page, SEVEN)
+    page.click("#interp-set-a")
+    wait_brightness(page, "#interp-a", "b > 10")
+    page.click("#clear-btn")
+    wait_brightness(page, "#input-canvas", "b === 0")
+    draw(page, ONE)
+    answered(page, lambda: page.click("#interp-set-b"))
+    assert size(page, "#interp-canvas") == [10 * 28, 28]
+    for model, side, colour in [
+        ("gray64-vae", 64, False),
+        ("color-vae", 32, True),
+        ("gray64-light", 64, False),
+        ("mnist-vae", 28, False),
+    ]:
+        pick(page, model)
+        for canvas in MODEL_CANVASES:
+            assert size(page, canvas) == [side, side], (model, canvas)
+        # The drawing and both ends of the interpolation came along, at the new size.
+        light = model == "gray64-light"
+        ink = ink_box(page, "#input-canvas", light=light)
+        assert ink["right"] >= 0, model
+        for end in ("#interp-a", "#interp-b"):
+            assert ink_box(page, end, light=light)["right"] >= 0, (model, end)
+        assert size(page, "#interp-canvas") == [10 * side, side], model
+        assert (
+            page.eval_on_selector_all("#samples canvas", "cs => cs.map(c => [c.width, c.height])")
+            == [[side, side]] * 6
+        ), model
+        assert size(page, "#gen-canvas") == [6 * side, 6 * side], model
+        assert (colourful(page, "#gen-canvas") > 0) == colour, model
+        assert page.is_visible("#brush-colour") == colour, model
+    assert page.evaluate("window.sameDocument") is True
+    watched.check_clean()

@@ -325,19 +325,19 @@ def test_a_grey_upload_to_a_colour_model_is_three_equal_channels(
     close(answer.json()["mu"], Reference(foreign / "color-vae", "color_vae").encode(grey)[0])
 
 
-def test_auto_invert_judges_a_colour_picture_on_its_luminance(served: TestClient) -> None:
-    # Pure green paper is light (luminance 0.587), pure blue is dark (0.114): only the green
-    # one is inverted under invert=auto.
-    for colour, inverted in (((0, 255, 0), True), ((0, 0, 255), False)):
-        picture = np.zeros((32, 32, 3), np.uint8)
-        picture[:] = colour
-        buffer = io.BytesIO()
-        Image.fromarray(picture).save(buffer, format="PNG")
-        auto = served.post("/encode", files={"images": ("p.png", buffer.getvalue())}).json()
-        flip = served.post(
-            "/encode", data={"invert": "true"}, files={"images": ("p.png", buffer.getvalue())}
-        ).json()
-        assert (auto["mu"] == flip["mu"]) is inverted
+def test_auto_invert_leaves_colour_pictures_as_sent(served: TestClient) -> None:
+    # invert=auto is the grayscale ink-on-paper rule: a colour photo on light paper (green,
+    # luminance 0.587) is not turned into its negative; invert=true still inverts.
+    picture = np.zeros((32, 32, 3), np.uint8)
+    picture[:] = (0, 255, 0)
+    picture[8:24, 8:24] = (0, 0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    upload = {"images": ("p.png", buffer.getvalue())}
+    auto = served.post("/encode", files=upload).json()
+    kept = served.post("/encode", data={"invert": "false"}, files=upload).json()
+    flipped = served.post("/encode", data={"invert": "true"}, files=upload).json()
+    assert auto["mu"] == kept["mu"] and auto["mu"] != flipped["mu"]
 
 
 @pytest.mark.parametrize("style", list(STYLES))

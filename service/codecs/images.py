@@ -184,14 +184,18 @@ def invert_where_needed(
     light: NDArray[np.bool_] | None = None,
 ) -> Array:
     """Images (N, H, W, C) in [0, 1] (or grayscale (N, ..., H, W)), each inverted (1 - pixel)
-    when `invert` is true, none when it is false, and with "auto" those whose background
-    (`light`, by default `light_background` of `images`) differs from the model's
-    `background`. A new array wherever anything is inverted: `images` may be a read-only view
-    of a request body."""
+    when `invert` is true, none when it is false, and with "auto" those grayscale images whose
+    background (`light`, by default `light_background` of `images`) differs from the model's
+    `background` (colour images are left as they are). A new array wherever anything is
+    inverted: `images` may be a read-only view of a request body."""
     if invert is False:
         return images
     if invert is True:
         return 1.0 - images
+    if images.ndim == 4 and images.shape[-1] == 3:
+        # "auto" is the ink-on-paper convention of grayscale strokes; a colour picture's
+        # negative is never what a colour model was trained on, whatever its border.
+        return images
     if light is None:
         light = light_background(images, channels_last=images.ndim == 4)
     mismatched = light != (background == "light")
@@ -214,9 +218,10 @@ def image_from_file(
     """An uploaded PNG/JPEG -> (H, W, C), with the training pipeline's steps from the manifest:
     grayscale (a 1-channel model) or RGB (a 3-channel one: RGBA, palette and gray pictures are
     converted), resize (bilinear by default), pixel / 255; then inverted as `invert` says
-    ("auto": where its background, judged on its luminance, differs from the model's
-    `background`). "auto" judges the picture as sent, at its own resolution
-    (`light_background`): resizing blends the border with what lies inside it. What decoding
+    ("auto": a grayscale model's upload where its background, judged on its luminance, differs
+    from the model's `background`; a colour model's never). "auto" judges the picture as sent,
+    at its own resolution (`light_background`): resizing blends the border with what lies
+    inside it. What decoding
     would cost is checked first (`check_upload`): 413 past `max_pixel_scans`."""
     from PIL import Image
 
@@ -242,7 +247,7 @@ def image_from_file(
     except (OSError, ValueError) as exc:
         raise InvalidInput(field, f"is not a readable PNG or JPEG image ({exc})") from exc
     light = None
-    if invert == "auto":
+    if invert == "auto" and c == 1:
         sent = np.asarray(picture).reshape(picture.height, picture.width, c)
         light = light_background(sent[None], white=255, channels_last=True)
     if picture.size != (w, h):

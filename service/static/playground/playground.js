@@ -1,7 +1,6 @@
 // The playground: plain JavaScript on the service's public REST API, nothing from the internet.
 "use strict";
 
-const SIDE = 28; // the models' input is 1 x 28 x 28 (from the manifest: see modelSide())
 const SAMPLES = 6; // sampled reconstructions shown per drawing
 // Tableau 10: the colours matplotlib uses for the report's latent scatter.
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -12,13 +11,14 @@ const $ = (id) => document.getElementById(id);
 const state = {
   models: [],
   model: null,        // the picked ModelInfo from GET /models
-  input: null,        // Float32Array(784): the drawing as the model sees it, or null when empty
+  shape: {h: 28, w: 28, c: 1, light: false}, // its images: see imageShape()
+  input: null,        // Float32Array(h * w * c), HWC: the drawing as the model sees it, or null
   code: null,         // {mu, sigma} of the drawing
   map: null,          // the latent map of a 2-D model: {mu, labels, label_names}
   view: null,         // latent-map axes: {cx, cy, scale}: centre and pixels per latent unit
   scatter: null,      // the test points, drawn once per model onto an offscreen canvas
   pointer: null,      // [x, y] in latent space under the pointer / keyboard cursor
-  slots: {a: null, b: null},
+  slots: {a: null, b: null}, // interpolation ends: copies of the pad (see setSlot)
 };
 
 // What the page is doing, for whoever watches it (the browser tests wait on it, never on time):
@@ -131,45 +131,110 @@ function latest(task) {
 
 // --- pixels --------------------------------------------------------------------------------------
 
-// Paints one image (nested rows or flat, values in [0, 1]) into a canvas at (dx, dy).
+// The shape of a model's images, {h, w, c} (c 1: grayscale, 3: RGB), and whether their
+// background is light. From the manifest's input.shape, (C, H, W) whatever the graph's layout;
+// else from image_shape: [H, W] or [H, W, 3] (older services: [C, H, W]).
+function imageShape(info) {
+  const input = (info.manifest && info.manifest.input) || {};
+  const light = input.background === "light";
+  if (Array.isArray(input.shape) && input.shape.length === 3) {
+    const [c, h, w] = input.shape;
+    return {h, w, c, light};
+  }
+  const s = info.image_shape || [28, 28];
+  if (s.length === 2) return {h: s[0], w: s[1], c: 1, light};
+  if (s[2] === 3 || (s[0] !== 1 && s[0] !== 3)) return {h: s[0], w: s[1], c: s[2], light};
+  return {h: s[1], w: s[2], c: s[0], light};
+}
+
+// The shape of one image of an answer: nested H x W (grayscale) or H x W x C (colour) lists.
+// Flat images (the page's own inputs) are of the model's shape.
+function shapeOf(image, fallback) {
+  if (!Array.isArray(image) || !Array.isArray(image[0])) return fallback;
+  const pixel = image[0][0];
+  return {h: image.length, w: image[0].length, c: Array.isArray(pixel) ? pixel.length : 1};
+}
+
+// Paints one image (nested rows or flat in HWC order, values in [0, 1]; grey or RGB) into a
+// canvas at (dx, dy).
 function paint(canvas, image, dx = 0, dy = 0) {
-  const flat = Array.isArray(image[0]) ? image.flat() : image;
+  const {h, w, c} = shapeOf(image, state.shape);
+  const flat = Array.isArray(image[0]) ? image.flat(2) : image;
   const ctx = canvas.getContext("2d");
-  const pixels = ctx.createImageData(SIDE, SIDE);
-  for (let i = 0; i < SIDE * SIDE; i++) {
-    const v = Math.round(Math.min(1, Math.max(0, flat[i])) * 255);
-    pixels.data[4 * i] = pixels.data[4 * i + 1] = pixels.data[4 * i + 2] = v;
+  const pixels = ctx.createImageData(w, h);
+  const byte = (v) => Math.round(Math.min(1, Math.max(0, v)) * 255);
+  for (let i = 0; i < h * w; i++) {
+    for (let k = 0; k < 3; k++) pixels.data[4 * i + k] = byte(flat[c * i + (c === 3 ? k : 0)]);
     pixels.data[4 * i + 3] = 255;
   }
   ctx.putImageData(pixels, dx, dy);
 }
 
 function paintGrid(canvas, images, columns) {
+  const {h, w} = shapeOf(images[0], state.shape);
   const rows = Math.ceil(images.length / columns);
-  canvas.width = columns * SIDE;
-  canvas.height = rows * SIDE;
-  const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  images.forEach((image, i) => paint(canvas, image, (i % columns) * SIDE, Math.floor(i / columns) * SIDE));
+  canvas.width = columns * w;
+  canvas.height = rows * h;
+  clearCanvas(canvas);
+  images.forEach((image, i) => paint(canvas, image, (i % columns) * w, Math.floor(i / columns) * h));
 }
 
-function clearCanvas(canvas) {
+// The colour of the model's background: where nothing is drawn.
+function background() {
+  return state.shape.light ? "#fff" : "#000";
+}
+
+function clearCanvas(canvas, colour = background()) {
   const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "#000";
+  ctx.fillStyle = colour;
   ctx.fillRect(0, 0, canvas.width, canvas.height);
 }
 
-// MNIST's own preparation (LeCun et al.): the digit's bounding box scaled to fit 20 x 20, then
-// placed in 28 x 28 with its centre of mass at the centre. Without it a drawing that is small or
-// off-centre looks like nothing the model was trained on.
+// What the model sees of the pad (or any canvas in its form: see fitPicture), as a
+// Float32Array of h * w * c values in HWC order, or null when nothing is drawn.
 function toModelInput(source) {
+  return state.shape.c === 3 ? wholePicture(source) : centredStrokes(source);
+}
+
+// A colour model sees the whole pad, resized to its h x w, as the service resizes uploads:
+// colour models are trained on whole pictures (photos), not on strokes placed in a frame.
+function wholePicture(source) {
+  const {h, w} = state.shape;
+  const small = document.createElement("canvas");
+  small.width = w;
+  small.height = h;
+  const ctx = small.getContext("2d", {willReadFrequently: true});
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(source, 0, 0, w, h);
+  const data = ctx.getImageData(0, 0, w, h).data;
+  const paper = state.shape.light ? 255 : 0;
+  const input = new Float32Array(h * w * 3);
+  let drawn = false;
+  for (let i = 0; i < h * w; i++) {
+    for (let k = 0; k < 3; k++) {
+      const v = data[4 * i + k];
+      if (Math.abs(v - paper) > 24) drawn = true;
+      input[3 * i + k] = v / 255;
+    }
+  }
+  return drawn ? input : null;
+}
+
+// A grayscale model gets MNIST's own preparation (LeCun et al.), at its size: the strokes'
+// bounding box scaled to fit 20/28 of the frame, then placed with its centre of mass at the
+// centre. Without it a drawing that is small or off-centre looks like nothing the model was
+// trained on. Strokes are what differs from the background: bright on dark, or dark on a light
+// background's model.
+function centredStrokes(source) {
+  const {h: side_h, w: side_w, light} = state.shape;
+  const ink = (v) => (light ? 255 - v : v);
   const w = source.width, h = source.height;
   const data = source.getContext("2d").getImageData(0, 0, w, h).data;
   let x0 = w, y0 = h, x1 = -1, y1 = -1;
   for (let y = 0; y < h; y++) {
     for (let x = 0; x < w; x++) {
-      if (data[4 * (y * w + x)] > 24) {
+      if (ink(data[4 * (y * w + x)]) > 24) {
         if (x < x0) x0 = x;
         if (x > x1) x1 = x;
         if (y < y0) y0 = y;
@@ -179,7 +244,7 @@ function toModelInput(source) {
   }
   if (x1 < 0) return null; // nothing drawn
   const bw = x1 - x0 + 1, bh = y1 - y0 + 1;
-  const scale = 20 / Math.max(bw, bh);
+  const scale = Math.min((side_w * 20) / 28 / bw, (side_h * 20) / 28 / bh);
   const sw = Math.max(1, Math.round(bw * scale)), sh = Math.max(1, Math.round(bh * scale));
   const small = document.createElement("canvas");
   small.width = sw;
@@ -192,27 +257,28 @@ function toModelInput(source) {
   let mass = 0, cx = 0, cy = 0;
   for (let y = 0; y < sh; y++) {
     for (let x = 0; x < sw; x++) {
-      const v = sdata[4 * (y * sw + x)] / 255;
+      const v = ink(sdata[4 * (y * sw + x)]) / 255;
       mass += v; cx += v * x; cy += v * y;
     }
   }
   cx = mass ? cx / mass : sw / 2;
   cy = mass ? cy / mass : sh / 2;
-  const ox = Math.min(SIDE - sw, Math.max(0, Math.round(SIDE / 2 - 0.5 - cx)));
-  const oy = Math.min(SIDE - sh, Math.max(0, Math.round(SIDE / 2 - 0.5 - cy)));
-  const input = new Float32Array(SIDE * SIDE);
+  const ox = Math.min(side_w - sw, Math.max(0, Math.round(side_w / 2 - 0.5 - cx)));
+  const oy = Math.min(side_h - sh, Math.max(0, Math.round(side_h / 2 - 0.5 - cy)));
+  const input = new Float32Array(side_h * side_w).fill(light ? 1 : 0);
   for (let y = 0; y < sh; y++) {
     for (let x = 0; x < sw; x++) {
-      input[(y + oy) * SIDE + x + ox] = sdata[4 * (y * sw + x)] / 255;
+      input[(y + oy) * side_w + x + ox] = sdata[4 * (y * sw + x)] / 255;
     }
   }
   return input;
 }
 
 // Whether a picture is dark ink on light paper: the mean grey of its border, the outermost ring
-// of its own pixels, above half of white. The server's "auto" invert rule (service/imaging.py,
-// light_background), judged on the file's pixels, not on the letterboxed canvas. The border,
-// not the whole picture: a bright garment filling a dark frame is bright-on-dark already.
+// of its own pixels, above half of white, judged on luminance (ITU-R 601, as Pillow's "L") for a
+// colour picture. The server's "auto" invert rule (service/codecs/images.py, light_background),
+// judged on the file's pixels, not on the letterboxed canvas. The border, not the whole
+// picture: a bright garment filling a dark frame is bright-on-dark already.
 const BORDER_MAX = 4096; // a strip longer than this is scaled down: the mean barely moves
 function lightBorder(bitmap) {
   const w = bitmap.width, h = bitmap.height;
@@ -221,7 +287,7 @@ function lightBorder(bitmap) {
     c.width = width;
     c.height = height;
     const ctx = c.getContext("2d", {willReadFrequently: true});
-    ctx.fillStyle = "#000"; // transparency shows as black, as on the drawing pad
+    ctx.fillStyle = background(); // transparency shows as the background, as on the pad
     ctx.fillRect(0, 0, width, height);
     ctx.imageSmoothingEnabled = true;
     return ctx;
@@ -249,9 +315,10 @@ function lightBorder(bitmap) {
   return 2 * sum > 255 * count;
 }
 
-// Draws an image file onto a canvas, fitted and centred, grey; dark ink on light paper (a photo
-// or a scan, see lightBorder) is inverted to MNIST's bright-on-dark. False, with the reason
-// shown, when the file is not an image the browser can read.
+// Draws an image file onto a canvas in the pad's form (see fitPicture), inverted where its
+// border (see lightBorder) is not the model's background: a photo or a scan of dark ink on
+// light paper becomes MNIST's bright-on-dark, as the service's invert=auto does. False, with
+// the reason shown, when the file is not an image the browser can read.
 async function drawFile(file, canvas) {
   let bitmap;
   try {
@@ -260,25 +327,51 @@ async function drawFile(file, canvas) {
     setStatus(`Cannot read ${file.name} as an image: ${error.message || error}`, true);
     return false;
   }
-  const invert = lightBorder(bitmap);
+  const light = lightBorder(bitmap);
+  // As the service's invert=auto: grayscale models only; a colour photo is never negated.
+  const invert = state.shape.c !== 3 && light !== state.shape.light;
+  fitPicture(bitmap, canvas, invert);
+  bitmap.close();
+  // Said, not only done: a photo turned negative is a surprise unless the page says why.
+  $("drop-note").textContent = invert
+    ? `${file.name} was inverted, as the service's invert=auto does: its border is ` +
+      `${light ? "light" : "dark"} and this model's background is ${light ? "dark" : "light"}.`
+    : "";
+  return true;
+}
+
+// Draws a picture onto a canvas (the pad, or one of its size) in the form the model takes:
+// for a grayscale model fitted and centred, grey, on the model's background; for a colour model
+// stretched to the whole canvas, in colour, as the service resizes an upload to the model's
+// size. Inverted (255 - value) when `invert`.
+function fitPicture(source, canvas, invert) {
   const ctx = canvas.getContext("2d", {willReadFrequently: true});
   clearCanvas(canvas);
-  // In whole pixels, so that only the picture is made grey (and inverted): the letterbox stays
-  // black, the background the models know.
-  const scale = Math.min(canvas.width / bitmap.width, canvas.height / bitmap.height);
-  const w = Math.max(1, Math.round(bitmap.width * scale));
-  const h = Math.max(1, Math.round(bitmap.height * scale));
-  const x = Math.floor((canvas.width - w) / 2), y = Math.floor((canvas.height - h) / 2);
-  ctx.drawImage(bitmap, x, y, w, h);
-  bitmap.close();
+  const colour = state.shape.c === 3;
+  let x = 0, y = 0, w = canvas.width, h = canvas.height;
+  if (!colour) {
+    // In whole pixels, so that only the picture is made grey (and inverted): the letterbox
+    // stays the model's background.
+    const scale = Math.min(canvas.width / source.width, canvas.height / source.height);
+    w = Math.max(1, Math.round(source.width * scale));
+    h = Math.max(1, Math.round(source.height * scale));
+    x = Math.floor((canvas.width - w) / 2);
+    y = Math.floor((canvas.height - h) / 2);
+  }
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(source, x, y, w, h);
   const image = ctx.getImageData(x, y, w, h);
   const d = image.data;
   for (let i = 0; i < d.length; i += 4) {
-    const grey = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
-    d[i] = d[i + 1] = d[i + 2] = invert ? 255 - grey : grey;
+    if (colour) {
+      if (invert) for (let k = 0; k < 3; k++) d[i + k] = 255 - d[i + k];
+    } else {
+      const grey = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+      d[i] = d[i + 1] = d[i + 2] = invert ? 255 - grey : grey;
+    }
   }
   ctx.putImageData(image, x, y);
-  return true;
 }
 
 // --- models --------------------------------------------------------------------------------------
@@ -326,6 +419,7 @@ async function pickModel(name) {
   state.model = state.models.find((m) => m.name === name);
   const vae = state.model.kind === "vae";
   $("model-info").textContent = describeModel(state.model);
+  applyShape(imageShape(state.model));
   $("sampled-block").hidden = !vae;
   $("ae-note").hidden = vae;
   $("generate-note").hidden = vae;
@@ -340,9 +434,71 @@ async function pickModel(name) {
   await Promise.all(work);
 }
 
+// Sizes every picture of the page to the model's images, and carries the drawing and the
+// interpolation's ends over to them: switching models keeps what was drawn, without a reload.
+function applyShape(shape) {
+  const before = state.shape;
+  const pad = $("draw-canvas");
+  const drawing = copyOf(pad);
+  state.shape = shape;
+  const [width, height] = padSize(shape);
+  if (pad.width !== width || pad.height !== height) {
+    pad.width = width;
+    pad.height = height;
+  }
+  // The pad in the new model's form: grey or colour, on its background, at its aspect ratio.
+  fitPicture(drawing, pad, before.light !== shape.light);
+  const {h, w, c} = shape;
+  for (const id of ["input-canvas", "recon-canvas", "map-preview", "interp-a", "interp-b"]) {
+    const canvas = $(id);
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+    clearCanvas(canvas);
+  }
+  $("samples").replaceChildren();
+  const colour = c === 3;
+  const size = `${h} × ${w}${colour ? ", colour" : ""}`;
+  $("input-caption").textContent = `What the model sees (${size})`;
+  $("brush-box").hidden = !colour;
+  $("pad-hint").textContent = colour
+    ? `This model takes colour pictures (${size}): drop or upload a photo (resized to ` +
+      `${h} × ${w}, as the service does), or paint with the brush colour.`
+    : shape.light
+      ? "Dark strokes on light paper, as this model was trained. Dropped pictures with a dark " +
+        "border are inverted."
+      : "Bright strokes on dark, as in MNIST. Dropped photos of dark ink on light paper are " +
+        "inverted.";
+  showSlots();
+}
+
 // --- draw or drop --------------------------------------------------------------------------------
 
-const BRUSH = 22; // pixels of the 280-pixel pad: about MNIST's stroke once scaled to 20 x 20
+// The pad's longer side, in its own pixels; the other follows the model's aspect ratio.
+const PAD = 280;
+const BRUSH = 22; // pixels of the pad: about MNIST's stroke once scaled to 20/28 of the frame
+
+function padSize({h, w}) {
+  const scale = PAD / Math.max(h, w);
+  return [Math.max(1, Math.round(w * scale)), Math.max(1, Math.round(h * scale))];
+}
+
+// A copy of a canvas's pixels, as a canvas.
+function copyOf(canvas) {
+  const copy = document.createElement("canvas");
+  copy.width = canvas.width;
+  copy.height = canvas.height;
+  copy.getContext("2d").drawImage(canvas, 0, 0);
+  return copy;
+}
+
+// The brush: white on a dark background, black on a light one; a colour model's brush paints
+// in the colour picked.
+function inkColour() {
+  if (state.shape.c === 3) return $("brush-colour").value;
+  return state.shape.light ? "#000" : "#fff";
+}
 
 function setupDrawing() {
   const canvas = $("draw-canvas");
@@ -350,7 +506,7 @@ function setupDrawing() {
   clearCanvas(canvas);
   // Set before each mark: clearing the pad and dropping a file change the context's styles.
   const ink = () => {
-    ctx.fillStyle = ctx.strokeStyle = "#fff";
+    ctx.fillStyle = ctx.strokeStyle = inkColour();
     ctx.lineWidth = BRUSH;
     ctx.lineCap = ctx.lineJoin = "round";
     ctx.beginPath();
@@ -433,6 +589,7 @@ async function drawAndRefresh(file) {
 
 function clearDrawing() {
   clearCanvas($("draw-canvas"));
+  $("drop-note").textContent = "";
   refreshDrawing();
 }
 
@@ -443,8 +600,8 @@ function seedValue(id) {
 
 const refreshDrawing = latest(async () => {
   state.input = toModelInput($("draw-canvas"));
-  const input = state.input || new Float32Array(SIDE * SIDE);
-  paint($("input-canvas"), input);
+  if (state.input) paint($("input-canvas"), state.input);
+  else clearCanvas($("input-canvas"));
   if (!state.model) return;
   if (!state.input) {
     clearCanvas($("recon-canvas"));
@@ -454,7 +611,7 @@ const refreshDrawing = latest(async () => {
     drawMap();
     return;
   }
-  const images = [Array.from(input)];
+  const images = [Array.from(state.input)];
   const model = state.model.name;
   const vae = state.model.kind === "vae";
   await timed("reconstruct", async () => {
@@ -464,6 +621,7 @@ const refreshDrawing = latest(async () => {
     ];
     if (vae) calls.push(api("/reconstruct", {model, images, mode: "sampled", seed: seedValue("seed-input"), samples: SAMPLES}));
     const [code, recon, sampled] = await Promise.all(calls);
+    if (model !== state.model.name) return; // another model was picked: its turn comes next
     paint($("recon-canvas"), recon.images[0]);
     if (sampled) showSamples(sampled.images[0]);
     const mu = code.mu[0];
@@ -478,7 +636,8 @@ const refreshSamples = latest(async () => {
   await timed("resample", async () => {
     const body = {model: state.model.name, images: [Array.from(state.input)], mode: "sampled",
                   seed: seedValue("seed-input"), samples: SAMPLES};
-    showSamples((await api("/reconstruct", body)).images[0]);
+    const sampled = await api("/reconstruct", body);
+    if (body.model === state.model.name) showSamples(sampled.images[0]);
   });
 });
 
@@ -486,14 +645,19 @@ function showSamples(images) {
   const strip = $("samples");
   while (strip.children.length < images.length) {
     const canvas = document.createElement("canvas");
-    canvas.width = canvas.height = SIDE;
     canvas.className = "digit";
     strip.append(canvas);
   }
   while (strip.children.length > images.length) strip.lastChild.remove();
   images.forEach((image, i) => {
-    strip.children[i].setAttribute("aria-label", `sample ${i + 1}`);
-    paint(strip.children[i], image);
+    const canvas = strip.children[i];
+    const {h, w} = shapeOf(image, state.shape);
+    if (canvas.width !== w || canvas.height !== h) {
+      canvas.width = w;
+      canvas.height = h;
+    }
+    canvas.setAttribute("aria-label", `sample ${i + 1}`);
+    paint(canvas, image);
   });
 }
 
@@ -684,7 +848,9 @@ const decodePointer = latest(async () => {
   if (!state.pointer || !state.model) return;
   const z = state.pointer.map((v) => Number(v.toFixed(4)));
   await timed("decode", async () => {
-    const result = await api("/decode", {model: state.model.name, z: [z]});
+    const model = state.model.name;
+    const result = await api("/decode", {model, z: [z]});
+    if (model !== state.model.name) return;
     paint($("map-preview"), result.images[0]);
     $("map-z").textContent = `decode(z = [${z[0].toFixed(2)}, ${z[1].toFixed(2)}])`;
   });
@@ -724,7 +890,7 @@ const generate = latest(async () => {
     const body = {model: state.model.name, n, seed: seedValue("gen-seed"),
                   temperature: parseFloat($("gen-temp").value)};
     const result = await api("/generate", body);
-    paintGrid($("gen-canvas"), result.images, Math.ceil(Math.sqrt(n)));
+    if (body.model === state.model.name) paintGrid($("gen-canvas"), result.images, Math.ceil(Math.sqrt(n)));
   });
 });
 
@@ -740,46 +906,65 @@ function setupGenerate() {
 
 // --- interpolate ---------------------------------------------------------------------------------
 
-function setSlot(which, input) {
-  state.slots[which] = input;
-  const canvas = $(`interp-${which}`);
-  if (input) paint(canvas, input); else clearCanvas(canvas);
-  $("interp-btn").disabled = !(state.slots.a && state.slots.b);
+// An end of the interpolation is kept as a copy of the pad it came from (`picture`, drawn for
+// a model whose background was `light`), so that it follows a switch to a model of another
+// size or colour; `slotInput` turns it into that model's input.
+function setSlot(which, picture) {
+  state.slots[which] = picture ? {picture, light: state.shape.light} : null;
+  showSlots();
   if (state.slots.a && state.slots.b) interpolate();
+}
+
+function slotInput(slot) {
+  const pad = document.createElement("canvas");
+  [pad.width, pad.height] = padSize(state.shape);
+  fitPicture(slot.picture, pad, slot.light !== state.shape.light);
+  return toModelInput(pad);
+}
+
+// The ends as the current model sees them.
+function showSlots() {
+  for (const which of ["a", "b"]) {
+    const slot = state.slots[which];
+    const input = slot && slotInput(slot);
+    if (input) paint($(`interp-${which}`), input); else clearCanvas($(`interp-${which}`));
+  }
+  $("interp-btn").disabled = !(state.slots.a && state.slots.b);
 }
 
 const interpolate = latest(async () => {
   const {a, b} = state.slots;
   if (!a || !b || !state.model) return;
+  const ends = [slotInput(a), slotInput(b)];
+  if (!ends[0] || !ends[1]) return;
   const steps = Math.min(24, Math.max(2, parseInt($("interp-steps").value, 10) || 10));
   const model = state.model.name;
   await timed("interpolate", async () => {
     // Between the two posterior means, in a straight line.
-    const code = await api("/encode", {model, images: [Array.from(a), Array.from(b)]});
+    const code = await api("/encode", {model, images: ends.map((end) => Array.from(end))});
     const [za, zb] = code.mu;
     const z = Array.from({length: steps}, (_, i) => {
       const t = i / (steps - 1);
       return za.map((v, d) => (1 - t) * v + t * zb[d]);
     });
     const result = await api("/decode", {model, z});
-    paintGrid($("interp-canvas"), result.images, steps);
+    if (model === state.model.name) paintGrid($("interp-canvas"), result.images, steps);
   });
 });
 
 async function slotFromFile(which, file) {
   const scratch = document.createElement("canvas");
-  scratch.width = scratch.height = 280;
+  [scratch.width, scratch.height] = padSize(state.shape);
   if (!(await drawFile(file, scratch))) return;
-  const input = toModelInput(scratch);
-  if (!input) { setStatus(`${file.name} looks blank.`, true); return; }
-  setSlot(which, input);
+  if (!toModelInput(scratch)) { setStatus(`${file.name} looks blank.`, true); return; }
+  setSlot(which, scratch);
 }
 
 function setupInterpolate() {
   for (const which of ["a", "b"]) {
     $(`interp-set-${which}`).addEventListener("click", () => {
-      if (!state.input) { setStatus("Draw a digit first, then set it as " + which.toUpperCase() + ".", true); return; }
-      setSlot(which, state.input.slice());
+      if (!state.input) { setStatus("Draw something first, then set it as " + which.toUpperCase() + ".", true); return; }
+      setSlot(which, copyOf($("draw-canvas")));
     });
     $(`interp-file-${which}`).addEventListener("change", (event) => {
       const file = event.target.files[0];
