@@ -68,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CalibrationError(f"{args.folder}: not a model folder (no manifest.json in it)")
         images = read_npy(args.images)
         split = args.split or f"{args.images.name}: {len(images):,} images"
-        calibration = calibrate_folder(args.folder, images, split, args.target_fpr)
+        calibration = calibrate_folder(
+            args.folder, images, split, args.target_fpr, f"--images {args.images}"
+        )
     except CalibrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

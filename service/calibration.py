@@ -136,12 +136,14 @@ def calibration_for(
     images: Array,
     split: str,
     target_fpr: float = DEFAULT_TARGET_FPR,
+    what: str = "images",
 ) -> ScoreCalibration:
     """The calibration of the model's default score (a VAE: scoring.DEFAULT_SCORE, an AE:
-    AE_DEFAULT_SCORE) from `images`, checked by `normal_images` first."""
+    AE_DEFAULT_SCORE) from `images`, checked by `normal_images` first (`what` names them in
+    its messages)."""
     if not 0.0 < target_fpr < 1.0:
         raise CalibrationError(f"target fpr {target_fpr}: must be between 0 and 1, e.g. 0.01")
-    images = normal_images(images, runtime.image_hwc)
+    images = normal_images(images, runtime.image_hwc, what)
     try:
         return build_calibration(
             runtime_parts(runtime, images),
@@ -182,6 +184,7 @@ def calibrate_folder(
     images: NDArray[Any],
     split: str,
     target_fpr: float = DEFAULT_TARGET_FPR,
+    what: str = "images",
 ) -> ScoreCalibration:
     """Calibrate the model in `folder` on `images` (normal data it did not train on: (N, H, W) or
     (N, H, W, C), uint8 or float in [0, 1], at least MIN_IMAGES) and write the calibration into
@@ -190,6 +193,6 @@ def calibrate_folder(
         runtime = load_runtime(Path(folder))
     except ModelLoadError as exc:
         raise CalibrationError(str(exc)) from exc
-    calibration = calibration_for(runtime, images, split, target_fpr)
+    calibration = calibration_for(runtime, images, split, target_fpr, what)
     write_calibration(Path(folder), calibration)
     return calibration
