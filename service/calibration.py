@@ -161,13 +161,19 @@ def with_calibration(document: dict[str, Any], calibration: ScoreCalibration) ->
     return {**document, CALIBRATION_KEY: calibration.model_dump(mode="json")}
 
 
+def manifest_text(text: str, calibration: ScoreCalibration) -> str:
+    """The manifest.json `text` with `calibration` in it (every other field as it was), checked
+    by the service's schema: a manifest the service would refuse is never written."""
+    calibrated = json.dumps(with_calibration(json.loads(text), calibration), indent=2) + "\n"
+    Manifest.model_validate_json(calibrated)
+    return calibrated
+
+
 def write_calibration(folder: Path, calibration: ScoreCalibration) -> None:
     """Put `calibration` into folder/manifest.json atomically (a reader sees the old file or the
     new one, never half of one), keeping every other field and the checksums of the graphs."""
     path = folder / MANIFEST
-    document = json.loads(path.read_text())
-    text = json.dumps(with_calibration(document, calibration), indent=2) + "\n"
-    Manifest.model_validate_json(text)  # never write a manifest the service would refuse
+    text = manifest_text(path.read_text(), calibration)
     handle, temporary = tempfile.mkstemp(prefix=".manifest.", suffix=".calibrating", dir=folder)
     try:
         with os.fdopen(handle, "w") as f:
