@@ -16,10 +16,13 @@ torch's TorchScript exporter under the names and layouts that framework's export
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
@@ -224,3 +227,66 @@ def export_style(style: Style | str, folder: Path, seed: int = 0) -> tuple[Path,
             opset_version=17,
         )
     return paths
+
+
+class Reference:
+    """A style's two ONNX files run directly with onnxruntime, with the conversions written out by
+    hand (not by the service's adapter): what the service's answers are checked against."""
+
+    def __init__(self, style: Style | str, encoder: Path, decoder: Path) -> None:
+        self.style = STYLES[style] if isinstance(style, str) else style
+        self.encoder = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def in_folder(cls, folder: Path, style: Style | str) -> Reference:
+        return cls(style, folder / "encoder.onnx", folder / "decoder.onnx")
+
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, H, W, C) in [0, 1] -> mu and a log-variance (None for an AE)."""
+        s = self.style
+        feed = {
+            "NCHW": images.transpose(0, 3, 1, 2),
+            "NHWC": images,
+            "flat": images.reshape(len(images), -1),
+        }[s.input_layout]
+        wanted = [s.mean] + ([s.variance] if s.variance else [])
+        outputs = self.encoder.run(wanted, {s.input_name: np.ascontiguousarray(feed)})
+        if s.variance is None:
+            return outputs[0], None
+        variance = outputs[1]
+        return outputs[0], 2 * np.log(variance) if s.variance_kind == "sigma" else variance
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """(N, latent) -> (N, H, W, C) in [0, 1]."""
+        s = self.style
+        c, h, w = s.chw
+        [out] = self.decoder.run([s.decoder_output], {s.decoder_input: z})
+        if s.logits:
+            out = 1 / (1 + np.exp(-out))
+        if s.output_layout == "NCHW":
+            return out.transpose(0, 2, 3, 1)
+        return out.reshape(len(z), h, w, c)
+
+
+def public(images: np.ndarray) -> np.ndarray:
+    """(..., H, W, C) -> what clients send and get: grayscale without its channel axis."""
+    return images[..., 0] if images.shape[-1] == 1 else images
+
+
+def pictures(style: str, n: int, seed: int = 0) -> np.ndarray:
+    """n random (N, H, W, C) images of `style`'s shape on 8-bit levels (PNG holds them exactly)."""
+    c, h, w = STYLES[style].chw
+    levels = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
+    return (levels / 255).astype(np.float32)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def close(actual: object, expected: np.ndarray, atol: float = 2e-5) -> None:
+    """The service's numbers against the reference's (float32 arithmetic in other orders)."""
+    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=1e-4, atol=atol)

@@ -26,7 +26,16 @@ from service.app import create_app
 from service.manifest import ModelLoadError, sha256sum
 from service.settings import Settings
 from tests import foreign_models
-from tests.foreign_models import LATENT, STYLES, export_style
+from tests.foreign_models import (
+    LATENT,
+    STYLES,
+    Reference,
+    close,
+    export_style,
+    pictures,
+    public,
+)
+from tests.foreign_models import npy_bytes as npy
 
 NPY = "application/x-npy"
 Edit = Callable[[dict[str, Any]], None]
@@ -103,65 +112,6 @@ def start(models: Path) -> None:
 # --- the reference: the ONNX files run directly --------------------------------------------------
 
 
-class Reference:
-    """A style's two graphs run with onnxruntime, converted by hand (not by the service)."""
-
-    def __init__(self, folder: Path, style: str) -> None:
-        self.style = STYLES[style]
-        options = {"providers": ["CPUExecutionProvider"]}
-        self.encoder = ort.InferenceSession(str(folder / "encoder.onnx"), **options)
-        self.decoder = ort.InferenceSession(str(folder / "decoder.onnx"), **options)
-
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, H, W, C) in [0, 1] -> mu and a log-variance."""
-        layout = self.style.input_layout
-        x = {
-            "NCHW": images.transpose(0, 3, 1, 2),
-            "NHWC": images,
-            "flat": images.reshape(len(images), -1),
-        }[layout]
-        wanted = [self.style.mean] + ([self.style.variance] if self.style.variance else [])
-        outputs = self.encoder.run(wanted, {self.style.input_name: np.ascontiguousarray(x)})
-        if len(outputs) == 1:
-            return outputs[0], None
-        variance = outputs[1]
-        if self.style.variance_kind == "sigma":
-            variance = 2 * np.log(variance)
-        return outputs[0], variance
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        """(N, latent) -> (N, H, W, C) in [0, 1]."""
-        [out] = self.decoder.run([self.style.decoder_output], {self.style.decoder_input: z})
-        if self.style.logits:
-            out = 1 / (1 + np.exp(-out))
-        c, h, w = self.style.chw
-        if self.style.output_layout == "NCHW":
-            return out.transpose(0, 2, 3, 1)
-        return out.reshape(len(out), h, w, c)
-
-
-def public(images: np.ndarray) -> np.ndarray:
-    """(..., H, W, C) -> what the service answers: grayscale without its channel axis."""
-    return images[..., 0] if images.shape[-1] == 1 else images
-
-
-def pictures(style: str, n: int, seed: int = 0) -> np.ndarray:
-    """n random (N, H, W, C) images on 8-bit levels (a PNG holds them exactly)."""
-    c, h, w = STYLES[style].chw
-    levels = np.random.default_rng(seed).integers(0, 256, (n, h, w, c))
-    return (levels / 255).astype(np.float32)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def close(actual: Any, expected: np.ndarray) -> None:
-    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=1e-4, atol=2e-5)
-
-
 # --- every endpoint and content type, per style -------------------------------------------------
 
 
@@ -196,7 +146,7 @@ def test_models_list_the_public_image_shape(served: TestClient, style: str) -> N
 def test_encode_in_json_and_npy_matches_onnxruntime(
     served: TestClient, foreign: Path, style: str
 ) -> None:
-    reference = Reference(foreign / model_of(style), style)
+    reference = Reference.in_folder(foreign / model_of(style), style)
     images = pictures(style, 3)
     mu, logvar = reference.encode(images)
     model = model_of(style)
@@ -236,7 +186,7 @@ def test_a_sigma_output_is_served_as_a_log_variance(served: TestClient, foreign:
 def test_reconstruct_generate_and_decode_match_onnxruntime(
     served: TestClient, foreign: Path, style: str
 ) -> None:
-    reference = Reference(foreign / model_of(style), style)
+    reference = Reference.in_folder(foreign / model_of(style), style)
     model = model_of(style)
     images = pictures(style, 2, seed=1)
     mu, logvar = reference.encode(images)
@@ -280,7 +230,7 @@ def test_png_answers_are_grids_in_the_models_colour(
     )
     grid = Image.open(io.BytesIO(answer.content))
     assert grid.mode == ("L" if c == 1 else "RGB") and grid.size == (2 * w, 2 * h)
-    expected = Reference(foreign / model_of(style), style).decode(z)
+    expected = Reference.in_folder(foreign / model_of(style), style).decode(z)
     top_left = np.asarray(grid, np.float32)[:h, :w].reshape(h, w, c) / 255
     close(top_left, np.round(expected[0] * 255) / 255)
 
@@ -300,7 +250,7 @@ def test_uploads_keep_their_colour(
         buffer, format=file_format
     )
     sent = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L" if c == 1 else "RGB"))
-    expected, _ = Reference(foreign / model_of(style), style).encode(
+    expected, _ = Reference.in_folder(foreign / model_of(style), style).encode(
         (sent.reshape(1, h, w, c) / 255).astype(np.float32)
     )
     answer = served.post(
@@ -322,7 +272,8 @@ def test_a_grey_upload_to_a_colour_model_is_three_equal_channels(
         "/encode", data={"invert": "false"}, files={"images": ("g.png", buffer.getvalue())}
     )
     grey = np.repeat((levels / 255).astype(np.float32)[None, ..., None], 3, axis=3)
-    close(answer.json()["mu"], Reference(foreign / "color-vae", "color_vae").encode(grey)[0])
+    reference = Reference.in_folder(foreign / "color-vae", "color_vae")
+    close(answer.json()["mu"], reference.encode(grey)[0])
 
 
 def test_auto_invert_leaves_colour_pictures_as_sent(served: TestClient) -> None:
@@ -343,7 +294,7 @@ def test_auto_invert_leaves_colour_pictures_as_sent(served: TestClient) -> None:
 @pytest.mark.parametrize("style", list(STYLES))
 def test_oip_follows_the_model(served: TestClient, foreign: Path, style: str) -> None:
     c, h, w = STYLES[style].chw
-    reference = Reference(foreign / model_of(style), style)
+    reference = Reference.in_folder(foreign / model_of(style), style)
     encoder = served.get(f"/v2/models/{model_of(style)}-encoder").json()
     decoder = served.get(f"/v2/models/{model_of(style)}-decoder").json()
     assert encoder["inputs"][0]["shape"] == [-1, h, w, c]
@@ -597,7 +548,7 @@ def test_the_python_client_sends_and_gets_the_public_shapes(
     from service.client import Client
 
     c, h, w = STYLES[style].chw
-    reference = Reference(foreign / model_of(style), style)
+    reference = Reference.in_folder(foreign / model_of(style), style)
     images = pictures(style, 2, seed=9)
     with Client(live, model=model_of(style)) as client:
         [info] = [m for m in client.models() if m.name == model_of(style)]

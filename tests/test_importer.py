@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -30,7 +29,8 @@ from service.scoring import ScoreCalibration
 from service.settings import Settings
 
 from . import foreign_models
-from .foreign_models import STYLES, Style, export_style
+from .foreign_models import STYLES, Reference, close, export_style, public
+from .foreign_models import npy_bytes as npy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -726,61 +726,6 @@ def served(imported_models: Path) -> Iterator[TestClient]:
     settings = Settings(model_dir=imported_models, default_model="color-vae")
     with TestClient(create_app(settings)) as client:
         yield client
-
-
-class Reference:
-    """The style's ONNX files run directly, with the conversions written out by hand."""
-
-    def __init__(self, style: Style, encoder: Path, decoder: Path) -> None:
-        self.style = style
-        self.encoder = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(decoder), providers=["CPUExecutionProvider"])
-
-    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, H, W, C) in [0, 1] -> mu, logvar."""
-        s = self.style
-        feed = {
-            "NCHW": images.transpose(0, 3, 1, 2),
-            "NHWC": images,
-            "flat": images.reshape(len(images), -1),
-        }[s.input_layout]
-        outputs = dict(
-            zip(
-                s.encoder_outputs,
-                self.encoder.run(None, {s.input_name: np.ascontiguousarray(feed)}),
-                strict=True,
-            )
-        )
-        if s.variance is None:
-            return outputs[s.mean], None
-        variance = outputs[s.variance]
-        return outputs[s.mean], 2 * np.log(variance) if s.variance_kind == "sigma" else variance
-
-    def decode(self, z: np.ndarray) -> np.ndarray:
-        """z -> (N, H, W, C) in [0, 1]."""
-        s = self.style
-        c, h, w = s.chw
-        [out] = self.decoder.run(None, {s.decoder_input: z})
-        if s.logits:
-            out = 1 / (1 + np.exp(-out))
-        if s.output_layout == "NCHW":
-            return out.transpose(0, 2, 3, 1)
-        return out.reshape(len(z), h, w, c)
-
-
-def public(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) -> what clients send and get: (N, H, W) grayscale, (N, H, W, 3) colour."""
-    return images[..., 0] if images.shape[-1] == 1 else images
-
-
-def close(actual: object, expected: np.ndarray, atol: float = 2e-5) -> None:
-    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=1e-4, atol=atol)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 def png_tile(content: bytes, h: int, w: int, c: int) -> np.ndarray:
