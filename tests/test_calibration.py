@@ -19,10 +19,12 @@ from service.calibration import MIN_IMAGES, CalibrationError, calibrate_folder, 
 from service.manifest import load_manifest
 from service.scoring import (
     AE_DEFAULT_SCORE,
+    DEFAULT_K,
     DEFAULT_SCORE,
     DecoderLikelihood,
     ScoreCalibration,
     build_calibration,
+    default_score_name,
     percentile,
     score_parts,
 )
@@ -179,3 +181,19 @@ def test_normal_images_for_a_colour_model() -> None:
     assert normal_images(images, (8, 6, 3)).shape == (MIN_IMAGES, 8, 6, 3)
     with pytest.raises(CalibrationError, match=r"the model takes \(N, 8, 6, 3\) images"):
         normal_images(images[..., 0], (8, 6, 3))
+
+
+@pytest.mark.parametrize("name", ["mnist-vae", "fashion-vae", "mnist-ae", "mnist-vae-2d"])
+def test_the_bundled_models_are_calibrated_on_their_validation_split(name: str) -> None:
+    document = _document(ROOT / "models" / name)
+    calibration = ScoreCalibration.model_validate(document["score_calibration"])
+    assert calibration.score == default_score_name(document["kind"] == "vae")
+    dataset = document["dataset"]["name"]
+    assert calibration.split.startswith(f"{dataset} validation split: 5,000 images")
+    assert (calibration.images, calibration.target_fpr, len(calibration.quantiles)) == (
+        5000,
+        0.01,
+        1001,
+    )
+    assert calibration.k == (DEFAULT_K if document["kind"] == "vae" else 1)
+    load_manifest(ROOT / "models" / name)  # the graphs' checksums unchanged
