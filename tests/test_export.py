@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 import training.export as export_module
+from service.calibration import MIN_IMAGES, calibration_for, load_runtime
 from service.manifest import (
     GraphSpec,
     InputSpec,
@@ -24,12 +26,20 @@ from service.manifest import (
     load_manifest,
     sha256sum,
 )
+from service.scoring import (
+    AE_DEFAULT_SCORE,
+    DEFAULT_K,
+    DEFAULT_SCORE,
+    DEFAULT_SEED,
+    REFERENCE_KEYS,
+    ScoreCalibration,
+)
 from training.cli import main
 from training.config import TrainConfig
 from training.export import ExportError, export_run
-from training.train import load_run, train
+from training.train import load_run, load_run_splits, train
 
-from .conftest import tiny_config
+from .conftest import tiny_config, write_mnist_like
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -382,3 +392,91 @@ def test_an_idx_model_keeps_its_description(exported_vae: Path) -> None:
         "invert": False,
         "foreground": "bright strokes on a dark background, as in MNIST",
     }
+
+
+# --- score calibration ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """A tiny VAE and AE whose validation split is large enough to calibrate on: (run, export)."""
+    root = tmp_path_factory.mktemp("calibrated")
+    data = write_mnist_like(root / "data", n_train=1300, n_test=40)
+    folders = {}
+    for kind, latent in (("vae", 2), ("ae", 4)):
+        run = root / "runs" / kind
+        cfg = tiny_config(data, model=kind, latent_dim=latent, epochs=1, val_size=MIN_IMAGES)
+        train(cfg, run, progress=False)
+        folders[kind] = (run, root / "models" / f"tiny-{kind}")
+        export_run(run, folders[kind][1])
+    return folders
+
+
+def _validation_images(run: Path) -> np.ndarray:
+    splits = load_run_splits(load_run(run, device="cpu"))
+    return splits.val.images.transpose(0, 2, 3, 1)
+
+
+def test_export_calibrates_on_the_validation_split(
+    calibrated: dict[str, tuple[Path, Path]],
+) -> None:
+    run, out = calibrated["vae"]
+    written = json.loads((out / "manifest.json").read_text())["score_calibration"]
+    calibration = ScoreCalibration.model_validate(written)
+    assert calibration.score == DEFAULT_SCORE and calibration.images == MIN_IMAGES
+    assert (calibration.k, calibration.seed, calibration.likelihood) == (
+        DEFAULT_K,
+        DEFAULT_SEED,
+        "bernoulli",
+    )
+    assert calibration.split.startswith("mnist validation split: 1,000 images")
+    assert calibration.target_fpr == 0.01
+    quantiles = np.asarray(calibration.quantiles)
+    assert len(quantiles) == 1001 and np.all(np.diff(quantiles) >= 0)
+    assert quantiles[0] < quantiles[-1]
+    # The 99 % quantile is the table's entry 990; 1 % of held-out scores lie above the threshold.
+    assert calibration.threshold == pytest.approx(quantiles[990])
+    assert set(calibration.reference) == REFERENCE_KEYS
+    # The service's numbers: its own runtime on the same images gives the same calibration.
+    again = calibration_for(load_runtime(out), _validation_images(run), calibration.split)
+    assert again == calibration
+    # The service loads the folder; the graphs are the ones the checksums name.
+    manifest = load_manifest(out)
+    assert manifest.encoder.sha256 == sha256sum(out / "encoder.onnx")
+
+
+def test_an_autoencoder_is_calibrated_on_its_reconstruction_error(
+    calibrated: dict[str, tuple[Path, Path]],
+) -> None:
+    _, out = calibrated["ae"]
+    calibration = ScoreCalibration.model_validate(
+        json.loads((out / "manifest.json").read_text())["score_calibration"]
+    )
+    assert calibration.score == AE_DEFAULT_SCORE and calibration.k == 1
+    assert calibration.quantiles[0] >= 0.0  # a mean squared error
+    assert np.all(np.diff(calibration.quantiles) >= 0)
+
+
+def test_a_calibration_is_reproduced_by_a_second_export(
+    calibrated: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    run, out = calibrated["vae"]
+    manifest = export_run(run, tmp_path / "again")
+    first = json.loads((out / "manifest.json").read_text())["score_calibration"]
+    assert manifest["score_calibration"] == first  # seeded: the same numbers, bit for bit
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["score_calibration"] == (
+        first
+    )
+
+
+def test_a_small_validation_split_exports_without_calibration(
+    vae_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="training.export"):
+        manifest = export_run(vae_run, tmp_path / "small")  # val_size 50
+    assert "score_calibration" not in manifest
+    assert "score_calibration" not in json.loads((tmp_path / "small" / "manifest.json").read_text())
+    [record] = caplog.records
+    message = record.getMessage()
+    assert "holds 50 images, fewer than the 1000" in message
+    assert "no score calibration written" in message and "python -m service.calibrate" in message

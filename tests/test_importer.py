@@ -22,8 +22,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from service.app import create_app
+from service.calibration import MIN_IMAGES, calibrate_folder
 from service.importer import main
 from service.manifest import ModelLoadError, load_manifest
+from service.scoring import ScoreCalibration
 from service.settings import Settings
 
 from . import foreign_models
@@ -512,6 +514,83 @@ def test_python_m_service_importer(exported: dict[str, tuple[Path, Path]], tmp_p
     assert done.returncode == 0, done.stderr
     assert "imported 'logits' into" in done.stdout and "an AE of latent_dim 4" in done.stdout
     assert load_manifest(tmp_path / "logits").output.activation == "sigmoid"
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+def _normal(chw: tuple[int, int, int], n: int = MIN_IMAGES) -> np.ndarray:
+    """uint8 images at a style's size, as a user's .npy holds them: (N, H, W) or (N, H, W, 3)."""
+    c, h, w = chw
+    images = np.random.default_rng(0).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    return images[..., 0] if c == 1 else images
+
+
+@pytest.mark.parametrize(
+    ("name", "score"),
+    [
+        ("keras_nhwc", "complexity_residual"),
+        ("logits_ae", "reconstruction_error"),
+        ("color_vae", "complexity_residual"),
+    ],
+)
+def test_calibration_images_calibrate_the_imported_model(
+    name: str,
+    score: str,
+    exported: dict[str, tuple[Path, Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    images = _normal(STYLES[name].chw)
+    np.save(tmp_path / "normal.npy", images)
+    out = tmp_path / "models" / "calibrated"
+    flags = [*MINIMAL_FLAGS[name], "--calibration-images", str(tmp_path / "normal.npy")]
+    code, stdout, stderr = run_importer(*exported[name], out, *flags, capsys=capsys)
+    assert code == 0, stderr
+    assert f"  calibrated: {score} on 1,000 images of {tmp_path / 'normal.npy'}" in stdout
+    assert "not calibrated" not in stdout
+    load_manifest(out)  # the service's schema and checksums
+    written = json.loads((out / "manifest.json").read_text())["score_calibration"]
+    calibration = ScoreCalibration.model_validate(written)
+    assert calibration.score == score
+    assert calibration.split == "normal.npy: 1,000 normal images given to the importer"
+    assert calibration.images == MIN_IMAGES and len(calibration.quantiles) == 1001
+    # The numbers are the service's: recalibrating the written folder gives the same ones.
+    assert calibrate_folder(out, images, calibration.split) == calibration
+
+
+def test_without_calibration_images_the_summary_says_what_is_missing(
+    exported: dict[str, tuple[Path, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "models" / "plain"
+    code, stdout, stderr = run_importer(*exported["color_vae"], out, capsys=capsys)
+    assert code == 0, stderr
+    assert (
+        "  not calibrated: /score answers reconstruction_error, without percentiles or a "
+        "calibrated threshold\n    to calibrate on 1,000+ normal images: --calibration-images "
+        f"NORMAL.npy, or later python -m service.calibrate {out} --images NORMAL.npy\n"
+    ) in stdout
+    assert json.loads((out / "manifest.json").read_text()).get("score_calibration") is None
+
+
+def test_calibration_images_that_do_not_fit_are_refused(
+    exported: dict[str, tuple[Path, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair, out = exported["color_vae"], tmp_path / "models" / "refused"
+    for images, said in (
+        (_normal((1, 32, 32)), "the model takes (N, 32, 32, 3) images"),
+        (_normal((3, 28, 28)), "resize them to 32 x 32 first"),
+        (_normal((3, 32, 32), MIN_IMAGES - 1), "999 images; calibration needs at least 1,000"),
+    ):
+        np.save(tmp_path / "normal.npy", images)
+        stderr = refused(
+            pair, out, "--calibration-images", str(tmp_path / "normal.npy"), capsys=capsys
+        )
+        assert f"--calibration-images {tmp_path / 'normal.npy'}" in stderr and said in stderr
+    stderr = refused(
+        pair, out, "--calibration-images", str(tmp_path / "nowhere.npy"), capsys=capsys
+    )
+    assert "nowhere.npy: not a readable .npy file" in stderr
 
 
 def _masked(text: str) -> str:

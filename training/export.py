@@ -10,6 +10,12 @@
                    a scatter of the latent space; left out, with a warning, when the run's
                    dataset cannot be read at export time
 
+The manifest also keeps the score calibration (`score_calibration`): the distribution of the
+model's default anomaly score on the run's validation split, scored by the service's own runtime
+(service.calibration), so that `/score` answers percentiles and a threshold at 1 % false
+positives without ever scoring data at start-up. Left out, with a warning, when the data cannot
+be read or the validation split is smaller than service.calibration.MIN_IMAGES.
+
 Neither graph holds a random operator: sampling z = mu + exp(logvar / 2) * eps is the service's
 job, so that it can be seeded per request. Each file is self-contained (no external-data side
 file) and has a dynamic batch axis; onnxruntime must reproduce torch's outputs at several batch
@@ -35,11 +41,12 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from service.calibration import MIN_IMAGES, CalibrationError, calibrate_folder
 from service.codecs.images import light_background
 from service.manifest import Background, ModelLoadError, load_latent_map, load_manifest, sha256sum
 from training import __version__
 from training.config import TrainConfig
-from training.data import IDX_DATASETS, DatasetError, Splits, preprocessing
+from training.data import IDX_DATASETS, SPLIT_SEED, DatasetError, Splits, preprocessing
 from training.evaluate import test_images
 from training.model import AutoEncoder
 from training.train import LoadedRun, load_run, load_run_splits
@@ -61,6 +68,10 @@ MANIFEST_VERSION = 1
 LATENT_MAP_FILE = "latent_map.json"
 LATENT_MAP_DECIMALS = 3  # finer than a scatter plot shows; keeps the file small
 BACKGROUND_SAMPLES = 256  # decoded images that judge the background when the data is not at hand
+NO_CALIBRATION = (
+    "no score calibration written (/score answers without percentiles; calibrate later with "
+    "python -m service.calibrate MODEL_FOLDER --images normal.npy)"
+)
 
 
 class ExportError(RuntimeError):
@@ -250,7 +261,7 @@ def export_run(
             run,
             data_dir,
             [f"no {LATENT_MAP_FILE} written"] * wants_map
-            + ["input.background judged from the decoder's images"],
+            + ["input.background judged from the decoder's images", NO_CALIBRATION],
         )
         latent_map = (
             write_latent_map(run.model, run.config, splits, tmp / LATENT_MAP_FILE)
@@ -269,12 +280,43 @@ def export_run(
             background=input_background(run.model, splits),
         )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if splits is not None:
+            manifest = calibrate_export(tmp, splits, manifest)
         check_the_service_loads(tmp, out_dir)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)  # the emptied temporary name is then ignored by the cleanup
         out_dir.chmod(0o755)  # mkdtemp made it owner-only; a non-root service user must read it
     return manifest
+
+
+def calibration_split(splits: Splits) -> str:
+    """The calibration's `split`: which held-out images were scored, in words."""
+    return (
+        f"{splits.name} validation split: {len(splits.val):,} images carved at random "
+        f"(seed {SPLIT_SEED}) from the training set, never trained on"
+    )
+
+
+def calibrate_export(folder: Path, splits: Splits, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Calibrate the exported model in `folder` on the run's validation split (what the scoring
+    research calibrated on: held-out, and not the test set evaluation reports on); returns the
+    manifest with the calibration, or as it was, with a warning, when it cannot be done."""
+    if len(splits.val) < MIN_IMAGES:
+        logger.warning(
+            "the validation split holds %d images, fewer than the %d a score calibration needs: %s",
+            len(splits.val),
+            MIN_IMAGES,
+            NO_CALIBRATION,
+        )
+        return manifest
+    images = splits.val.images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> the service's (N, H, W, C)
+    try:
+        calibration = calibrate_folder(folder, images, calibration_split(splits))
+    except CalibrationError as exc:
+        logger.warning("the score calibration failed (%s): %s", exc, NO_CALIBRATION)
+        return manifest
+    return {**manifest, "score_calibration": calibration.model_dump(mode="json")}
 
 
 def export_graphs(model: AutoEncoder, folder: Path) -> dict[str, Any]:

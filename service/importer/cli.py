@@ -23,9 +23,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import onnxruntime as ort
+from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from service import __version__
+from service.calibration import (
+    MIN_IMAGES,
+    CalibrationError,
+    calibration_for,
+    manifest_text,
+    read_npy,
+)
 from service.importer.graphs import (
     Graph,
     ImportRefused,
@@ -59,6 +67,7 @@ from service.manifest import (
 )
 from service.models.adapter import signature_problems
 from service.models.runtime import CPU, ModelRuntime
+from service.scoring import UNCALIBRATED_SCORE, ScoreCalibration
 from service.settings import Settings
 
 STAGED_MANIFEST = "manifest.json.importing"  # not manifest.json: a rescan must not see it yet
@@ -90,6 +99,7 @@ class ImportOptions:
     background: Background | None = None
     resample: str = "bilinear"
     force: bool = False
+    calibration_images: Path | None = None
 
 
 @dataclass
@@ -154,6 +164,14 @@ def parser() -> argparse.ArgumentParser:
     add("--background", choices=["dark", "light"], help="the images' background")
     add("--resample", choices=RESAMPLE_METHODS, default="bilinear", help="to resize uploads")
     add("--force", action="store_true", help="replace an existing model folder --out")
+    add(
+        "--calibration-images",
+        type=Path,
+        metavar="NORMAL.npy",
+        help=f"at least {MIN_IMAGES:,} normal images the model did not train on (N x H x W or "
+        "N x H x W x C, uint8 or float 0-1, at the model's size): /score's percentiles and "
+        "threshold at 1 %% false positives come from them",
+    )
     return p
 
 
@@ -178,10 +196,38 @@ def import_model(options: ImportOptions) -> Imported:
     _check_out(out, options.force)
     encoder = open_graph(options.encoder, "--encoder")
     decoder = open_graph(options.decoder, "--decoder")
+    normal = _calibration_images(options.calibration_images)
     inferred = infer(options, encoder, decoder)
     imported = Imported(inferred.manifest, out, inferred.summary(options, encoder, decoder))
-    _write(options, imported.manifest)
+    calibration = _write(options, imported.manifest, normal)
+    imported.lines += _calibration_lines(options, calibration)
     return imported
+
+
+def _calibration_images(path: Path | None) -> NDArray[Any] | None:
+    """The --calibration-images array, read before any other work (its fit to the model is
+    checked once the image shape is known)."""
+    if path is None:
+        return None
+    try:
+        return read_npy(path, "--calibration-images")
+    except CalibrationError as exc:
+        raise ImportRefused(str(exc)) from exc
+
+
+def _calibration_lines(options: ImportOptions, calibration: ScoreCalibration | None) -> list[str]:
+    if calibration is None:
+        return [
+            f"  not calibrated: /score answers {UNCALIBRATED_SCORE}, without percentiles or a "
+            "calibrated threshold",
+            f"    to calibrate on {MIN_IMAGES:,}+ normal images: --calibration-images NORMAL.npy, "
+            f"or later python -m service.calibrate {options.out} --images NORMAL.npy",
+        ]
+    return [
+        f"  calibrated: {calibration.score} on {calibration.images:,} images of "
+        f"{options.calibration_images}, threshold {calibration.threshold:.6g} at "
+        f"{calibration.target_fpr:.0%} false positives"
+    ]
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -458,10 +504,12 @@ def _graph_entry(graph: Graph, file: str) -> dict[str, Any]:
     }
 
 
-def _write(options: ImportOptions, manifest: Manifest) -> None:
+def _write(
+    options: ImportOptions, manifest: Manifest, normal: NDArray[Any] | None = None
+) -> ScoreCalibration | None:
     """Copy the files and write the manifest into a hidden folder beside --out, load it as the
-    service does, then rename it to --out (and its manifest to manifest.json, which a service
-    rescanning the folder sees only then)."""
+    service does (and calibrate it on `normal` images, if given), then rename it to --out (and
+    its manifest to manifest.json, which a service rescanning the folder sees only then)."""
     out = options.out
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".importing", dir=out.parent))
@@ -470,7 +518,11 @@ def _write(options: ImportOptions, manifest: Manifest) -> None:
         shutil.copyfile(options.decoder, staging / manifest.decoder.file)
         text = json.dumps(manifest.model_dump(mode="json", exclude_none=False), indent=2) + "\n"
         (staging / STAGED_MANIFEST).write_text(text)
-        _load_as_the_service_does(staging, manifest, text, out)
+        runtime = _load_as_the_service_does(staging, manifest, text, out)
+        calibration = None
+        if normal is not None:
+            calibration = _calibrate(runtime, normal, options)
+            (staging / STAGED_MANIFEST).write_text(manifest_text(text, calibration))
         replaced = None
         if out.exists():
             replaced = staging.with_name(staging.name.replace(".importing", ".replaced"))
@@ -482,11 +534,31 @@ def _write(options: ImportOptions, manifest: Manifest) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return calibration
 
 
-def _load_as_the_service_does(staging: Path, manifest: Manifest, text: str, out: Path) -> None:
+def _calibrate(
+    runtime: ModelRuntime, normal: NDArray[Any], options: ImportOptions
+) -> ScoreCalibration:
+    path = options.calibration_images
+    assert path is not None
+    try:
+        return calibration_for(
+            runtime,
+            normal,
+            split=f"{path.name}: {len(normal):,} normal images given to the importer",
+            what=f"--calibration-images {path}",
+        )
+    except CalibrationError as exc:
+        raise ImportRefused(str(exc)) from exc
+
+
+def _load_as_the_service_does(
+    staging: Path, manifest: Manifest, text: str, out: Path
+) -> ModelRuntime:
     """`ModelRuntime.load` (checksums, signatures, warm-up) on a folder of links to the staged
-    files, with the default settings (not the environment's VAE_*) on the CPU."""
+    files, with the default settings (not the environment's VAE_*) on the CPU; the runtime
+    stays usable (its sessions hold the graphs) to calibrate."""
     with tempfile.TemporaryDirectory(prefix="vae-import-") as check:
         folder = Path(check)
         for file in (manifest.encoder.file, manifest.decoder.file):
@@ -494,7 +566,7 @@ def _load_as_the_service_does(staging: Path, manifest: Manifest, text: str, out:
         (folder / "manifest.json").write_text(text)
         try:
             with ThreadPoolExecutor(1) as executor:
-                ModelRuntime.load(folder, Settings.model_construct(), [CPU], executor)
+                return ModelRuntime.load(folder, Settings.model_construct(), [CPU], executor)
         except ModelLoadError as exc:
             problem = str(exc).replace(str(folder), str(out))
             raise ImportRefused(f"the service would refuse this model: {problem}") from exc
