@@ -58,7 +58,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from service.manifest import REFERENCE_KEYS as REFERENCE_KEYS
 from service.manifest import Compressor, LikelihoodKind, ScoreCalibration
@@ -155,6 +154,8 @@ def complexity_nats(images: Array, compressor: Compressor = "png") -> Float64:
     """L(x) of Serrà et al. 2020: the size of each image, quantised to 8 bits, once compressed
     losslessly, in nats (bits x ln 2). `png`: Pillow's PNG at level 9 (adaptive row filters, then
     deflate); `zlib`: deflate of the raw bytes at level 9."""
+    from PIL import Image  # here: the service imports Pillow only where images are coded
+
     pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
     sizes = np.empty(len(pixels), dtype=np.float64)
     for i, image in enumerate(pixels):
