@@ -24,7 +24,6 @@ from service import scoring
 from service.app import create_app
 from service.client import AsyncClient, Client, InvalidInputError, Scores
 from service.codecs.images import heat_map
-from service.manifest import load_manifest
 from service.models.runtime import ModelRuntime
 from service.ops import likelihood_of
 from service.settings import Settings
@@ -68,8 +67,8 @@ def score_models(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> P
         shutil.copytree(model_dir / name, folder / name)
         calibrate(folder / name)
     shutil.copytree(model_dir / "tiny-vae", folder / "plain-vae")
-    manifest = json.loads((folder / "plain-vae" / "manifest.json").read_text())
-    (folder / "plain-vae" / "manifest.json").write_text(json.dumps({**manifest, "name": "plain-vae"}))
+    path = folder / "plain-vae" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": "plain-vae"}))
     return folder
 
 
@@ -87,7 +86,8 @@ def client(score_models: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def runtimes(score_models: Path) -> dict[str, ModelRuntime]:
-    return {name: load_runtime(score_models / name) for name in ("tiny-vae", "tiny-ae", "plain-vae")}
+    names = ("tiny-vae", "tiny-ae", "plain-vae")
+    return {name: load_runtime(score_models / name) for name in names}
 
 
 def expected(
