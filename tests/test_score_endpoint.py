@@ -325,6 +325,16 @@ def test_bad_inputs_are_refused_naming_the_field(
     assert 400 <= response.status_code < 500 and words in response.json()["detail"], response.text
 
 
+@pytest.mark.parametrize("path", ["/score", "/encode"])
+def test_a_field_name_holding_nul_is_refused_not_a_server_error(
+    client: TestClient, path: str
+) -> None:
+    # simdjson cannot look such a key up; pydantic then names it.
+    body = json.dumps({"images": digits(1).tolist(), "a\u0000": 1})
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "Extra inputs are not permitted" in response.text
+
+
 def test_k_past_the_limit_names_the_setting_and_the_fix(client: TestClient) -> None:
     response = client.post("/score", json={"images": digits(64).tolist(), "k": 17})
     assert response.status_code == 422
