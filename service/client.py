@@ -48,6 +48,7 @@ __all__ = [
     "ModelInfo",
     "ModelNotFoundError",
     "Reconstruction",
+    "Scores",
     "ServiceConnectionError",
     "ServiceError",
     "ServiceTimeoutError",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
 Mode = Literal["deterministic", "sampled"]
 # Invert images (1 - pixel) before the model sees them: True, False, or "auto" (those whose
 # background, judged by their border, differs from the model's: dark for the bundled models, so
@@ -173,6 +175,61 @@ class Generation:
     seed: int
     z: FloatArray
     images: FloatArray
+
+
+@dataclass(frozen=True)
+class Scores:
+    """POST /score: per image (arrays of N), `score` (higher = less like the training data;
+    which score, `score_name`), `is_outlier` (score > `threshold`; None without a threshold),
+    `percentile` among the model's held-out images (None when the model has no calibration:
+    `calibrated` False, `note` says so), and the parts: a VAE's `nll`, `elbo`,
+    `reconstruction`, `kl` (nats; None for an AE), every model's `reconstruction_error` and, when
+    asked, `per_pixel_error` (N, H, W) or colour (N, H, W, C). `k` and `seed` (None for an AE)
+    reproduce the numbers; `fpr` is the threshold's false-positive rate on held-out data."""
+
+    model: str
+    score_name: str
+    calibrated: bool
+    note: str | None
+    threshold: float | None
+    fpr: float | None
+    k: int | None
+    seed: int | None
+    score: Float64Array
+    is_outlier: npt.NDArray[np.bool_] | None
+    percentile: Float64Array | None
+    nll: Float64Array | None
+    elbo: Float64Array | None
+    reconstruction: Float64Array | None
+    kl: Float64Array | None
+    reconstruction_error: Float64Array
+    per_pixel_error: FloatArray | None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Scores:
+        def array(name: str, dtype: type[np.generic] = np.float64) -> Any:
+            value = raw.get(name)
+            return None if value is None else np.asarray(value, dtype=dtype)
+
+        return cls(
+            model=raw["model"],
+            score_name=raw["score_name"],
+            calibrated=bool(raw["calibrated"]),
+            note=raw.get("note"),
+            threshold=raw.get("threshold"),
+            fpr=raw.get("fpr"),
+            k=raw.get("k"),
+            seed=raw.get("seed"),
+            score=array("score"),
+            is_outlier=array("is_outlier", np.bool_),
+            percentile=array("percentile"),
+            nll=array("nll"),
+            elbo=array("elbo"),
+            reconstruction=array("reconstruction"),
+            kl=array("kl"),
+            reconstruction_error=array("reconstruction_error"),
+            per_pixel_error=array("per_pixel_error", np.float32),
+        )
 
 
 @dataclass(frozen=True)
@@ -470,6 +527,38 @@ class _BaseClient(Generic[H]):
         raise_for_status(response)
         return _load_npy(response)
 
+    def _score(
+        self,
+        images: npt.ArrayLike,
+        model: str | None,
+        k: int | None,
+        seed: int | None,
+        fpr: float | None,
+        threshold: float | None,
+        per_pixel: bool,
+        invert: Invert,
+    ) -> _Flow[Scores]:
+        # The images go as .npy; the answer comes as JSON, the one format with every field.
+        params = {
+            "model": model or self.default_model,
+            "k": None if k is None else operator.index(k),
+            "seed": None if seed is None else operator.index(seed),
+            "fpr": None if fpr is None else repr(float(fpr)),
+            "threshold": None if threshold is None else repr(float(threshold)),
+            "per_pixel": "true" if per_pixel else None,
+            "invert": _invert_param(invert),
+        }
+        response = yield self._request(
+            "POST",
+            "/score",
+            params=params,
+            content=_npy_bytes(as_images(images)),
+            content_type=NPY,
+        )
+        raise_for_status(response)
+        _expect(response, "application/json")
+        return Scores.from_json(response.json())
+
     def _models(self) -> _Flow[list[ModelInfo]]:
         response = yield self._request("GET", "/models")
         raise_for_status(response)
@@ -592,6 +681,24 @@ class Client(_BaseClient[httpx.Client]):
         z (N, latent)."""
         return self._run(self._decode(z, model))
 
+    def score(
+        self,
+        images: npt.ArrayLike,
+        model: str | None = None,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        fpr: float | None = None,
+        threshold: float | None = None,
+        per_pixel: bool = False,
+        invert: Invert = None,
+    ) -> Scores:
+        """Anomaly scores of the images (POST /score): the calibrated `score`, `is_outlier`,
+        `percentile` and the parts. `k`, `seed`: a VAE's importance samples (defaults: the
+        calibration's k, a drawn seed, returned); `fpr` or `threshold` (not both) sets the
+        threshold; `per_pixel` adds the per-pixel squared error. `invert` as for `encode`."""
+        return self._run(self._score(images, model, k, seed, fpr, threshold, per_pixel, invert))
+
     def models(self) -> list[ModelInfo]:
         """Every loaded model; `default` marks the one used when a call names none."""
         return self._run(self._models())
@@ -713,6 +820,23 @@ class AsyncClient(_BaseClient[httpx.AsyncClient]):
     async def decode(self, z: npt.ArrayLike, model: str | None = None) -> FloatArray:
         """See `Client.decode`."""
         return await self._run(self._decode(z, model))
+
+    async def score(
+        self,
+        images: npt.ArrayLike,
+        model: str | None = None,
+        *,
+        k: int | None = None,
+        seed: int | None = None,
+        fpr: float | None = None,
+        threshold: float | None = None,
+        per_pixel: bool = False,
+        invert: Invert = None,
+    ) -> Scores:
+        """See `Client.score`."""
+        return await self._run(
+            self._score(images, model, k, seed, fpr, threshold, per_pixel, invert)
+        )
 
     async def models(self) -> list[ModelInfo]:
         """See `Client.models`."""

@@ -6,8 +6,10 @@ The service never imports `training`: this schema is the contract between the tw
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -178,6 +180,74 @@ class LatentMap(BaseModel):
         return self
 
 
+# ---------------------------------------------------------------------------------------------
+# Anomaly-score calibration (issue 18). The scores themselves are computed by service/scoring.py,
+# which imports Pillow and numpy at module level; this schema names them without importing it
+# (tests/test_scoring.py checks that the names here are scoring.SCORES' own).
+
+ScoreName = Literal[
+    "complexity_residual",
+    "nll",
+    "reconstruction_error",
+    "complexity_corrected",
+    "typicality",
+    "complexity_adjusted",
+]
+SCORE_NAMES: tuple[str, ...] = get_args(ScoreName)
+# The scores computable only with a calibration's held-out statistics (its `reference`).
+SCORES_NEEDING_REFERENCE = frozenset(("complexity_residual", "typicality", "complexity_adjusted"))
+REFERENCE_KEYS = frozenset(
+    ("nll_median", "nll_scale", "complexity_median", "complexity_scale", "slope", "intercept")
+)
+LikelihoodKind = Literal["bernoulli", "gaussian"]
+Compressor = Literal["png", "zlib"]
+
+
+class ScoreCalibration(BaseModel):
+    """How a model's default score is distributed on held-out data the model never trained on,
+    so that a score can be read as a percentile and a threshold set for a false-positive rate.
+
+    Written at export (the run's held-out split) or by the importer (the user's `.npy` of normal
+    data); the service reads it and never rescores data at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: str = Field(description="name of the score in service.scoring.SCORES")
+    definition: str = Field(description="the score's formula, in words, for people")
+    k: int = Field(ge=1, description="importance samples per image the scores were computed with")
+    seed: int = Field(description="seed of the importance samples")
+    likelihood: LikelihoodKind = Field(description="the decoder likelihood the NLL used")
+    gaussian_sigma: float | None = Field(default=None, gt=0, description="gaussian only")
+    compressor: Compressor = Field(default="png", description="the compressor of L(x)")
+    split: str = Field(description="the held-out data scored, e.g. 'mnist test, even indices'")
+    images: int = Field(ge=1, description="how many held-out images were scored")
+    target_fpr: float = Field(gt=0, lt=1, description="the false-positive rate of `threshold`")
+    threshold: float = Field(description="the score's (1 - target_fpr) quantile on held-out data")
+    reference: dict[str, float] = Field(
+        default_factory=dict,
+        description="held-out statistics the score needs (reference_statistics: nll_median, ...)",
+    )
+    quantiles: list[float] = Field(
+        min_length=2,
+        description="the held-out scores' quantiles at evenly spaced probabilities 0, ..., 1",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ScoreCalibration:
+        # A calibration the service cannot use is refused at load, not answered with a 500.
+        values = self.quantiles
+        if not all(math.isfinite(v) for v in values) or any(
+            b < a for a, b in itertools.pairwise(values)
+        ):
+            raise ValueError("quantiles must be finite and non-decreasing")
+        if self.score not in SCORE_NAMES:
+            raise ValueError(f"score {self.score!r}: expected one of {sorted(SCORE_NAMES)}")
+        missing = sorted(REFERENCE_KEYS - set(self.reference))
+        if self.score in SCORES_NEEDING_REFERENCE and missing:
+            raise ValueError(f"score {self.score!r} needs reference statistics {missing}")
+        return self
+
+
 class Manifest(BaseModel):
     """manifest.json; `training export` validates what it writes against this same schema."""
 
@@ -205,6 +275,9 @@ class Manifest(BaseModel):
     created_at: str | None = None
     package_version: str | None = None
     producer: dict[str, str] | None = None
+    # The default score's distribution on held-out data (issue 18): percentiles, the threshold at
+    # a false-positive rate. None: scores are served without percentiles, and /score says so.
+    score_calibration: ScoreCalibration | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

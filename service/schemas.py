@@ -129,6 +129,50 @@ class DecodeRequest(DecodeParams):
     )
 
 
+class ScoreParams(_Request):
+    model: str | None = ModelField
+    invert: InvertChoice = InvertField
+    k: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="VAE: importance samples per image for the `nll` estimate (IWAE); more "
+        "samples cost more and tighten the estimate, the ranking barely moves. Default: the k "
+        "the model's calibration was made with, else 8. Bounded by VAE_MAX_SCORE_VALUES "
+        "(images x k x pixels). Not for an AE.",
+    )
+    seed: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="VAE: seed of the importance samples; the same seed gives the same numbers. "
+        "Drawn and returned when absent. Not for an AE.",
+    )
+    fpr: StrictFloat | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Set the threshold for this false-positive rate on the model's held-out "
+        "data (needs a calibrated model). Default: the calibration's own (1 %). Not with "
+        "`threshold`.",
+    )
+    threshold: StrictFloat | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="`is_outlier` is `score > threshold`, in the units of `score_name`. "
+        "Default: the calibration's threshold. Not with `fpr`.",
+    )
+    per_pixel: bool = Field(
+        False,
+        description="Also answer `per_pixel_error`: the squared error of decode(mu) per pixel. "
+        "Needed for Accept: image/png (a heat map).",
+    )
+
+
+class ScoreRequest(ScoreParams):
+    images: Images = ImagesField
+
+
 IMAGES_OUT = (
     "Pixel means in [0, 1], N x H x W for a grayscale model, N x H x W x C for a colour one."
 )
@@ -163,6 +207,61 @@ class GenerateResponse(BaseModel):
 class DecodeResponse(BaseModel):
     model: str
     images: list[Any] = Field(description=IMAGES_OUT)
+
+
+NatsPerImage = list[float] | None
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    score_name: str = Field(
+        description="Which score `score` is (service.scoring.SCORES): the model's calibrated "
+        "one (complexity_residual for a VAE, reconstruction_error for an AE), or "
+        "reconstruction_error for a model without calibration."
+    )
+    calibrated: bool = Field(
+        description="Whether the model has a score calibration: without one, `percentile` "
+        "is null and there is no default threshold (`note` says so)."
+    )
+    note: str | None = Field(description="What the numbers cannot tell, when anything.")
+    threshold: float | None = Field(
+        description="`is_outlier` is score > threshold: the request's `threshold`, the one "
+        "its `fpr` sets, or the calibration's. null: no calibration and none given."
+    )
+    fpr: float | None = Field(
+        description="The false-positive rate of the threshold on the model's held-out data "
+        "(the calibration's target, 0.01, by default). null without calibration."
+    )
+    k: int | None = Field(description="Importance samples per image (null for an AE).")
+    seed: int | None = Field(description="Seed of the importance samples (null for an AE).")
+    score: list[float] = Field(
+        description="Per image: the anomaly score, higher = less like the training data."
+    )
+    is_outlier: list[bool] | None = Field(
+        description="Per image: score > threshold. null without a threshold."
+    )
+    percentile: list[float] | None = Field(
+        description="Per image: the percentage (0-100) of the model's held-out images whose "
+        "score is at or below this one. null without calibration."
+    )
+    nll: NatsPerImage = Field(
+        description="VAE, per image: -log p(x) in nats, importance-weighted estimate with k "
+        "samples. null for an AE."
+    )
+    elbo: NatsPerImage = Field(
+        description="VAE, per image: the evidence lower bound, -(reconstruction + kl), nats."
+    )
+    reconstruction: NatsPerImage = Field(
+        description="VAE, per image: E_q[-log p(x|z)] over the k samples, nats."
+    )
+    kl: NatsPerImage = Field(description="VAE, per image: KL(q(z|x) || N(0, I)), nats.")
+    reconstruction_error: list[float] = Field(
+        description="Per image: mean squared error per pixel of decode(mu), pixels in [0, 1]."
+    )
+    per_pixel_error: list[Any] | None = Field(
+        description="With per_pixel: the squared error of decode(mu) per pixel, N x H x W "
+        "(grayscale) or N x H x W x C (colour); its mean per image is reconstruction_error."
+    )
 
 
 class ModelInfo(BaseModel):

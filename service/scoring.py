@@ -54,19 +54,18 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.manifest import REFERENCE_KEYS as REFERENCE_KEYS
+from service.manifest import Compressor, LikelihoodKind, ScoreCalibration
 
 Array = NDArray[np.float32]
 Float64 = NDArray[np.float64]
 Decode = Callable[[Array], Array]
 AsyncDecode = Callable[[Array], Awaitable[Array]]
-LikelihoodKind = Literal["bernoulli", "gaussian"]
-Compressor = Literal["png", "zlib"]
 
 LOG_2PI = math.log(2 * math.pi)
 LN2 = math.log(2)
@@ -155,6 +154,8 @@ def complexity_nats(images: Array, compressor: Compressor = "png") -> Float64:
     """L(x) of Serrà et al. 2020: the size of each image, quantised to 8 bits, once compressed
     losslessly, in nats (bits x ln 2). `png`: Pillow's PNG at level 9 (adaptive row filters, then
     deflate); `zlib`: deflate of the raw bytes at level 9."""
+    from PIL import Image  # here: the service imports Pillow only where images are coded
+
     pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
     sizes = np.empty(len(pixels), dtype=np.float64)
     for i, image in enumerate(pixels):
@@ -433,11 +434,6 @@ def reference_statistics(parts: ScoreParts) -> dict[str, float]:
     }
 
 
-REFERENCE_KEYS = frozenset(
-    ("nll_median", "nll_scale", "complexity_median", "complexity_scale", "slope", "intercept")
-)
-
-
 def _nll(parts: ScoreParts, ref: Mapping[str, float]) -> Float64:
     return likelihood_term(parts)
 
@@ -517,50 +513,8 @@ def default_score_name(is_vae: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration: the held-out score distribution a manifest keeps (to move into service/manifest.py)
-
-
-class ScoreCalibration(BaseModel):
-    """How a model's default score is distributed on held-out data the model never trained on,
-    so that a score can be read as a percentile and a threshold set for a false-positive rate.
-
-    Written at export (the run's held-out split) or by the importer (the user's `.npy` of normal
-    data); the service reads it and never rescores data at start-up."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    score: str = Field(description="name of the score in service.scoring.SCORES")
-    definition: str = Field(description="the score's formula, in words, for people")
-    k: int = Field(ge=1, description="importance samples per image the scores were computed with")
-    seed: int = Field(description="seed of the importance samples")
-    likelihood: LikelihoodKind = Field(description="the decoder likelihood the NLL used")
-    gaussian_sigma: float | None = Field(default=None, gt=0, description="gaussian only")
-    compressor: Compressor = Field(default="png", description="the compressor of L(x)")
-    split: str = Field(description="the held-out data scored, e.g. 'mnist test, even indices'")
-    images: int = Field(ge=1, description="how many held-out images were scored")
-    target_fpr: float = Field(gt=0, lt=1, description="the false-positive rate of `threshold`")
-    threshold: float = Field(description="the score's (1 - target_fpr) quantile on held-out data")
-    reference: dict[str, float] = Field(
-        default_factory=dict,
-        description="held-out statistics the score needs (reference_statistics: nll_median, ...)",
-    )
-    quantiles: list[float] = Field(
-        min_length=2,
-        description="the held-out scores' quantiles at evenly spaced probabilities 0, ..., 1",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ScoreCalibration:
-        # A calibration the service cannot use is refused at load, not answered with a 500.
-        values = np.asarray(self.quantiles)
-        if not np.all(np.isfinite(values)) or np.any(np.diff(values) < 0):
-            raise ValueError("quantiles must be finite and non-decreasing")
-        if self.score not in SCORES:
-            raise ValueError(f"score {self.score!r}: expected one of {sorted(SCORES)}")
-        missing = sorted(REFERENCE_KEYS - set(self.reference))
-        if SCORES[self.score].needs_reference and missing:
-            raise ValueError(f"score {self.score!r} needs reference statistics {missing}")
-        return self
+# Calibration: the held-out score distribution a manifest keeps (its schema, ScoreCalibration, is
+# in service/manifest.py, the contract with training/)
 
 
 def build_calibration(

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     """Largest `n` for /generate."""
     max_samples: int = Field(64, ge=1)
     """Largest `samples` (reconstructions per input) for sampled /reconstruct."""
+    max_score_values: int = Field(8 * 1024 * 3 * 32 * 32, ge=784)
+    """Most decoded values one /score request may ask for: images x `k` x height x width x
+    channels (a VAE decodes `k` importance samples per image). Scoring decodes them a block at a
+    time, so this bounds a request's work, not its memory. The default takes 1,024 images of
+    32 x 32 x 3 at the default k = 8 (1,024 of 28 x 28 at k = 31)."""
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest image file accepted in a multipart upload."""
     max_upload_pixel_scans: int = Field(24 * 4096 * 4096, ge=1)

@@ -40,7 +40,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 SERVED = ("tiny-vae", "tiny-ae")  # the conftest models
-INFERENCE = ("/encode", "/reconstruct", "/generate", "/decode")
+INFERENCE = ("/encode", "/reconstruct", "/generate", "/decode", "/score")
 ACCEPT = ("application/json", NPY, "image/png")  # what they can answer
 ANSWERS: Counter[tuple[str, int]] = Counter()  # (operation, status) -> cases
 TYPES: Counter[str] = Counter()  # content type of the answer -> cases
@@ -90,11 +90,11 @@ def map_case(context: Any, case: schemathesis.Case) -> schemathesis.Case:
     if isinstance(case.path_parameters, dict) and "name" in case.path_parameters:
         case.path_parameters["name"] = _served(case.path_parameters["name"])
     if isinstance(case.path_parameters, dict) and "model_name" in case.path_parameters:
-        # Open Inference Protocol names: "<model>-encoder" or "<model>-decoder".
+        # Open Inference Protocol names: "<model>-encoder", "<model>-decoder", "<model>-scorer".
         name = case.path_parameters["model_name"]
         served = _served(name)
         if served in SERVED:
-            graph = "decoder" if len(str(name)) % 3 else "encoder"
+            graph = ("encoder", "decoder", "decoder", "scorer")[len(str(name)) % 4]
             case.path_parameters["model_name"] = f"{served}-{graph}"
         if "model_version" in case.path_parameters and len(str(name)) % 2:
             case.path_parameters["model_version"] = "1"

@@ -359,3 +359,15 @@ def test_every_score_is_finite_on_every_kind_of_parts() -> None:
         for name, score in SCORES.items():
             values = score.function(parts, reference)
             assert values.shape == (50,) and np.isfinite(values).all(), name
+
+
+def test_the_manifest_names_the_scores_of_scoring_without_importing_it() -> None:
+    # service/manifest.py keeps the score names as a Literal so that it needs no Pillow or numpy.
+    from service import manifest
+
+    assert tuple(SCORES) == manifest.SCORE_NAMES
+    assert {
+        name for name, score in SCORES.items() if score.needs_reference
+    } == manifest.SCORES_NEEDING_REFERENCE
+    assert ScoreCalibration is manifest.ScoreCalibration
+    assert manifest.Manifest.model_fields["score_calibration"].default is None

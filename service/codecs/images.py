@@ -284,3 +284,21 @@ def png_grid(images: Array) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# The heat map's colours ("hot": black, red, yellow, white) at evenly spaced error levels.
+HEAT_STOPS = np.array(
+    [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=np.float32
+)
+
+
+def heat_map(squared_error: Array) -> Array:
+    """Squared errors per pixel (N, H, W, C) -> RGB (N, H, W, 3) in [0, 1]: the absolute error
+    |x - x'| (root mean square over channels) on a fixed scale, 0 black, 1/3 red, 2/3 yellow,
+    1 white. Fixed rather than stretched per image, so that two maps compare: a well
+    reconstructed image stays dark."""
+    error = np.sqrt(np.clip(squared_error.mean(axis=-1), 0.0, 1.0))
+    position = error * (len(HEAT_STOPS) - 1)
+    low = np.minimum(position.astype(np.int64), len(HEAT_STOPS) - 2)
+    frac = (position - low)[..., None].astype(np.float32)
+    return HEAT_STOPS[low] * (1.0 - frac) + HEAT_STOPS[low + 1] * frac

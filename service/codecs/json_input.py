@@ -109,5 +109,7 @@ def json_tensor_body(body: bytes, tensor: str) -> tuple[dict[str, Any], NDArray[
         if flat.size != len(rows) * math.prod(shape):
             return None
         return fields, flat.reshape(len(rows), *shape)
-    except (ValueError, TypeError, RuntimeError, IndexError):  # simdjson's words for bad JSON
+    # simdjson's words for bad JSON; KeyError: a key holding an escaped NUL, which it cannot
+    # look up (pydantic then reads the body and names the field).
+    except (ValueError, TypeError, RuntimeError, IndexError, KeyError):
         return None

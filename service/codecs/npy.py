@@ -167,6 +167,24 @@ def stored_zip(members: dict[str, bytes]) -> bytes:
     return bytes(out)
 
 
-def npz_bytes(arrays: dict[str, Array]) -> bytes:
-    """Float32 arrays as an .npz archive (uncompressed), as np.savez writes it."""
-    return stored_zip({f"{name}.npy": npy_bytes(array) for name, array in arrays.items()})
+# Kept as they are in an .npz answer (/score's verdicts and float64 scores); others are float32.
+KEPT_DTYPES = (np.dtype(np.bool_), np.dtype(np.float64))
+
+
+def npz_bytes(arrays: dict[str, NDArray[Any]]) -> bytes:
+    """Arrays as an .npz archive (uncompressed), as np.savez writes it: float32, except bool
+    and float64 arrays, which keep their dtype."""
+    return stored_zip(
+        {
+            f"{name}.npy": _kept_npy_bytes(array)
+            if array.dtype in KEPT_DTYPES
+            else npy_bytes(array)
+            for name, array in arrays.items()
+        }
+    )
+
+
+def _kept_npy_bytes(array: NDArray[Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()

@@ -144,7 +144,7 @@ def _read(
         raise _unreadable(body, exc) from None
     if not isinstance(doc, simdjson.Object):
         raise _unreadable(body, None)
-    plain: dict[str, Any] = {key: _plain(doc[key]) for key in doc if key != "inputs"}
+    plain: dict[str, Any] = {key: _plain(_field(doc, key)) for key in doc if key != "inputs"}
     raw: list[Any] = []
     if "inputs" in doc:
         inputs = doc["inputs"]
@@ -172,6 +172,15 @@ def declared_count(shape: list[int]) -> int:
     return math.prod(shape)
 
 
+def _field(obj: Any, key: str) -> Any:
+    """`obj[key]` of a simdjson object; one it cannot look up (a name holding an escaped NUL,
+    "\\u0000") is the client's fault, not a 500."""
+    try:
+        return obj[key]
+    except KeyError:
+        raise BadRequest("", f"field name {key!r}: NUL characters are not accepted") from None
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, simdjson.Array):
         return value.as_list()
@@ -185,7 +194,7 @@ def _input_fields(item: Any, raw: list[Any]) -> Any:
     if not isinstance(item, simdjson.Object):
         raw.append(None)
         return _plain(item)
-    fields = {key: _plain(item[key]) for key in item if key != "data"}
+    fields = {key: _plain(_field(item, key)) for key in item if key != "data"}
     data = item.get("data")
     raw.append(data)
     if isinstance(data, simdjson.Array):

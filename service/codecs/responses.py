@@ -1,8 +1,10 @@
 """Results -> answers: JSON (orjson), .npy/.npz, PNG; and which of them a request's Accept asks for.
 
 Images are (N, H, W, C) (with samples, (N, K, H, W, C)); JSON and .npy drop the channel axis of
-grayscale ones, (N, H, W). .npy, .npz and PNG answers carry the model and the seed in
-headers. `render_answer` renders a large answer in a worker thread, off the event loop.
+grayscale ones, (N, H, W), and so do per-pixel errors: a result without images but with them
+(/score's `per_pixel_error`) draws them as a PNG heat map grid. .npy, .npz and PNG answers carry
+the model and the seed in headers. `render_answer` renders a large answer in a worker thread,
+off the event loop.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import orjson
 from starlette.responses import Response
 
 from service.codecs.accept import ResponseFormat
-from service.codecs.images import png_grid
+from service.codecs.images import heat_map, png_grid
 from service.codecs.npy import NPY, NPZ, npy_bytes, npz_bytes
 from service.ops import Result
 
@@ -70,18 +72,22 @@ def render(result: Result, fmt: ResponseFormat, json_body: type[JSONBody] = JSON
     one .npy array, or else the result's arrays as an .npz archive. PNG: the images as a grid."""
     fields = {name: getattr(result, name) for name in result.__slots__}
     images = fields.get("images")  # (N, [K,] H, W, C)
-    if images is not None and images.shape[-1] == 1:  # grayscale: (N, [K,] H, W)
-        fields["images"] = images.reshape(images.shape[:-1])  # a view, still contiguous
+    errors = fields.get("per_pixel_error")  # (N, H, W, C)
+    for name, value in (("images", images), ("per_pixel_error", errors)):
+        if value is not None and value.shape[-1] == 1:  # grayscale: (N, [K,] H, W)
+            fields[name] = value.reshape(value.shape[:-1])  # a view, still contiguous
+    if fmt == "png" and images is None and errors is not None:
+        images = heat_map(errors)
     if fmt == "json" or (fmt == "png" and images is None):  # no images to draw: JSON
         return json_body(fields)
     headers = {"X-Model": result.model}
     seed = fields.get("seed")
     if seed is not None:
         headers["X-Seed"] = str(seed)
-    if images is None:
+    if fmt != "png" and "images" not in fields:
         arrays = {name: v for name, v in fields.items() if isinstance(v, np.ndarray)}
         return Response(npz_bytes(arrays), media_type=NPZ, headers=headers)
-    if fmt == "png":
+    if fmt == "png" and images is not None:
         return Response(png_grid(images), media_type="image/png", headers=headers)
     return Response(npy_bytes(fields["images"]), media_type=NPY, headers=headers)
 

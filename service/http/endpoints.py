@@ -30,6 +30,7 @@ from service.codecs.multipart import read_multipart_images
 from service.codecs.npy import NPY, NPZ
 from service.codecs.requests import IMAGES, LATENTS, Call, TensorField, parse_request
 from service.codecs.responses import render_answer
+from service.errors import InvalidInput
 from service.models.budget import answer_bytes
 from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
@@ -46,6 +47,9 @@ from service.schemas import (
     ReconstructParams,
     ReconstructRequest,
     ReconstructResponse,
+    ScoreParams,
+    ScoreRequest,
+    ScoreResponse,
 )
 from service.settings import Settings
 
@@ -72,6 +76,9 @@ class Endpoint(Generic[P]):
     answers: dict[int, str]  # the errors it can give besides the guard's, and when
     example_request: dict[str, Any]
     example_response: dict[str, Any]
+    # A refusal that depends on the parameters and the answer's format together, before any
+    # work (/score's PNG heat map needs per_pixel); None: every format takes every request.
+    check_format: Callable[[P, ResponseFormat], None] | None = None
 
 
 IMAGE_ANSWERS = (
@@ -97,6 +104,16 @@ PARAMS_ANSWERS = {
     422: "Invalid input; the message names the field",
 }
 _IMG = [[0.0] * 28] * 28
+
+
+def _heat_map_needs_per_pixel(params: ScoreParams, fmt: ResponseFormat) -> None:
+    if fmt == "png" and not params.per_pixel:
+        raise InvalidInput(
+            "per_pixel",
+            "Accept: image/png answers the per-pixel error as a heat map: set per_pixel=true, "
+            "or accept application/json or application/x-npz",
+        )
+
 
 ENDPOINTS: tuple[Endpoint[Any], ...] = (
     Endpoint(
@@ -196,6 +213,74 @@ ENDPOINTS: tuple[Endpoint[Any], ...] = (
         example_request={"model": "mnist-vae-2d", "z": [[0.0, 0.0], [1.5, -0.5]]},
         example_response={"model": "mnist-vae-2d", "images": [_IMG, _IMG]},
     ),
+    Endpoint(
+        path="/score",
+        summary="Images -> anomaly scores, calibrated, with their parts",
+        description="How unlike the model's training data each image is (higher: less "
+        "like it): `score` (the model's calibrated score, `score_name`), `is_outlier` (score > "
+        "`threshold`, set by default for a 1 % false-positive rate on held-out data, or by the "
+        "request's `fpr` or `threshold`), `percentile` among the model's held-out images; and "
+        "the parts: a VAE's `nll` (importance-weighted, `k` samples from `seed`, returned), "
+        "`elbo`, `reconstruction`, `kl`; every model's `reconstruction_error` and, with "
+        "`per_pixel`, `per_pixel_error`. A model without calibration is scored by "
+        "reconstruction error with no percentile (`calibrated: false`, a `note`). With "
+        "`Accept: application/x-npz` (or x-npy): an .npz of the arrays; with `Accept: "
+        "image/png` and `per_pixel`: the per-pixel error as a heat map grid (|error| 0 black, "
+        "1/3 red, 2/3 yellow, 1 white).",
+        params=ScoreParams,
+        body=ScoreRequest,
+        tensor=IMAGES,
+        operation=ops.score,
+        answer_values=ops.score_values,
+        response_model=ScoreResponse,
+        produces=(
+            Offer(JSON, "json"),
+            Offer(
+                NPZ,
+                "npy",
+                "With Accept: application/x-npz (or application/x-npy): an .npz archive of the "
+                "per-image arrays (float64 `score`, `reconstruction_error`, and those that "
+                "apply: bool `is_outlier`, `percentile`, `nll`, `elbo`, `reconstruction`, `kl`; "
+                "float32 `per_pixel_error`); the model and seed in X-Model and X-Seed.",
+            ),
+            Offer(NPY, "npy", alias_of=NPZ),
+            Offer(
+                "image/png",
+                "png",
+                "With Accept: image/png and per_pixel=true: the per-pixel error of each image "
+                "as one PNG grid, a heat map of |x - decode(mu)| on a fixed scale: 0 black, "
+                "1/3 red, 2/3 yellow, 1 white.",
+            ),
+        ),
+        answers=TENSOR_ANSWERS,
+        example_request={
+            "model": "mnist-vae",
+            "images": [EXAMPLE_IMAGE],
+            "k": 8,
+            "seed": 1,
+            "per_pixel": True,
+        },
+        example_response={
+            "model": "mnist-vae",
+            "score_name": "complexity_residual",
+            "calibrated": True,
+            "note": None,
+            "threshold": 38.2,
+            "fpr": 0.01,
+            "k": 8,
+            "seed": 1,
+            "score": [112.4],
+            "is_outlier": [True],
+            "percentile": [100.0],
+            "nll": [151.9],
+            "elbo": [-155.0],
+            "reconstruction": [139.6],
+            "kl": [15.4],
+            "reconstruction_error": [0.021],
+            "per_pixel_error": [_IMG],
+        },
+        check_format=_heat_map_needs_per_pixel,
+    ),
 )
 BY_PATH: dict[str, Endpoint[Any]] = {endpoint.path: endpoint for endpoint in ENDPOINTS}
 
@@ -249,6 +334,8 @@ async def answer(
     """The operation's result, rendered, within the answer budget: room for the answer is
     reserved before inference and given back once it is rendered (the connection's sending
     bounds hold it from there)."""
+    if endpoint.check_format is not None:
+        endpoint.check_format(params, fmt)
     size = answer_bytes(endpoint.answer_values(params, model, x, settings), fmt)
     held = await registry.answers.acquire(size)  # no context manager: this is every request
     try:

@@ -1,11 +1,16 @@
 """The Open Inference Protocol (KServe v2) REST API, beside the service's own.
 
-Each model's encoder and decoder are OIP models of their own: `mnist-vae-encoder` takes `x`,
+Each model's encoder, decoder and scorer are OIP models of their own: `mnist-vae-encoder` takes `x`,
 images as [N, H, W, C] (any shape whose rows hold H*W*C values in that order: [N, 784], and for
 grayscale [N, 1, 28, 28], are taken too; FP32 in [0, 1]), and gives `mu` and (VAE) `logvar`,
 [N, latent] (a log-variance, whatever the graph's variance output holds); `mnist-vae-decoder`
 takes `z` [N, latent] and gives the images [N, H, W, C] in [0, 1]. The service converts to and
 from the graph's own layout. Tensor names and the version come from the model's manifest.
+`mnist-vae-scorer` is /score: it takes `images` [N, H, W, C] as the encoder takes `x`, and gives
+per image `score`, `reconstruction_error` (FP64), with a calibration `percentile` (FP64) and
+`is_outlier` (BOOL; also without one when `threshold` is given) and for a VAE `nll`, `elbo`,
+`reconstruction`, `kl` (FP64); `parameters` `k`, `seed`, `fpr`, `threshold` as /score's, and
+the answer's `parameters` say `score_name`, `threshold`, `fpr`, `k`, `seed`, `calibrated`.
 Requests run through the same dynamic batching as the service's own endpoints. Errors are the
 service's own (`service.errors`), answered as `{"error": "..."}` (`service.http.errors`): status
 400 for an invalid request, 404 for an unknown model, as the protocol asks.
@@ -28,7 +33,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from service import __version__
+from service import __version__, ops
 from service.codecs.accept import JSON, Offer, negotiate
 from service.codecs.images import (
     MAX_LATENT,
@@ -49,14 +54,22 @@ from service.models.registry import ModelRegistry
 from service.models.runtime import ModelRuntime
 from service.observability.context import note_model
 from service.ops import check_image_values
-from service.schemas import EncodeParams
+from service.schemas import EncodeParams, ScoreParams
 from service.settings import Settings
 
-GRAPHS = ("encoder", "decoder")
+GRAPHS = ("encoder", "decoder", "scorer")
+IMAGE_GRAPHS = ("encoder", "scorer")  # those that take images
 INFER_ANSWERS = (Offer(JSON, "json"),)
 # The datatypes each graph's input takes; all become float32, what the graphs take. An encoder
 # also takes UINT8 pixels 0-255 (divided by 255), as /encode takes a uint8 .npy array.
-ACCEPTED = {"encoder": ("FP32", "FP64", "FP16", "UINT8"), "decoder": ("FP32", "FP64", "FP16")}
+ACCEPTED = {
+    "encoder": ("FP32", "FP64", "FP16", "UINT8"),
+    "decoder": ("FP32", "FP64", "FP16"),
+    "scorer": ("FP32", "FP64", "FP16", "UINT8"),
+}
+SCORER_INPUT = "images"
+# The scorer's request parameters (the others, such as `invert`, are read where they apply).
+SCORE_PARAMETERS = ("k", "seed", "fpr", "threshold")
 
 
 # --- schemas (the protocol's JSON objects) ----------------------------------------------------
@@ -102,14 +115,17 @@ class Readiness(BaseModel):
 class ResponseOutput(BaseModel):
     name: str
     shape: list[int]
-    datatype: Literal["FP32"]
-    data: list[float]
+    datatype: Literal["FP32", "FP64", "BOOL"]
+    data: list[float] | list[bool]
 
 
 class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, str | float | int | bool] | None = Field(
+        None, description="A scorer's: score_name, threshold, fpr, k, seed, calibrated, note."
+    )
     outputs: list[ResponseOutput]
 
 
@@ -133,8 +149,8 @@ def _check_version(runtime: ModelRuntime, oip_name: str, version: str | None) ->
         )
 
 
-def _tensor(name: str, row: tuple[int, ...]) -> TensorMetadata:
-    return TensorMetadata(name=name, datatype="FP32", shape=[-1, *row])
+def _tensor(name: str, row: tuple[int, ...], datatype: str = "FP32") -> TensorMetadata:
+    return TensorMetadata(name=name, datatype=datatype, shape=[-1, *row])
 
 
 def _input_tensor(runtime: ModelRuntime, graph: str) -> TensorMetadata:
@@ -142,6 +158,8 @@ def _input_tensor(runtime: ModelRuntime, graph: str) -> TensorMetadata:
     the graph's own layout: the service converts), a decoder's latent vectors [-1, latent]."""
     if graph == "encoder":
         return _tensor(runtime.manifest.encoder.inputs[0].name, runtime.image_hwc)
+    if graph == "scorer":
+        return _tensor(SCORER_INPUT, runtime.image_hwc)
     return _tensor(runtime.manifest.decoder.inputs[0].name, (runtime.latent_dim,))
 
 
@@ -150,9 +168,24 @@ def _output_tensors(runtime: ModelRuntime, graph: str) -> list[TensorMetadata]:
     graph, such as a sampled z, are not served); a decoder's images [-1, H, W, C]."""
     if graph == "decoder":
         return [_tensor(runtime.manifest.image_output, runtime.image_hwc)]
+    if graph == "scorer":
+        return _scorer_outputs(runtime)
     latent = runtime.manifest.latent
     names = [latent.code_output, *([latent.logvar_output] if latent.logvar_output else [])]
     return [_tensor(name, (runtime.latent_dim,)) for name in names]
+
+
+def _scorer_outputs(runtime: ModelRuntime) -> list[TensorMetadata]:
+    """One number per image each: the score, its verdict and percentile (a calibrated model's),
+    a VAE's likelihood parts, the reconstruction error."""
+    calibrated = runtime.manifest.score_calibration is not None
+    names = [
+        "score",
+        *(["is_outlier", "percentile"] if calibrated else []),
+        *(["nll", "elbo", "reconstruction", "kl"] if runtime.is_vae else []),
+        "reconstruction_error",
+    ]
+    return [_tensor(name, (), "BOOL" if name == "is_outlier" else "FP64") for name in names]
 
 
 def _metadata(runtime: ModelRuntime, graph: str) -> ModelMetadata:
@@ -177,7 +210,7 @@ def _check_inputs(request: InferenceRequest, spec: TensorMetadata, graph: str, l
             "",
             f"inputs[0].datatype: {datatype!r} is not accepted for {spec.name}; send "
             + " or ".join(ACCEPTED[graph])
-            + (" (0-255)" if graph == "encoder" else ""),
+            + (" (0-255)" if graph in IMAGE_GRAPHS else ""),
         )
     shape = request.inputs[0].shape
     if len(shape) > 1 and shape[0] > limit:
@@ -200,7 +233,7 @@ def _input_array(
     per_row = math.prod(row_shape)
     if len(tensor.shape) < 2 or math.prod(tensor.shape[1:]) != per_row:
         what = f"N rows of {per_row} values"
-        if graph == "encoder":
+        if graph in IMAGE_GRAPHS:
             h, w, c = row_shape
             what += f": images of {h} x {w} x {c}, H x W x C, channels last"
             what += shape_hint(tuple(tensor.shape[1:]), (h, w, c), batch=True)
@@ -213,7 +246,7 @@ def _input_array(
     if tensor.datatype == "UINT8":
         rows /= 255.0
     try:
-        if graph == "encoder":
+        if graph in IMAGE_GRAPHS:
             rows = check_pixels(rows, "inputs[0].data")
         elif not np.isfinite(rows).all() or np.abs(rows).max() > MAX_LATENT:
             raise InvalidInput(
@@ -233,8 +266,8 @@ def _invert(request: InferenceRequest, graph: str) -> Invert:
     ]
     if not given:
         return False
-    if graph != "encoder":
-        raise BadRequest("parameters.invert", "applies to an encoder's images; a decoder takes z")
+    if graph not in IMAGE_GRAPHS:
+        raise BadRequest("parameters.invert", "applies to images; a decoder takes z")
     try:
         choices = {EncodeParams.model_validate({"invert": value}).invert for value in given}
     except ValidationError as exc:
@@ -253,7 +286,7 @@ def _parse(
     spec = _input_tensor(runtime, graph)
     row = math.prod(spec.shape[1:])
     most = limit * row
-    if graph == "encoder":  # and no request carries more image values than this
+    if graph in IMAGE_GRAPHS:  # and no request carries more image values than this
         most = min(most, settings.max_request_values)
     found = most_values(body, most)
     if found is not None:  # before parsing: its cost grows with the values the body holds
@@ -293,10 +326,70 @@ async def _infer(
         request, x = parse()
     else:
         request, x = await parse_off_loop(registry.executor, parse)
+    settings = registry.settings
     # The answer budget, as for the other inference endpoints (`service.models.budget`).
+    if graph == "scorer":
+        params = _score_params(request)
+        values = ops.score_values(params, runtime, x, settings)
+        async with registry.answers.reserve(answer_bytes(values, "json")):
+            return await _score(runtime, oip_name, x, request, params, settings)
     width = 2 * runtime.latent_dim if graph == "encoder" else runtime.image_values
     async with registry.answers.reserve(answer_bytes(len(x) * width, "json")):
         return await _run(runtime, graph, oip_name, x, request)
+
+
+def _score_params(request: InferenceRequest) -> ScoreParams:
+    """/score's parameters from the request's `parameters` (those it names; others, such as
+    `invert`, are read where they apply)."""
+    given = {
+        name: value
+        for name, value in (request.parameters or {}).items()
+        if name in SCORE_PARAMETERS
+    }
+    try:
+        return ScoreParams.model_validate(given)
+    except ValidationError as exc:
+        raise BadRequest("", f"parameters.{describe_errors(exc.errors())}") from None
+
+
+async def _score(
+    runtime: ModelRuntime,
+    oip_name: str,
+    x: np.ndarray,
+    request: InferenceRequest,
+    params: ScoreParams,
+    settings: Settings,
+) -> Response:
+    try:
+        result = await ops.score(params, runtime, x, settings)
+    except InvalidInput as exc:  # the protocol calls an invalid request 400
+        where = "parameters." if exc.field in SCORE_PARAMETERS else ""
+        raise BadRequest("", f"{where}{exc}") from None
+    results: dict[str, np.ndarray] = {
+        name: value
+        for name in (
+            "score",
+            "is_outlier",
+            "percentile",
+            "nll",
+            "elbo",
+            "reconstruction",
+            "kl",
+            "reconstruction_error",
+        )
+        if (value := getattr(result, name)) is not None
+    }
+    described = {
+        "score_name": result.score_name,
+        "calibrated": result.calibrated,
+        "threshold": result.threshold,
+        "fpr": result.fpr,
+        "k": result.k,
+        "seed": result.seed,
+        "note": result.note,
+    }
+    parameters = {name: value for name, value in described.items() if value is not None}
+    return _answer(runtime, oip_name, results, request, parameters)
 
 
 async def _run(
@@ -309,6 +402,21 @@ async def _run(
     else:
         images = await runtime.decode_batched(x)  # (N, H, W, C), as the metadata says
         results = {runtime.manifest.image_output: images}
+    return _answer(runtime, oip_name, results, request)
+
+
+def _datatype(value: np.ndarray) -> str:
+    return {"bool": "BOOL", "float64": "FP64"}.get(value.dtype.name, "FP32")
+
+
+def _answer(
+    runtime: ModelRuntime,
+    oip_name: str,
+    results: dict[str, np.ndarray],
+    request: InferenceRequest,
+    parameters: dict[str, Any] | None = None,
+) -> Response:
+    """The outputs the request asks for (all by default), as the protocol writes them."""
     wanted = [o.name for o in request.outputs] if request.outputs else list(results)
     unknown = [name for name in wanted if name not in results]
     if unknown:
@@ -320,7 +428,7 @@ async def _run(
             {
                 "name": name,
                 "shape": list(results[name].shape),
-                "datatype": "FP32",
+                "datatype": _datatype(results[name]),
                 "data": results[name].ravel(),
             }
             for name in wanted
@@ -328,12 +436,16 @@ async def _run(
     }
     if request.id is not None:
         body["id"] = request.id
+    if parameters:
+        body["parameters"] = parameters
     return JSONBody(body)
 
 
 # --- routes --------------------------------------------------------------------------------------
 
-ModelPath = Annotated[str, Path(description="`<model>-encoder` or `<model>-decoder`")]
+ModelPath = Annotated[
+    str, Path(description="`<model>-encoder`, `<model>-decoder` or `<model>-scorer`")
+]
 VersionPath = Annotated[str, Path(description="The model's version, as in its manifest")]
 ERRORS: dict[int | str, Any] = {
     400: error_doc("Invalid request", "ErrorBody"),
@@ -421,10 +533,12 @@ def oip_router() -> APIRouter:
         openapi_extra=INFER_BODY,
     )
     async def infer(model_name: ModelPath, registry: Registry, request: Request) -> Response:
-        """Run the encoder (`x` -> `mu`, `logvar`) or the decoder (`z` -> images). For the
-        encoder, `parameters: {"invert": "auto" | true | false}` inverts the images first (see
-        /encode; default false). An encoder's `x` takes FP32, FP64, FP16 (pixels in [0, 1]) or
-        UINT8 (0-255); a decoder's `z` takes FP32, FP64 or FP16."""
+        """Run the encoder (`x` -> `mu`, `logvar`), the decoder (`z` -> images) or the scorer
+        (`images` -> `score`, `is_outlier`, `percentile`, `nll`, ..., as /score; `parameters`
+        `k`, `seed`, `fpr`, `threshold`). For the encoder and the scorer, `parameters:
+        {"invert": "auto" | true | false}` inverts the images first (see /encode; default
+        false). Images take FP32, FP64, FP16 (pixels in [0, 1]) or UINT8 (0-255); a decoder's
+        `z` takes FP32, FP64 or FP16."""
         return await _infer(registry, model_name, None, request)
 
     @router.post(
