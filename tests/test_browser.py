@@ -367,7 +367,8 @@ def score_panel(page: Any) -> dict[str, Any]:
 
 # How many pixels of a canvas are not black.
 LIT = """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] || d[i + 1] || d[i + 2]) n++;
+                let n = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] || d[i + 1] || d[i + 2]) n++;
                 return n; }"""
 
 
@@ -389,7 +390,7 @@ def test_playground_scores_the_drawing_and_maps_its_error(
     assert seven["verdict"].startswith("Looks like what the model was trained on"), seven
     assert "held-out mnist images" in seven["verdict"]
     assert 0 <= seven["percentile"] < 99, seven
-    assert f"{seven['percentile']:.1f} %" in seven["verdict"]
+    assert f"{seven['percentile']:.1f}\N{NO-BREAK SPACE}%" in seven["verdict"]
     assert seven["threshold_at"] == "99%"
     assert "complexity_residual" in seven["line"] and "outlier above 58.8" in seven["line"]
     assert seven["note"] is None
@@ -419,7 +420,8 @@ def test_playground_scores_the_drawing_and_maps_its_error(
              const ours = heat.getContext('2d').getImageData(0, 0, heat.width, heat.height).data;
              if (theirs.length !== ours.length) return -1;
              let most = 0;
-             for (let i = 0; i < ours.length; i++) most = Math.max(most, Math.abs(ours[i] - theirs[i]));
+             for (let i = 0; i < ours.length; i++)
+               most = Math.max(most, Math.abs(ours[i] - theirs[i]));
              return most; }"""
     )
     assert 0 <= difference <= 1, difference

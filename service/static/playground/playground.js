@@ -686,7 +686,7 @@ function fmt(value) {
 
 // A percentage without a trailing ".0": 99 %, 97.3 %, 0.5 %.
 function percent(value) {
-  return `${Number(value.toFixed(1))} %`;
+  return `${Number(value.toFixed(1))}\u00a0%`; // never split from its number
 }
 
 // What `score_name` means, in words, for the line under the verdict.
@@ -728,7 +728,7 @@ function showScore(result) {
   if (percentile !== null) {
     verdict += percentile >= 100
       ? ` More unusual than all of the model's ${held}.`
-      : ` More unusual than ${percentile.toFixed(1)} % of the model's ${held}.`;
+      : ` More unusual than ${percentile.toFixed(1)}\u00a0% of the model's ${held}.`;
   }
   $("score-verdict").textContent = verdict;
 
