@@ -335,6 +335,122 @@ def test_playground_draw_resample_map_generate_interpolate(
     watched.check_clean()
 
 
+# --- how unusual is it: the score panel and the heat map (/score) ---------------------------------
+
+# Strokes from corner to corner and across: nothing like a digit.
+SCRIBBLE = [
+    [(0.1, 0.1), (0.9, 0.9)],
+    [(0.9, 0.1), (0.1, 0.9)],
+    [(0.1, 0.5), (0.9, 0.5)],
+    [(0.5, 0.1), (0.5, 0.9)],
+]
+
+
+def score_panel(page: Any) -> dict[str, Any]:
+    """What the score panel shows: the verdict, whether it calls the drawing an outlier
+    (`outlier`: "true", "false", "unknown", or "" on a blank pad), the meter's percentile
+    (None while hidden), the score line, the note (None while hidden) and the small print."""
+    shown: dict[str, Any] = page.evaluate(
+        """() => { const $ = (id) => document.getElementById(id);
+                   const visible = (id) => !$(id).hidden;
+                   return {outlier: $('score-panel').dataset.outlier,
+                           verdict: $('score-verdict').textContent,
+                           percentile: visible('score-meter-box')
+                             ? Number($('score-meter').getAttribute('aria-valuenow')) : null,
+                           threshold_at: $('score-threshold').style.left,
+                           line: $('score-line').textContent,
+                           note: visible('score-note') ? $('score-note').textContent : null,
+                           parts: $('score-parts').textContent}; }"""
+    )
+    return shown
+
+
+# How many pixels of a canvas are not black.
+LIT = """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] || d[i + 1] || d[i + 2]) n++;
+                return n; }"""
+
+
+def test_playground_scores_the_drawing_and_maps_its_error(
+    watched: Watched, server: reliability.Server
+) -> None:
+    page = open_playground(watched, server, "mnist-vae")
+    # A blank pad: nothing to score, a black heat map.
+    blank = score_panel(page)
+    assert blank["outlier"] == "" and blank["verdict"].startswith("Draw something")
+    assert blank["percentile"] is None and blank["parts"] == ""
+    assert page.eval_on_selector("#heat-canvas", LIT) == 0
+
+    # A seven: typical of MNIST, with its percentile among the held-out images, the threshold
+    # marked where 1 % of them score above it, and the parts in small print.
+    draw(page, SEVEN)
+    seven = score_panel(page)
+    assert seven["outlier"] == "false", seven
+    assert seven["verdict"].startswith("Looks like what the model was trained on"), seven
+    assert "held-out mnist images" in seven["verdict"]
+    assert 0 <= seven["percentile"] < 99, seven
+    assert f"{seven['percentile']:.1f}\N{NO-BREAK SPACE}%" in seven["verdict"]
+    assert seven["threshold_at"] == "99%"
+    assert "complexity_residual" in seven["line"] and "outlier above 58.8" in seven["line"]
+    assert seven["note"] is None
+    for part in ("nll, k = 8, seed 0", "ELBO", "KL", "reconstruction error"):
+        assert part in seven["parts"], (part, seven["parts"])
+    # The heat map is lit where the drawing is, and black far from it.
+    assert page.eval_on_selector("#heat-canvas", LIT) > 0
+    ink = ink_box(page, "#input-canvas")
+    heat = ink_box(page, "#heat-canvas")  # red, yellow and white all have red over half
+    assert heat["right"] >= 0, heat
+    assert heat["left"] >= ink["left"] - 2 and heat["right"] <= ink["right"] + 2, (heat, ink)
+    assert heat["top"] >= ink["top"] - 2 and heat["bottom"] <= ink["bottom"] + 2, (heat, ink)
+    assert rgb(page, "#heat-canvas", 0, 0) == [0, 0, 0]
+    # In the colours of the service's own PNG heat map of the same image, pixel for pixel.
+    difference = page.evaluate(
+        """async () => {
+             const response = await fetch('/score', {method: 'POST',
+               headers: {'Content-Type': 'application/json', 'Accept': 'image/png'},
+               body: JSON.stringify({model: 'mnist-vae', images: [Array.from(state.input)],
+                                     per_pixel: true, seed: 0})});
+             const bitmap = await createImageBitmap(await response.blob());
+             const c = document.createElement('canvas');
+             c.width = bitmap.width; c.height = bitmap.height;
+             c.getContext('2d').drawImage(bitmap, 0, 0);
+             const theirs = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+             const heat = document.getElementById('heat-canvas');
+             const ours = heat.getContext('2d').getImageData(0, 0, heat.width, heat.height).data;
+             if (theirs.length !== ours.length) return -1;
+             let most = 0;
+             for (let i = 0; i < ours.length; i++)
+               most = Math.max(most, Math.abs(ours[i] - theirs[i]));
+             return most; }"""
+    )
+    assert 0 <= difference <= 1, difference
+    watched.shot("playground-score-seven")
+
+    # The seed is fixed: the same drawing again gives the same numbers.
+    page.click("#clear-btn")
+    wait_brightness(page, "#input-canvas", "b === 0")
+    settle(page)
+    cleared = score_panel(page)
+    assert {k: cleared[k] for k in ("outlier", "verdict", "percentile", "parts", "note")} == {
+        k: blank[k] for k in ("outlier", "verdict", "percentile", "parts", "note")
+    }
+    assert page.eval_on_selector("#heat-canvas", LIT) == 0
+    draw(page, SEVEN)
+    assert score_panel(page) == seven
+
+    # A scribble is an outlier, beyond every held-out image.
+    draw(page, SCRIBBLE)
+    scribble = score_panel(page)
+    assert scribble["outlier"] == "true", scribble
+    assert scribble["verdict"].startswith("Unusual: an outlier"), scribble
+    assert "than all of the model's 5,000 held-out mnist images" in scribble["verdict"]
+    assert scribble["percentile"] == 100
+    assert page.eval_on_selector("#heat-canvas", LIT) > 0
+    watched.shot("playground-score-scribble")
+    watched.check_clean()
+
+
 def test_playground_explains_what_an_ae_cannot_do(
     watched: Watched, server: reliability.Server
 ) -> None:
@@ -347,6 +463,13 @@ def test_playground_explains_what_an_ae_cannot_do(
     draw(page, ONE)
     assert brightness(page, "#recon-canvas") > 10
     assert page.locator("#latent-bars").is_visible()
+    # An AE is scored by its reconstruction error alone: no likelihood, no seed.
+    shown = score_panel(page)
+    assert shown["outlier"] in ("true", "false") and shown["percentile"] is not None, shown
+    assert "reconstruction_error" in shown["line"], shown
+    assert shown["parts"].startswith("reconstruction error ") and "nll" not in shown["parts"]
+    assert "ELBO" not in shown["parts"] and "seed" not in shown["parts"], shown
+    assert page.eval_on_selector("#heat-canvas", LIT) > 0
     # Switching to a VAE brings the sampled row back, and its samples.
     answered(page, lambda: page.select_option("#model-select", "mnist-vae"))
     assert page.is_visible("#sampled-block") and page.locator("#samples canvas").count() == 6
@@ -726,7 +849,14 @@ def pick(page: Any, model: str) -> None:
     answered(page, lambda: page.select_option("#model-select", model))
 
 
-MODEL_CANVASES = ["#input-canvas", "#recon-canvas", "#map-preview", "#interp-a", "#interp-b"]
+MODEL_CANVASES = [
+    "#input-canvas",
+    "#recon-canvas",
+    "#heat-canvas",
+    "#map-preview",
+    "#interp-a",
+    "#interp-b",
+]
 
 
 def test_playground_follows_a_64x64_grayscale_model(
@@ -748,6 +878,15 @@ def test_playground_follows_a_64x64_grayscale_model(
     assert 43 <= extent <= 47, ink
     x, y = centre_of_mass(page, "#input-canvas")
     assert abs(x - 31.5) <= 1 and abs(y - 31.5) <= 1, (x, y)
+    # Not calibrated: the service's note, reconstruction error as the score, no percentile and
+    # no verdict; still the parts and the heat map, at the model's size.
+    shown = score_panel(page)
+    assert shown["outlier"] == "unknown" and shown["percentile"] is None, shown
+    assert "not calibrated" in shown["verdict"], shown
+    assert "has no score calibration" in shown["note"], shown
+    assert shown["line"].startswith("Score ") and "reconstruction_error" in shown["line"]
+    assert "nll, k = 8, seed 0" in shown["parts"], shown
+    assert page.eval_on_selector("#heat-canvas", LIT) > 0
     assert page.locator("#samples canvas").count() == 6
     samples = page.eval_on_selector_all("#samples canvas", "cs => cs.map(c => [c.width, c.height])")
     assert samples == [[64, 64]] * 6
@@ -872,5 +1011,9 @@ def test_playground_switches_between_model_sizes_without_a_reload(
         assert size(page, "#gen-canvas") == [6 * side, 6 * side], model
         assert (colourful(page, "#gen-canvas") > 0) == colour, model
         assert page.is_visible("#brush-colour") == colour, model
+        # The score is the new model's: calibrated (a percentile) only for mnist-vae.
+        shown = score_panel(page)
+        assert (shown["percentile"] is not None) == (model == "mnist-vae"), (model, shown)
+        assert (shown["note"] is None) == (model == "mnist-vae"), (model, shown)
     assert page.evaluate("window.sameDocument") is True
     watched.check_clean()

@@ -2,6 +2,9 @@
 "use strict";
 
 const SAMPLES = 6; // sampled reconstructions shown per drawing
+// The seed of /score's importance samples: fixed, so that a VAE's numbers hold still while the
+// drawing changes (a new seed per request would move the nll by a nat or so each stroke).
+const SCORE_SEED = 0;
 // Tableau 10: the colours matplotlib uses for the report's latent scatter.
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -449,7 +452,7 @@ function applyShape(shape) {
   // The pad in the new model's form: grey or colour, on its background, at its aspect ratio.
   fitPicture(drawing, pad, before.light !== shape.light);
   const {h, w, c} = shape;
-  for (const id of ["input-canvas", "recon-canvas", "map-preview", "interp-a", "interp-b"]) {
+  for (const id of ["input-canvas", "recon-canvas", "heat-canvas", "map-preview", "interp-a", "interp-b"]) {
     const canvas = $(id);
     if (canvas.width !== w || canvas.height !== h) {
       canvas.width = w;
@@ -458,6 +461,7 @@ function applyShape(shape) {
     clearCanvas(canvas);
   }
   $("samples").replaceChildren();
+  showScore(null); // the heat map is black (no error), whatever the model's background
   const colour = c === 3;
   const size = `${h} × ${w}${colour ? ", colour" : ""}`;
   $("input-caption").textContent = `What the model sees (${size})`;
@@ -609,12 +613,14 @@ const refreshDrawing = latest(async () => {
     state.code = null;
     drawBars();
     drawMap();
+    showScore(null);
     return;
   }
   const images = [Array.from(state.input)];
   const model = state.model.name;
   const vae = state.model.kind === "vae";
-  await timed("reconstruct", async () => {
+  // The score goes with the same drawing, timed on its own: its answer is painted when it comes.
+  await Promise.all([timed("reconstruct", async () => {
     const calls = [
       api("/encode", {model, images}),
       api("/reconstruct", {model, images, mode: "deterministic"}),
@@ -628,7 +634,14 @@ const refreshDrawing = latest(async () => {
     state.code = {mu, sigma: code.logvar ? code.logvar[0].map((v) => Math.exp(v / 2)) : null};
     drawBars();
     drawMap();
-  });
+  }), timed("score", async () => {
+    // per_pixel: the heat map comes in the same answer as the numbers (the PNG form would be a
+    // second request, scoring the drawing twice). An AE takes no seed.
+    const body = {model, images, per_pixel: true};
+    if (vae) body.seed = SCORE_SEED;
+    const result = await api("/score", body);
+    if (model === state.model.name) showScore(result);
+  })]);
 });
 
 const refreshSamples = latest(async () => {
@@ -659,6 +672,131 @@ function showSamples(images) {
     canvas.setAttribute("aria-label", `sample ${i + 1}`);
     paint(canvas, image);
   });
+}
+
+// --- how unusual is it: /score ------------------------------------------------------------------
+
+// Numbers at a precision a person reads at a glance: 492.5, 58.8, -12.6, 0.0033.
+function fmt(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  const size = Math.abs(value);
+  const text = size >= 1000 ? value.toFixed(0) : size >= 1 ? value.toFixed(1) : value.toPrecision(2);
+  return text.replace("-", "−");
+}
+
+// A percentage without a trailing ".0": 99 %, 97.3 %, 0.5 %.
+function percent(value) {
+  return `${Number(value.toFixed(1))}\u00a0%`; // never split from its number
+}
+
+// What `score_name` means, in words, for the line under the verdict.
+const SCORE_WORDS = {
+  complexity_residual: "nats less likely than held-out images of the same complexity",
+  reconstruction_error: "mean squared error per pixel of decode(mu)",
+};
+
+// The answer of /score for the drawing (one image), or null for a blank pad: the verdict, the
+// percentile on a meter with the threshold marked, the note of an uncalibrated model, the
+// parts in small print and the heat map.
+function showScore(result) {
+  const panel = $("score-panel");
+  const meter = $("score-meter-box");
+  if (!result) {
+    panel.dataset.outlier = "";
+    $("score-verdict").textContent = "Draw something to see how unusual it is for the model.";
+    meter.hidden = true;
+    $("score-line").textContent = "";
+    $("score-note").hidden = true;
+    $("score-parts").textContent = "";
+    clearCanvas($("heat-canvas"), "#000");
+    return;
+  }
+  const score = result.score[0];
+  const outlier = result.is_outlier ? result.is_outlier[0] : null;
+  const percentile = result.percentile ? result.percentile[0] : null;
+  const calibration = (state.model.manifest && state.model.manifest.score_calibration) || null;
+  const dataset = (state.model.manifest && state.model.manifest.dataset && state.model.manifest.dataset.name) || "";
+  const held = calibration ? `${calibration.images.toLocaleString("en")} held-out ${dataset} images` : "held-out images";
+  panel.dataset.outlier = outlier === null ? "unknown" : String(outlier);
+  let verdict;
+  if (outlier === null) {
+    verdict = result.calibrated ? "Not judged: no threshold."
+      : "Not judged: this model was not calibrated on normal data, so no percentile and no threshold.";
+  }
+  else if (outlier) verdict = "Unusual: an outlier for this model.";
+  else verdict = "Looks like what the model was trained on.";
+  if (percentile !== null) {
+    verdict += percentile >= 100
+      ? ` More unusual than all of the model's ${held}.`
+      : ` More unusual than ${percentile.toFixed(1)}\u00a0% of the model's ${held}.`;
+  }
+  $("score-verdict").textContent = verdict;
+
+  meter.hidden = percentile === null;
+  if (percentile !== null) {
+    const m = $("score-meter");
+    m.setAttribute("aria-valuenow", percentile.toFixed(1));
+    m.setAttribute("aria-valuetext", `${percentile.toFixed(1)} percentile`);
+    $("score-fill").style.width = `${percentile}%`;
+    const line = result.fpr !== null ? 100 * (1 - result.fpr) : null;
+    $("score-threshold").hidden = line === null;
+    $("score-threshold-label").textContent = line === null ? "" : `outlier line at ${percent(line)}`;
+    if (line !== null) $("score-threshold").style.left = `${line}%`;
+  }
+
+  const words = SCORE_WORDS[result.score_name] || "";
+  let line = `Score ${fmt(score)}`;
+  if (result.threshold !== null) {
+    line += `, outlier above ${fmt(result.threshold)}`;
+    if (result.fpr !== null) line += ` (${percent(100 * result.fpr)} of held-out images pass it)`;
+  }
+  $("score-line").textContent = `${line}. ${result.score_name}${words ? ": " + words : ""}.`;
+
+  $("score-note").hidden = !result.note;
+  $("score-note").textContent = result.note || "";
+
+  const parts = [];
+  if (result.nll && result.nll[0] !== null) {
+    parts.push(`−log p(x) ≈ ${fmt(result.nll[0])} nats (nll, k = ${result.k}, seed ${result.seed})`,
+               `ELBO ${fmt(result.elbo[0])} = −(reconstruction ${fmt(result.reconstruction[0])} + KL ${fmt(result.kl[0])})`);
+  }
+  parts.push(`reconstruction error ${fmt(result.reconstruction_error[0])} per pixel`);
+  $("score-parts").textContent = parts.join(" · ");
+
+  if (result.per_pixel_error) paintHeat($("heat-canvas"), result.per_pixel_error[0]);
+}
+
+// The service's heat-map colours (service/codecs/images.py, heat_map): black, red, yellow,
+// white at |error| = 0, 1/3, 2/3, 1, linear in between.
+const HEAT_STOPS = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]];
+
+// Paints squared errors per pixel (H x W, or H x W x C for colour) as the service's PNG heat
+// map does: |error| = the square root of the squared error (of its mean over a colour pixel's
+// channels), on a fixed scale so that two drawings' maps compare.
+function paintHeat(canvas, map) {
+  const h = map.length, w = map[0].length;
+  if (canvas.width !== w || canvas.height !== h) {
+    canvas.width = w;
+    canvas.height = h;
+  }
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.createImageData(w, h);
+  const top = HEAT_STOPS.length - 1;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const value = map[y][x];
+      const squared = Array.isArray(value) ? value.reduce((a, b) => a + b, 0) / value.length : value;
+      const error = Math.sqrt(Math.min(1, Math.max(0, squared)));
+      const low = Math.min(Math.floor(error * top), top - 1);
+      const frac = error * top - low;
+      const i = 4 * (y * w + x);
+      for (let k = 0; k < 3; k++) {
+        pixels.data[i + k] = Math.round((HEAT_STOPS[low][k] * (1 - frac) + HEAT_STOPS[low + 1][k] * frac) * 255);
+      }
+      pixels.data[i + 3] = 255;
+    }
+  }
+  ctx.putImageData(pixels, 0, 0);
 }
 
 // mu of each dimension as a bar, sigma as whiskers, on a fixed scale of -4..4 (the prior's
@@ -995,6 +1133,7 @@ async function start() {
   clearCanvas($("input-canvas"));
   clearCanvas($("recon-canvas"));
   clearCanvas($("map-preview"));
+  showScore(null);
   drawBars();
   publish();
   await track(loadModels());
