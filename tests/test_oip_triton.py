@@ -6,6 +6,7 @@ length past the body), each a 400 naming the tensor and never a 5xx."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,18 @@ def test_errors_surface_as_the_client_exception(
     with pytest.raises(InferenceServerException) as caught:
         triton.infer(model, [infer_input(name, x, datatype, True)], outputs=requested)
     assert caught.value.status() == status and message in caught.value.message()
+
+
+def test_the_documented_example_runs(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/api.md's tritonclient example, on the tiny models (latent 2, uncalibrated)."""
+    page = (ROOT / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    (example,) = [block for block in blocks if "tritonclient.http" in block]
+    host = server.removeprefix("http://")
+    code = example.replace("localhost:8000", host).replace("mnist-vae", "tiny-vae")
+    # uncalibrated: is_outlier needs a threshold
+    exec(code.replace('{"seed": 1}', '{"seed": 1, "threshold": 0.05}'), {})
+    assert capsys.readouterr().out.splitlines() == ["batch-1 (8, 2)", "(8,) float64 bool"]
 
 
 def test_classification_is_refused_by_name(triton: Any) -> None:
