@@ -388,3 +388,14 @@ def test_lying_sizes_on_the_live_server_never_5xx(server: str) -> None:
         assert http.post(
             ENCODER, content=body, headers={"Inference-Header-Content-Length": str(header)}
         ).is_success
+
+
+def test_the_guards_refusals_are_in_the_protocols_shape(client: TestClient) -> None:
+    body, header = framed()
+    response = client.post(
+        ENCODER,
+        content=body,
+        headers={"Inference-Header-Content-Length": str(header), "Content-Length": str(10**9)},
+    )
+    assert response.status_code == 413
+    assert "VAE_MAX_BODY_BYTES" in response.json()["error"]
