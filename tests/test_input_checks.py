@@ -106,7 +106,11 @@ def test_an_empty_latent_array_names_its_field(client: TestClient) -> None:
     ("path", "body", "message"),
     [
         # the product taken in Python integers (numpy's int64 product wraps around to 784)
-        (ENCODER, tensor(shape=[1, 2**62 + 1, 784]), "holds 3615561838447072117520 values but"),
+        (
+            ENCODER,
+            tensor(shape=[1, 2**62 + 1, 784]),
+            "holds 3615561838447072117520 values; 64 rows of 784",
+        ),
         (ENCODER, tensor(shape=[2**62 + 1, 784]), "4611686018427387905 rows; at most 64"),
         (ENCODER, tensor(shape=[True, 784]), "inputs[0].shape[0]: Input should be a valid integer"),
         (ENCODER, tensor(shape=[1.0, 784]), "inputs[0].shape[0]: Input should be a valid integer"),
@@ -218,10 +222,10 @@ def test_a_large_oip_body_is_parsed_off_the_event_loop(
     parsing, release = threading.Event(), threading.Event()
     read = oip.read_inference_request
 
-    def held_read(body: bytes, check: Any = None) -> Any:
+    def held_read(body: bytes, check: Any = None, header: int | None = None) -> Any:
         parsing.set()
         release.wait(WAIT_S)
-        return read(body, check)
+        return read(body, check, header)
 
     monkeypatch.setattr(oip, "read_inference_request", held_read)
     rows = 64

@@ -20,7 +20,7 @@ def test_oip_server_endpoints(client: TestClient) -> None:
     assert client.get("/v2").json() == {
         "name": "vae-serving",
         "version": client.get("/v2").json()["version"],
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready")

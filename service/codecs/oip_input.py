@@ -6,6 +6,14 @@ number: a body of 16 MB parses in tens of milliseconds, and the caller can run i
 loop. The datatype is honoured: FP16/FP32/FP64 data must be JSON numbers (`true` and `"0.5"` are
 not), INT*/UINT* data JSON integers within the type's range, and FP16/FP32 values are rounded to
 that type. Which datatypes an input takes is the caller's to say (`service.http.oip`).
+
+The binary tensor data extension (Triton's and KServe's): the body is a JSON header of
+`header_length` bytes (the `Inference-Header-Content-Length` request header, or SageMaker's
+`json-header-size` content-type parameter), then each input that says
+`parameters.binary_data_size` has that many bytes of raw little-endian data, row-major, in the
+order of `inputs`. Those bytes become arrays with `np.frombuffer` on the body itself (no copy,
+no parsing); every size is checked against the input's shape and datatype and against the body,
+and a size that lies is a 400 naming the tensor.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -40,6 +48,15 @@ INTEGER_TYPES: dict[str, type[np.integer[Any]]] = {
     "UINT64": np.uint64,
 }
 
+# The binary extension's element types: little-endian, BOOL one byte (0 or 1).
+BINARY_TYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype("?"),
+    **{name: np.dtype(kind).newbyteorder("<") for name, kind in FLOAT_TYPES.items()},
+    **{name: np.dtype(kind).newbyteorder("<") for name, kind in INTEGER_TYPES.items()},
+}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
+
 # simdjson's as_buffer() kinds: float64, int64, uint64.
 BUFFER_TYPES = {"d": np.float64, "i": np.int64, "u": np.uint64}
 
@@ -49,13 +66,19 @@ class RequestInput(BaseModel):
     # Strict: a JSON `true` or `784.0` is not a dimension.
     shape: list[Annotated[StrictInt, Field(ge=0)]]
     datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(description="Row-major values, flat or nested.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="`binary_data_size`: the input's bytes after the JSON header."
+    )
+    data: list[Any] | None = Field(
+        None, description="Row-major values, flat or nested (absent for binary data)."
+    )
 
 
 class RequestOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="`binary_data: true`: this output as binary data after the JSON."
+    )
 
 
 class InferenceRequest(BaseModel):
@@ -74,7 +97,9 @@ class InferenceRequest(BaseModel):
     )
 
     id: str | None = Field(None, description="Echoed in the response.")
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="`binary_data_output: true`: every output as binary data by default."
+    )
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = Field(
         None, description="Outputs to return (default: all)."
@@ -89,22 +114,135 @@ NUMBER_BYTES = b"0123456789-.eE, \t\n\r"  # no "+": JSON allows it only in expon
 
 
 def read_inference_request(
-    body: bytes, check: Callable[[InferenceRequest], None] | None = None
+    body: bytes,
+    check: Callable[[InferenceRequest], None] | None = None,
+    header_length: int | None = None,
 ) -> tuple[InferenceRequest, list[NDArray[Any]]]:
-    """The request, and each input's data as one flat array of its declared datatype (FP16
-    and FP32 as those types, FP64 and the integers as float64, int64 or uint64); its `data`
-    fields are left empty. `check` sees the request before its data is read (to refuse an
-    input's name or datatype first). BadRequest (400, as the protocol says) for anything
-    wrong."""
+    """The request, and each input's data as one flat array of its declared datatype (JSON data:
+    FP16 and FP32 as those types, FP64 and the integers as float64, int64 or uint64; binary
+    data: the declared type itself); its `data` fields are left empty. `header_length`: the JSON
+    header's length in bytes when binary data follows it (see `header_length`). `check` sees
+    the request before its data is read (to refuse an input's name or datatype first).
+    BadRequest (400, as the protocol says) for anything wrong."""
+    if header_length is not None:
+        request, found = _read(body[:header_length], check)
+        return request, _binary_values(request, found, body, header_length)
     flat = _flat_data(body) if len(body) >= UNLOCKED_PARSE_BYTES else None
     if flat is not None:
         skeleton, numbers = flat
-        request, values = _read(skeleton, check)
-        tensor = request.inputs[0]
-        if len(request.inputs) == 1 and tensor.datatype in FLOAT_TYPES and values[0].size == 0:
+        request, found = _read(skeleton, check)
+        tensor, data = request.inputs[0], found[0]
+        plain = "binary_data_size" not in (tensor.parameters or {})
+        one = len(request.inputs) == 1 and tensor.datatype in FLOAT_TYPES and plain
+        if one and data is not None and data.size == 0:
             dtype = FLOAT_TYPES[tensor.datatype]
             return request, [_as_declared(numbers, dtype, tensor.datatype, "inputs[0]")]
-    return _read(body, check)
+    request, found = _read(body, check)
+    return request, _binary_values(request, found, body, len(body))
+
+
+def header_length(headers: Mapping[str, str], size: int) -> int | None:
+    """Where the JSON header of a body of `size` bytes ends, when binary tensor data follows it:
+    the `Inference-Header-Content-Length` request header, or the `json-header-size` parameter of
+    SageMaker's `application/vnd.sagemaker-triton.binary+json` content type. None: the body is
+    all JSON (also when the header says the whole body)."""
+    given = headers.get(HEADER_LENGTH.lower())
+    where = HEADER_LENGTH
+    if given is None:
+        media, _, rest = headers.get("content-type", "").partition(";")
+        if media.strip().lower() == SAGEMAKER_BINARY:
+            for parameter in rest.split(";"):
+                key, _, value = parameter.partition("=")
+                if key.strip().lower() == "json-header-size":
+                    given, where = value, f"{SAGEMAKER_BINARY}; json-header-size"
+    if given is None:
+        return None
+    text = given.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 18:
+        raise BadRequest("", f"{where}: {given[:40]!r} is not a length in bytes")
+    length = int(text)
+    if length > size:
+        raise BadRequest(
+            "", f"{where}: {length} bytes of JSON header, but the body has only {size} bytes"
+        )
+    return None if length == size else length
+
+
+def _binary_values(
+    request: InferenceRequest, found: list[NDArray[Any] | None], body: bytes, start: int
+) -> list[NDArray[Any]]:
+    """Each input's data: its JSON `data` (`found`), or its `binary_data_size` bytes of `body`
+    from `start` on, in the order of the inputs, read in place as the datatype's little-endian
+    values. Every size is checked against the input's shape and datatype, and all of them
+    against the body's bytes after the header."""
+    values: list[NDArray[Any]] = []
+    offset, tail = start, len(body) - start
+    for i, (tensor, data) in enumerate(zip(request.inputs, found, strict=True)):
+        where = f"inputs[{i}] ({tensor.name!r})"
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is None:
+            if data is None:
+                raise BadRequest("", _no_data(where, tensor.parameters or {}))
+            values.append(data)
+            continue
+        if data is not None and data.size:
+            raise BadRequest("", f"{where}: both data and parameters.binary_data_size; send one")
+        count = _binary_count(where, tensor, size)
+        dtype = BINARY_TYPES[tensor.datatype]
+        if offset + size > len(body):
+            raise BadRequest(
+                "",
+                f"{where}: parameters.binary_data_size is {size} bytes, but only "
+                f"{len(body) - offset} bytes of the body are left after the JSON header and the "
+                "inputs before it",
+            )
+        values.append(np.frombuffer(body, dtype=dtype, count=count, offset=offset))
+        offset += size
+    if offset != len(body):
+        declared = offset - start
+        raise BadRequest(
+            "",
+            f"body: {tail} bytes after the JSON header, but the inputs' "
+            f"parameters.binary_data_size add up to {declared}"
+            + (
+                f" (the header is {start} bytes, as {HEADER_LENGTH} says)"
+                if start != len(body) or not declared
+                else ""
+            ),
+        )
+    return values
+
+
+def _no_data(where: str, parameters: dict[str, Any]) -> str:
+    if "shared_memory_region" in parameters:
+        return f"{where}: shared memory (parameters.shared_memory_region) is not supported"
+    return (
+        f"{where}.data: Field required; send data, or binary data after the JSON header with "
+        f"parameters.binary_data_size and the {HEADER_LENGTH} header"
+    )
+
+
+def _binary_count(where: str, tensor: RequestInput, size: Any) -> int:
+    """How many values `size` bytes of binary data hold, checked against the declared shape."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(
+            "", f"{where}: parameters.binary_data_size must be a count of bytes, not {size!r}"
+        )
+    dtype = BINARY_TYPES.get(tensor.datatype)
+    if dtype is None:
+        known = ", ".join(BINARY_TYPES)
+        raise BadRequest(
+            "", f"{where}.datatype: {tensor.datatype!r} is not accepted as binary data ({known})"
+        )
+    count = declared_count(tensor.shape)
+    if size % dtype.itemsize or size // dtype.itemsize != count:
+        raise BadRequest(
+            "",
+            f"{where}: parameters.binary_data_size is {size} bytes, but shape {tensor.shape} of "
+            f"{tensor.datatype} holds {count} values of {dtype.itemsize} bytes = "
+            f"{count * dtype.itemsize} bytes",
+        )
+    return count
 
 
 def _flat_data(body: bytes) -> tuple[bytes, NDArray[np.float64]] | None:
@@ -137,7 +275,8 @@ def _flat_data(body: bytes) -> tuple[bytes, NDArray[np.float64]] | None:
 
 def _read(
     body: bytes, check: Callable[[InferenceRequest], None] | None
-) -> tuple[InferenceRequest, list[NDArray[Any]]]:
+) -> tuple[InferenceRequest, list[NDArray[Any] | None]]:
+    """The request, and each input's JSON data (None where it has no `data`)."""
     try:
         doc = simdjson.Parser().parse(body)  # one per call: parsers are not shared
     except (ValueError, RuntimeError) as exc:
@@ -160,7 +299,7 @@ def _read(
     if check is not None:
         check(request)
     values = [
-        _values(data, tensor.datatype, f"inputs[{i}]")
+        None if data is None else _values(data, tensor.datatype, f"inputs[{i}]")
         for i, (data, tensor) in enumerate(zip(raw, request.inputs, strict=True))
     ]
     return request, values
@@ -283,7 +422,13 @@ def _unreadable(body: bytes, exc: Exception | None) -> BadRequest:
     try:
         InferenceRequest.model_validate_json(body)
     except ValidationError as error:
-        return BadRequest("", describe_errors(error.errors()))
+        message = describe_errors(error.errors())
+        if "trailing characters" in message:  # most likely binary data without its header
+            message += (
+                f"; binary tensor data after the JSON needs the {HEADER_LENGTH} header (the "
+                "JSON's length in bytes)"
+            )
+        return BadRequest("", message)
     # pydantic takes NaN, Infinity and integers of any size; simdjson (and JSON) does not
     return BadRequest(
         "body",

@@ -63,7 +63,8 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"detail": INTERNAL_ERROR}, 500)  # the guard logs it
+    key = "error" if _is_oip(request) else "detail"
+    return JSONResponse({key: INTERNAL_ERROR}, 500)  # the guard logs it
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]

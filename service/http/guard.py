@@ -52,7 +52,7 @@ from service.errors import (
     Unavailable,
 )
 from service.http.endpoints import ENDPOINTS
-from service.http.errors import INTERNAL_ERROR, error_response
+from service.http.errors import INTERNAL_ERROR, OIP_PREFIX, error_response
 from service.http.state import AppState
 from service.observability.context import RequestInfo, current_request
 from service.observability.logs import escape
@@ -134,7 +134,8 @@ def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
 
 
 async def send_error(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
-    await error_response(error)(scope, receive, send)
+    """`error` as the answer: `{"error": ...}` on the Open Inference Protocol's paths."""
+    await error_response(error, scope["path"].startswith(OIP_PREFIX))(scope, receive, send)
 
 
 CLIENT_GONE = 499  # what nginx logs for a client that hung up: not the service's error

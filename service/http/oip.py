@@ -29,6 +29,7 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -43,8 +44,15 @@ from service.codecs.images import (
     shape_hint,
 )
 from service.codecs.json_input import describe_errors, most_values
-from service.codecs.oip_input import InferenceRequest, declared_count, read_inference_request
-from service.codecs.responses import JSONBody
+from service.codecs.oip_input import (
+    BINARY_TYPES,
+    HEADER_LENGTH,
+    InferenceRequest,
+    declared_count,
+    header_length,
+    read_inference_request,
+)
+from service.codecs.responses import JSON_OPTIONS, JSONBody
 from service.errors import BadRequest, InvalidInput, NotFound
 from service.http.endpoints import OFF_LOOP_BODY_BYTES, parse_off_loop
 from service.http.openapi import GUARD_RESPONSES, error_doc
@@ -70,6 +78,8 @@ ACCEPTED = {
 SCORER_INPUT = "images"
 # The scorer's request parameters (the others, such as `invert`, are read where they apply).
 SCORE_PARAMETERS = ("k", "seed", "fpr", "threshold")
+EXTENSIONS = ["binary_tensor_data"]  # Triton's name for the binary tensor data extension
+BINARY_ANSWER = "application/octet-stream"
 
 
 # --- schemas (the protocol's JSON objects) ----------------------------------------------------
@@ -198,9 +208,12 @@ def _metadata(runtime: ModelRuntime, graph: str) -> ModelMetadata:
     )
 
 
-def _check_inputs(request: InferenceRequest, spec: TensorMetadata, graph: str, limit: int) -> None:
+def _check_inputs(
+    request: InferenceRequest, spec: TensorMetadata, graph: str, limit: int, most: int
+) -> None:
     """The request's inputs are the graph's one input, in a datatype it takes, with at most
-    `limit` rows declared: all known before a value of the data is converted."""
+    `limit` rows and `most` values declared: all known before a value of the data is
+    converted (binary data included)."""
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = [i.name for i in request.inputs]
         raise BadRequest("", f"inputs: expected one tensor named {spec.name!r}, got {names}")
@@ -215,6 +228,17 @@ def _check_inputs(request: InferenceRequest, spec: TensorMetadata, graph: str, l
     shape = request.inputs[0].shape
     if len(shape) > 1 and shape[0] > limit:
         raise BadRequest("", f"inputs[0].shape: {shape[0]} rows; at most {limit} (VAE_MAX_IMAGES)")
+    if declared_count(shape) > most:
+        row = math.prod(spec.shape[1:])
+        raise BadRequest(
+            "",
+            f"inputs[0].shape: {shape} holds {declared_count(shape)} values; {limit} rows of "
+            f"{row} ({_limit_name(most, limit, row)}) hold at most {most}: send fewer rows",
+        )
+
+
+def _limit_name(most: int, limit: int, row: int) -> str:
+    return "VAE_MAX_IMAGES" if most == limit * row else "VAE_MAX_REQUEST_VALUES"
 
 
 def _input_array(
@@ -279,25 +303,25 @@ def _invert(request: InferenceRequest, graph: str) -> Invert:
 
 
 def _parse(
-    body: bytes, runtime: ModelRuntime, graph: str, settings: Settings
+    body: bytes, runtime: ModelRuntime, graph: str, settings: Settings, header: int | None
 ) -> tuple[InferenceRequest, np.ndarray]:
-    """The request and the graph's input array (checked, inverted as asked, float32)."""
+    """The request and the graph's input array (checked, inverted as asked, float32). `header`:
+    the JSON header's length when binary data follows it."""
     limit = settings.max_images
     spec = _input_tensor(runtime, graph)
     row = math.prod(spec.shape[1:])
     most = limit * row
     if graph in IMAGE_GRAPHS:  # and no request carries more image values than this
         most = min(most, settings.max_request_values)
-    found = most_values(body, most)
+    found = most_values(body if header is None else body[:header], most)
     if found is not None:  # before parsing: its cost grows with the values the body holds
         raise BadRequest(
             "",
             f"inputs: the body holds about {found} numbers; {limit} rows of {row} "
-            f"({'VAE_MAX_IMAGES' if most == limit * row else 'VAE_MAX_REQUEST_VALUES'}) hold "
-            f"at most {most}: send fewer rows per request",
+            f"({_limit_name(most, limit, row)}) hold at most {most}: send fewer rows per request",
         )
-    check = functools.partial(_check_inputs, spec=spec, graph=graph, limit=limit)
-    request, values = read_inference_request(body, check)
+    check = functools.partial(_check_inputs, spec=spec, graph=graph, limit=limit, most=most)
+    request, values = read_inference_request(body, check, header)
     x = _input_array(request, values, spec, graph)
     try:  # VAE_MAX_REQUEST_VALUES: the images read, or the images the answer will hold
         check_image_values(len(x), runtime, settings, "inputs[0]")
@@ -319,10 +343,13 @@ async def _infer(
     runtime, graph = _split_name(registry, oip_name)
     _check_version(runtime, oip_name, version)
     raw = await http_request.body()
+    header = _framing(http_request, raw)
     # Off the event loop when large: a 16 MB body takes long enough to parse and check that,
-    # on the loop, it would hold up every other request and the probes.
-    parse = functools.partial(_parse, raw, runtime, graph, registry.settings)
-    if len(raw) <= OFF_LOOP_BODY_BYTES:
+    # on the loop, it would hold up every other request and the probes. Binary data is not
+    # parsed (numpy reads it in place): it costs an eighth of JSON text of the same size.
+    parse = functools.partial(_parse, raw, runtime, graph, registry.settings, header)
+    cost = len(raw) if header is None else header + (len(raw) - header) // 8
+    if cost <= OFF_LOOP_BODY_BYTES:
         request, x = parse()
     else:
         request, x = await parse_off_loop(registry.executor, parse)
@@ -336,6 +363,20 @@ async def _infer(
     width = 2 * runtime.latent_dim if graph == "encoder" else runtime.image_values
     async with registry.answers.reserve(answer_bytes(len(x) * width, "json")):
         return await _run(runtime, graph, oip_name, x, request)
+
+
+def _framing(http_request: Request, raw: bytes) -> int | None:
+    """The JSON header's length when binary tensor data follows it (None: all JSON). Any
+    Content-Type is taken, or none, as Triton's and KServe's clients send: the body says what
+    it is. A compressed body is refused by name."""
+    encoding = http_request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise BadRequest(
+            "",
+            f"Content-Encoding: {encoding[:40]!r} is not accepted on /v2; send the body "
+            "uncompressed (tritonclient: no request_compression_algorithm)",
+        )
+    return header_length(http_request.headers, len(raw))
 
 
 def _score_params(request: InferenceRequest) -> ScoreParams:
@@ -416,29 +457,70 @@ def _answer(
     request: InferenceRequest,
     parameters: dict[str, Any] | None = None,
 ) -> Response:
-    """The outputs the request asks for (all by default), as the protocol writes them."""
+    """The outputs the request asks for (all by default), in its order, as the protocol writes
+    them: JSON data, or binary data after the JSON header (the binary tensor data extension)
+    for those it asks so."""
     wanted = [o.name for o in request.outputs] if request.outputs else list(results)
     unknown = [name for name in wanted if name not in results]
     if unknown:
         raise BadRequest("", f"outputs: {unknown} not among this model's outputs {list(results)}")
+    binary = _binary_outputs(request, len(wanted))
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, as_binary in zip(wanted, binary, strict=True):
+        value, datatype = results[name], _datatype(results[name])
+        output: dict[str, Any] = {"name": name, "shape": list(value.shape), "datatype": datatype}
+        if as_binary:
+            blobs.append(value.astype(BINARY_TYPES[datatype], copy=False).tobytes())
+            output["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            output["data"] = value.ravel()
+        outputs.append(output)
     body: dict[str, Any] = {
         "model_name": oip_name,
         "model_version": runtime.manifest.version,
-        "outputs": [
-            {
-                "name": name,
-                "shape": list(results[name].shape),
-                "datatype": _datatype(results[name]),
-                "data": results[name].ravel(),
-            }
-            for name in wanted
-        ],
+        "outputs": outputs,
     }
     if request.id is not None:
         body["id"] = request.id
     if parameters:
         body["parameters"] = parameters
-    return JSONBody(body)
+    if not blobs:
+        return JSONBody(body)
+    head = orjson.dumps(body, option=JSON_OPTIONS)
+    return Response(
+        b"".join([head, *blobs]),
+        media_type=BINARY_ANSWER,
+        headers={HEADER_LENGTH: str(len(head))},
+    )
+
+
+def _binary_outputs(request: InferenceRequest, count: int) -> list[bool]:
+    """Which of the `count` outputs answered go as binary data: each requested output's
+    `binary_data`, else the request's `binary_data_output` (default false)."""
+    default = _flag(request.parameters, "parameters.binary_data_output")
+    if not request.outputs:
+        return [bool(default)] * count
+    chosen = []
+    for i, output in enumerate(request.outputs):
+        given = output.parameters or {}
+        if "classification" in given:
+            raise BadRequest(
+                "",
+                f"outputs[{i}].parameters.classification: the classification extension is "
+                "not supported",
+            )
+        flag = _flag(given, f"outputs[{i}].parameters.binary_data", "binary_data")
+        chosen.append(bool(default) if flag is None else flag)
+    return chosen
+
+
+def _flag(parameters: dict[str, Any] | None, where: str, key: str = "") -> bool | None:
+    key = key or where.rpartition(".")[2]
+    value = (parameters or {}).get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise BadRequest("", f"{where}: expected true or false, not {value!r}")
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -477,7 +559,7 @@ def oip_router() -> APIRouter:
         "", response_model=ServerMetadata, summary="Server metadata", responses=guard_responses
     )
     async def server_metadata() -> ServerMetadata:
-        return ServerMetadata(name="vae-serving", version=__version__, extensions=[])
+        return ServerMetadata(name="vae-serving", version=__version__, extensions=EXTENSIONS)
 
     @router.get("/health/live", response_model=Liveness, summary="Server liveness")
     async def live() -> Liveness:
