@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_bench import (
     MODEL,
     ROOT,
+    WRK_SCRIPT,
     Load,
     Result,
     median_result,
@@ -41,19 +42,6 @@ from serve_bench import (
 PORT = 8093
 ENCODER = f"/v2/models/{MODEL}-encoder/infer"
 HEADER = "Inference-Header-Content-Length"
-# wrk's request: the body, Content-Type, Accept and (binary bodies) the JSON header's length.
-WRK_SCRIPT = """
-local f = io.open(os.getenv("BODY_FILE"), "rb")
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
-wrk.headers["Accept"] = os.getenv("ACCEPT")
-local header = os.getenv("HEADER_LENGTH")
-if header ~= nil and header ~= "" then
-  wrk.headers["Inference-Header-Content-Length"] = header
-end
-"""
 
 
 def oip_json(x: np.ndarray) -> bytes:

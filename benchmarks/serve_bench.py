@@ -43,6 +43,11 @@ wrk.body = f:read("*all")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
 wrk.headers["Accept"] = os.getenv("ACCEPT")
+-- OIP bodies with binary tensors (benchmarks/oip_bench.py): the JSON header's length
+local header = os.getenv("HEADER_LENGTH")
+if header ~= nil and header ~= "" then
+  wrk.headers["Inference-Header-Content-Length"] = header
+end
 """
 
 
