@@ -92,15 +92,14 @@ class Channel:
                 await self._loop.sock_sendall(self.sock, orjson.dumps(message))
 
     def hand_over(self, connection: socket.socket) -> bool:
-        """Pass an accepted connection to the other end, and close it here; False (and the
-        connection closed) when it could not go (the other end gone or not reading)."""
+        """Pass an accepted connection to the other end and close it here; False (the
+        connection kept) when it cannot go: the other end is gone, or its buffer is full."""
         try:
             socket.send_fds(self.sock, [CONNECTION], [connection.fileno()])
-            return True
         except OSError:
             return False
-        finally:
-            connection.close()
+        connection.close()
+        return True
 
     def close(self) -> None:
         if not self.closed:

@@ -236,15 +236,19 @@ class Supervisor:
             except OSError as exc:  # out of file descriptors, say: the next wake-up retries
                 logger.error("could not accept a connection: %s", exc)
                 return
-            ready = [slot for slot in self.slots if slot.reachable]
-            if not ready:
-                connection.close()
-                continue
+            self._hand_over(connection)
+
+    def _hand_over(self, connection: socket.socket) -> None:
+        """To the next ready worker in turn; past one that cannot take it (it has just died,
+        and the supervisor has not heard yet) to the one after."""
+        ready = [slot for slot in self.slots if slot.reachable]
+        for _ in ready:
             self.turn = (self.turn + 1) % len(ready)
-            slot = ready[self.turn]
-            assert slot.channel is not None
-            if not slot.channel.hand_over(connection):
-                logger.warning("a connection could not be handed to worker %d", slot.index)
+            channel = ready[self.turn].channel
+            assert channel is not None
+            if channel.hand_over(connection):
+                return
+        connection.close()  # no worker could take it: the client sees the connection close
 
     # --- reloads ----------------------------------------------------------------------------
 
