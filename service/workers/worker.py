@@ -55,9 +55,7 @@ def run_worker(spec: WorkerSpec) -> None:
         if server.should_exit:  # handed over just as the drain ended: not served (no answer)
             connection.close()
             return
-        # As uvloop sets on the connections of a listening socket: without it, the pieces of a
-        # large answer wait for the client's delayed ACKs (Nagle's algorithm), 40 ms at a time.
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # uvloop makes it non-blocking and sets TCP_NODELAY, as for a listening socket's own.
         loop = asyncio.get_running_loop()
         task = loop.create_task(loop.connect_accepted_socket(server.protocol, connection))
         connecting.add(task)
