@@ -20,13 +20,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
-from service.codecs.oip_input import InferenceRequest
 from service.http.docs import add_docs
 from service.http.errors import install_error_handlers
 from service.http.fastpath import FastLane
 from service.http.guard import Guard
 from service.http.meta import health_router, models_router, reload_router
-from service.http.oip import ErrorBody, oip_router
+from service.http.oip import oip_router
 from service.http.openapi import documented_models, install_openapi
 from service.http.routes import inference_router
 from service.http.state import AppState
@@ -34,6 +33,7 @@ from service.models.registry import ModelRegistry
 from service.models.runtime import memory_trimmer
 from service.observability.access_log import AccessLog
 from service.observability.metrics import Metrics
+from service.oip.schemas import ErrorBody, InferenceRequest
 from service.schemas import ErrorResponse, RepositoryReloadRefused
 from service.settings import Settings
 
