@@ -22,6 +22,7 @@ answer budget as the service's own endpoints.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,7 @@ EXTENSIONS = ["binary_tensor_data"]  # Triton's name for the binary tensor data 
 PLATFORM = "onnxruntime_onnx"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProtocolModel:
     """One of a served model's graphs as the protocol names it (`mnist-vae-encoder`)."""
 
@@ -80,6 +81,17 @@ class ProtocolModel:
     @property
     def version(self) -> str:
         return self.runtime.manifest.version
+
+    @functools.cached_property
+    def input(self) -> TensorMetadata:
+        """The graph's input as the protocol sees it: images [-1, H, W, C] (whatever the
+        graph's own layout: the service converts), or a decoder's latent vectors [-1, latent]."""
+        runtime = self.runtime
+        if self.graph == "encoder":
+            return _tensor(runtime.manifest.encoder.inputs[0].name, runtime.image_hwc)
+        if self.graph == "scorer":
+            return _tensor(SCORER_INPUT, runtime.image_hwc)
+        return _tensor(runtime.manifest.decoder.inputs[0].name, (runtime.latent_dim,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,17 +149,6 @@ def _tensor(name: str, row: tuple[int, ...], datatype: str = "FP32") -> TensorMe
     return TensorMetadata(name=name, datatype=datatype, shape=[-1, *row])
 
 
-def input_tensor(model: ProtocolModel) -> TensorMetadata:
-    """The graph's input as the protocol sees it: images [-1, H, W, C] (whatever the graph's
-    own layout: the service converts), or a decoder's latent vectors [-1, latent]."""
-    runtime = model.runtime
-    if model.graph == "encoder":
-        return _tensor(runtime.manifest.encoder.inputs[0].name, runtime.image_hwc)
-    if model.graph == "scorer":
-        return _tensor(SCORER_INPUT, runtime.image_hwc)
-    return _tensor(runtime.manifest.decoder.inputs[0].name, (runtime.latent_dim,))
-
-
 def output_tensors(model: ProtocolModel) -> list[TensorMetadata]:
     """An encoder's mean (or code) and a VAE's log-variance [-1, latent] (other outputs of the
     graph, such as a sampled z, are not served); a decoder's images [-1, H, W, C]; a scorer's
@@ -180,13 +181,13 @@ def model_metadata(model: ProtocolModel) -> ModelMetadata:
         name=model.name,
         versions=[model.version],
         platform=PLATFORM,
-        inputs=[input_tensor(model)],
+        inputs=[model.input],
         outputs=output_tensors(model),
     )
 
 
 def limits(model: ProtocolModel, settings: Settings) -> Limits:
-    row = math.prod(input_tensor(model).shape[1:])
+    row = math.prod(model.input.shape[1:])
     most = settings.max_images * row
     if model.graph in IMAGE_GRAPHS:  # and no request carries more image values than this
         most = min(most, settings.max_request_values)
@@ -196,7 +197,7 @@ def limits(model: ProtocolModel, settings: Settings) -> Limits:
 def check_inputs(request: InferenceRequest, model: ProtocolModel, limits: Limits) -> None:
     """The request's inputs are the graph's one input, in a datatype it takes, within `limits`:
     all known before a value of the data is converted (binary data included)."""
-    spec = input_tensor(model)
+    spec = model.input
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = [i.name for i in request.inputs]
         raise BadRequest("", f"inputs: expected one tensor named {spec.name!r}, got {names}")
@@ -246,7 +247,7 @@ def prepare(
 def _input_array(
     request: InferenceRequest, values: list[np.ndarray], model: ProtocolModel
 ) -> np.ndarray:
-    spec = input_tensor(model)
+    spec = model.input
     tensor, flat = request.inputs[0], values[0]
     count = declared_count(tensor.shape)
     if flat.size != count:
