@@ -9,7 +9,7 @@ answer the same request with the same numbers, drives each load with wrk (one th
 connections), stops them, and prints one markdown table (requests/s, images/s, p50, p99, errors,
 share of in-process onnxruntime) and the ratios issue 19 names.
 
-    python benchmarks/oip_bench.py                  # about 2 minutes; needs `wrk`
+    python benchmarks/oip_bench.py                  # about 4 minutes; needs `wrk`
     python benchmarks/oip_bench.py --mlserver /work/mlserver-venv/bin/mlserver
     python benchmarks/oip_bench.py --seconds 3 --rounds 1 --loads 256x4
 
@@ -97,24 +97,6 @@ def oip_binary(x: np.ndarray) -> tuple[bytes, int]:
     return head + data, len(head)
 
 
-def in_process(x: np.ndarray, seconds: float) -> float:
-    """Images/s of the encoder's graph alone, called back to back (onnxruntime's defaults, no
-    spinning, as benchmarks/serve_bench.py runs it)."""
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(
-        str(ROOT / "models" / MODEL / "encoder.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    feed = {"x": np.ascontiguousarray(x[:, None])}  # the graph's (N, 1, 28, 28)
-    for _ in range(20):
-        session.run(None, feed)
-    calls, begin = 0, time.perf_counter()
-    while time.perf_counter() - begin < seconds:
-        session.run(None, feed)
-        calls += 1
-    return calls * len(x) / (time.perf_counter() - begin)
-
-
 # --- the loads ----------------------------------------------------------------------------------
 
 JSON_LABEL = "OIP, JSON"
@@ -163,6 +145,37 @@ class BenchPath:
     check: Callable[[], None]
     run: Callable[[float], Result]
     results: list[Result] = field(default_factory=list)
+
+
+IN_PROCESS = "in-process"
+
+
+def in_process_path(x: np.ndarray) -> BenchPath:
+    """The encoder's graph alone in this process, called back to back by one caller
+    (onnxruntime's defaults, no spinning, as benchmarks/serve_bench.py runs it): the limit. A
+    path like the others, so that it runs in every round and a drift of the machine hits it too."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        str(ROOT / "models" / MODEL / "encoder.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    feed = {"x": np.ascontiguousarray(x[:, None])}  # the graph's (N, 1, 28, 28)
+
+    def check() -> None:
+        for _ in range(20):
+            session.run(None, feed)
+
+    def run(seconds: float) -> Result:
+        latencies, begin = [], time.perf_counter()
+        while time.perf_counter() - begin < seconds:
+            start = time.perf_counter()
+            session.run(None, feed)
+            latencies.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - begin
+        p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
+        return Result(len(latencies) / elapsed, float(p50), float(p99), 0)
+
+    return BenchPath(IN_PROCESS, "onnxruntime, encoder graph", len(x), 1, check, run)
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -294,7 +307,7 @@ def build_paths(
     ports: dict[str, int],
     workdir: Path,
 ) -> list[BenchPath]:
-    paths = []
+    paths = [in_process_path(images[:batch]) for batch in sorted({b for b, _ in batches})]
     for batch, conns in batches:
         x = images[:batch]
         paths += [wrk_path(SERVICE, ports[SERVICE], load, header, workdir)
@@ -335,7 +348,6 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
     images = test_images(256)
     batches = parse_loads(args.loads)
-    limits = {batch: in_process(images[:batch], args.seconds) for batch, _ in batches}
     ports = {SERVICE: free_port(), "grpc": free_port()}
     skipped = None
     if args.mlserver and not Path(args.mlserver).is_file():
@@ -373,38 +385,33 @@ def main() -> None:
                 )
         paths = build_paths(images, batches, ports, workdir)
         measure(paths, args.seconds, args.rounds)
-    report(paths, limits, args.rounds, skipped, difference, args.mlserver)
+    report(paths, args.rounds, skipped, difference, args.mlserver)
 
 
 def report(
     paths: list[BenchPath],
-    limits: dict[int, float],
     rounds: int,
     skipped: str | None,
     difference: float | None,
     mlserver: str | None,
 ) -> None:
-    print(f"{os.cpu_count()} cores, {platform_line()}; onnxruntime {ort.__version__}")
+    rows = {(p.server, p.label, p.images, p.connections): median_result(p.results) for p in paths}
+    limits = {p.images: rows[(p.server, p.label, p.images, p.connections)].requests_s * p.images
+              for p in paths if p.server == IN_PROCESS}  # fmt: skip
+    print(f"{os.cpu_count()} cores, {platform_line()}; onnxruntime {ort.__version__}; {MODEL}")
     if mlserver:
         print(f"MLServer: {mlserver_version(mlserver)}, benchmarks/mlserver/; same request, "
               f"largest |difference| in mu and logvar {difference:.1e}")  # fmt: skip
-    print("in-process onnxruntime, " + f"{MODEL} encoder: " + ", ".join(
-        f"{limits[b]:,.0f} images/s at {b}" for b in limits))  # fmt: skip
     print(f"medians of {rounds} round(s), each path in turn\n")
     print("| server | path | images x conns | requests/s | images/s | p50 ms | p99 ms | errors "
           "| of in-process |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    rows = {}
-    for path in paths:
-        r = median_result(path.results)
-        rows[(path.server, path.label, path.images, path.connections)] = r
-        per_s = r.requests_s * path.images
-        limit = limits.get(path.images)
-        share = f"{per_s / limit:.0%}" if limit else "n/a"
+    for (server, label, images, conns), r in rows.items():
+        per_s = r.requests_s * images
+        share = f"{per_s / limits[images]:.0%}" if images in limits else "n/a"
         print(
-            f"| {path.server} | {path.label} | {path.images} x {path.connections} | "
-            f"{r.requests_s:,.0f} | {per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-            f"{r.errors} | {share} |"
+            f"| {server} | {label} | {images} x {conns} | {r.requests_s:,.0f} | {per_s:,.0f} | "
+            f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {share} |"
         )
     print()
     for line in ratios(rows, limits):
