@@ -178,10 +178,7 @@ def test_every_request_gets_a_server_span_and_a_child_for_its_onnxruntime_call(
     (call,) = [s for s in receiver.named("onnxruntime encoder") if s.trace_id == request.trace_id]
     assert call.parent_id == request.span_id and call.span.kind == ProtoSpan.SPAN_KIND_INTERNAL
     assert call.attributes == {
-        "vae.model": "tiny-vae",
-        "vae.graph": "encoder",
         "vae.batch.size": 3,
-        "vae.batch.rows": 3,
         "vae.batch.requests": 1,
         "vae.request.rows": 3,
     }
@@ -319,7 +316,7 @@ def test_requests_sharing_a_call_each_get_its_span_linked_to_the_call(
     (batch,) = receiver.named("onnxruntime encoder batch")
     assert batch.parent_id == "" and batch.trace_id not in {s.trace_id for s in requests.values()}
     assert batch.links == {(s.trace_id, s.span_id) for s in requests.values()}
-    assert batch.attributes["vae.batch.requests"] == 3 and batch.attributes["vae.batch.size"] == 6
+    assert batch.attributes == {"vae.batch.size": 6, "vae.batch.requests": 3, "vae.model": "m"}
     children = receiver.named("onnxruntime encoder")
     assert len(children) == 3
     for i, info in enumerate(infos):

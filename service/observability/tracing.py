@@ -177,8 +177,8 @@ class Tracing:
         elif port:
             attributes["server.address"] = port
         client = scope.get("client")
-        if client:
-            attributes["client.address"], attributes["client.port"] = client[0], client[1]
+        if client:  # (client.port is opt-in in the conventions: every attribute costs)
+            attributes["client.address"] = client[0]
         agent = headers.get(b"user-agent")
         if agent:
             attributes["user_agent.original"] = agent.decode("latin-1")
@@ -203,13 +203,14 @@ class Tracing:
         `traces` are those whose traces are sampled, each with its own rows; `rows` all the
         rows, `call_rows` the most in one call (a request larger than VAE_MAX_BATCH_SIZE runs in
         several calls)."""
+        # Few attributes: each costs the request time, and the export more. The model is on the
+        # request's span, the graph in the name; rows only where they differ from the size.
         shared: dict[str, AttributeValue] = {
-            "vae.model": model,
-            "vae.graph": graph,
             "vae.batch.size": call_rows,
-            "vae.batch.rows": rows,
             "vae.batch.requests": requests,
         }
+        if rows != call_rows:
+            shared["vae.batch.rows"] = rows
         name = f"onnxruntime {graph}"
         spans: list[Span] = []
         links: list[Link] = []
@@ -218,7 +219,7 @@ class Tracing:
                 f"{name} batch",
                 context=Context(),  # a new trace, not the first request's
                 links=[Link(trace.span.get_span_context()) for trace, _ in traces],
-                attributes=shared,
+                attributes={**shared, "vae.model": model},
             )
             spans.append(call)
             links.append(Link(call.get_span_context()))
