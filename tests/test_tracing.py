@@ -247,6 +247,30 @@ def test_uploads_answered_by_fastapi_and_refusals_of_the_guard_are_traced_once(
     assert denied_span.attributes["http.response.status_code"] == 401
 
 
+def test_an_open_inference_protocol_request_is_traced_with_its_route(
+    model_dir: Path, receiver: Receiver
+) -> None:
+    request = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [2, 28, 28],
+                "datatype": "FP32",
+                "data": IMAGES[:2].ravel().tolist(),
+            }
+        ]
+    }
+    with TestClient(create_app(traced_settings(model_dir))) as client:
+        answer = client.post("/v2/models/tiny-vae-encoder/infer", json=request)
+        assert answer.status_code == 200, answer.text
+    (span,) = [s for s in receiver.spans if s.span.kind == ProtoSpan.SPAN_KIND_SERVER]
+    assert span.name == "POST /v2/models/{model}/infer"
+    assert span.attributes["url.path"] == "/v2/models/tiny-vae-encoder/infer"
+    assert span.attributes["http.response.status_code"] == 200
+    (call,) = receiver.named("onnxruntime encoder")
+    assert call.parent_id == span.span_id and call.attributes["vae.request.rows"] == 2
+
+
 def test_a_5xx_marks_the_span_failed(model_dir: Path, receiver: Receiver) -> None:
     app = create_app(traced_settings(model_dir))
 
