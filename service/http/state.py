@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from service.models.registry import ModelRegistry
 from service.observability.access_log import AccessLog
 from service.observability.metrics import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:  # imported only where tracing is on (VAE_TRACING)
+    from service.observability.tracing import Tracing
 
 FOLDER = ""  # the gate's key for POST /models/reload (no model is named "")
 
@@ -78,6 +81,7 @@ class AppState:
     draining: bool = False  # set on SIGTERM: readiness and new requests answer 503
     reload_gate: ReloadGate = field(default_factory=ReloadGate)  # the reload endpoints' rules
     decode_pool: DecodePool = field(init=False)  # uploads' image decoding; the lifespan closes it
+    tracing: Tracing | None = None  # VAE_TRACING=otlp: set and shut down by the lifespan
 
     def __post_init__(self) -> None:
         self.decode_pool = DecodePool(self.settings.decode_threads)
