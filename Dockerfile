@@ -14,7 +14,7 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[serve]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[serve,tracing]"
 
 # --- build-gpu: the onnxruntime-gpu wheel (hundreds of MB), in a stage of its own so that only the
 # gpu target downloads it (BuildKit skips stages the target does not use).
@@ -32,7 +32,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vae
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels "vae-serving[serve]"
+    pip install --no-cache-dir --no-index --find-links=/wheels "vae-serving[serve,tracing]"
 COPY --chown=root:root models /models
 USER 10001:10001
 EXPOSE 8000
@@ -58,7 +58,7 @@ RUN apt-get update \
 # The CPU onnxruntime wheel is swapped for onnxruntime-gpu: both provide the same module.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     --mount=type=bind,from=build-gpu,source=/wheels-gpu,target=/wheels-gpu \
-    pip install --no-cache-dir --no-index --find-links=/wheels "vae-serving[serve]" \
+    pip install --no-cache-dir --no-index --find-links=/wheels "vae-serving[serve,tracing]" \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir --no-index --find-links=/wheels --find-links=/wheels-gpu onnxruntime-gpu
 COPY --chown=root:root models /models

@@ -315,6 +315,9 @@ def main() -> None:
         "alternating, and report medians (the machine's speed drifts)",
     )
     parser.add_argument("--ready-samples", type=int, default=3, help="start-ups timed")
+    parser.add_argument(
+        "--port", type=int, default=8100, help="the service's port; the baseline's is the next"
+    )
     parser.add_argument("--only", help="only loads whose label contains this text")
     parser.add_argument(
         "--service-env", default="", help="extra VAE_ settings, e.g. VAE_MAX_BATCH_SIZE=1"
@@ -339,17 +342,18 @@ def main() -> None:
     limit = in_process(images, args.seconds)
 
     service_env = dict(kv.split("=", 1) for kv in args.service_env.split() if kv)
-    service_cmd = [sys.executable, "-m", "service", "--port", "8100"]
-    baseline_cmd = [sys.executable, "benchmarks/baseline_server.py", "--port", "8101"]
+    port, base_port = args.port, args.port + 1
+    service_cmd = [sys.executable, "-m", "service", "--port", str(port)]
+    baseline_cmd = [sys.executable, "benchmarks/baseline_server.py", "--port", str(base_port)]
     # Bytecode compiled up front, as an installed wheel has it: where PYTHONDONTWRITEBYTECODE
     # is set, each start would otherwise compile the modules again.
     compileall.compile_dir(ROOT / "service", quiet=1)
     service_ready, baseline_ready = [], []
     for _ in range(args.ready_samples):  # alternating, so a drift of the machine hits both
-        service_ready += time_start_ups(service_cmd, 8100, service_env, 1)
-        baseline_ready += time_start_ups(baseline_cmd, 8101, {}, 1)
-    service, _ = start(service_cmd, 8100, service_env)
-    baseline, _ = start(baseline_cmd, 8101)
+        service_ready += time_start_ups(service_cmd, port, service_env, 1)
+        baseline_ready += time_start_ups(baseline_cmd, base_port, {}, 1)
+    service, _ = start(service_cmd, port, service_env)
+    baseline, _ = start(baseline_cmd, base_port)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -368,9 +372,9 @@ def main() -> None:
                     key = (load.label, load.images)
                     if key in json_loads:
                         base_samples.setdefault(key, []).append(
-                            run_wrk(8101, load, args.seconds, workdir)
+                            run_wrk(base_port, load, args.seconds, workdir)
                         )
-                    samples.setdefault(key, []).append(run_wrk(8100, load, args.seconds, workdir))
+                    samples.setdefault(key, []).append(run_wrk(port, load, args.seconds, workdir))
             for load in loads:
                 key = (load.label, load.images)
                 base = median_result(base_samples[key]) if key in base_samples else None
@@ -386,10 +390,10 @@ def main() -> None:
                 1,
             )
             single = median_result(
-                [run_wrk(8100, one, args.seconds, workdir) for _ in range(args.rounds)]
+                [run_wrk(port, one, args.seconds, workdir) for _ in range(args.rounds)]
             )
             single_base = median_result(
-                [run_wrk(8101, one, args.seconds, workdir) for _ in range(args.rounds)]
+                [run_wrk(base_port, one, args.seconds, workdir) for _ in range(args.rounds)]
             )
         service_rss, baseline_rss = rss_mib(service.pid), rss_mib(baseline.pid)
     finally:

@@ -20,13 +20,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
-from service.codecs.oip_input import InferenceRequest
 from service.http.docs import add_docs
 from service.http.errors import install_error_handlers
 from service.http.fastpath import FastLane
 from service.http.guard import Guard
 from service.http.meta import health_router, models_router, reload_router
-from service.http.oip import ErrorBody, oip_router
+from service.http.oip import oip_router
 from service.http.openapi import documented_models, install_openapi
 from service.http.routes import inference_router
 from service.http.state import AppState
@@ -34,6 +33,7 @@ from service.models.registry import ModelRegistry
 from service.models.runtime import memory_trimmer
 from service.observability.access_log import AccessLog
 from service.observability.metrics import Metrics
+from service.oip.schemas import ErrorBody, InferenceRequest
 from service.schemas import ErrorResponse, RepositoryReloadRefused
 from service.settings import Settings
 
@@ -83,8 +83,9 @@ def create_app(
         summary="Encode, reconstruct, generate and decode with exported AEs and VAEs.",
         description=DESCRIPTION,
         lifespan=_lifespan(state, registry),
-        # FastAPI's built-in OpenTelemetry hooks check their providers on every request; this
-        # service exports no OpenTelemetry data, so they stay off.
+        # FastAPI's built-in OpenTelemetry hooks check their providers on every request, and
+        # would miss the requests the fast path answers: the guard opens every request's span
+        # instead (VAE_TRACING, service.observability.tracing), so they stay off.
         telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,
         redoc_url=None,
@@ -97,8 +98,11 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             # Every request header the service reads.
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"],
-            expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After"],
+            allow_headers=[
+                *("Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"),
+                *("traceparent", "tracestate"),
+            ],
+            expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After", "traceresponse"],
         )
     install_error_handlers(app)
     routers = (inference_router(), reload_router(), models_router(), health_router(), oip_router())
@@ -133,6 +137,11 @@ def _lifespan(
         )
         loaded.attach(state.metrics)
         state.registry = loaded
+        if state.settings.tracing == "otlp":
+            # Only here: with tracing off, no OpenTelemetry SDK is imported at all.
+            from service.observability.tracing import Tracing
+
+            state.tracing = Tracing.from_environment()
         logger.info("ready: %s (default %s)", ", ".join(loaded.models), loaded.default_name)
         background = [
             asyncio.create_task(_trim_memory(state.settings.memory_trim_interval_s)),
@@ -154,6 +163,9 @@ def _lifespan(
             state.registry = None
             await loaded.close()
             state.decode_pool.close()
+            if state.tracing is not None:  # sends the spans still queued
+                await run_in_threadpool(state.tracing.shutdown)
+                state.tracing = None
 
     return lifespan
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -9,6 +10,15 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "mnist-vae"
+# What VAE_TRACING=otlp imports (the `tracing` extra), looked for without importing it.
+TRACING_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http")
+
+
+def module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def read_key_file(path: Path) -> list[str]:
@@ -175,6 +185,11 @@ class Settings(BaseSettings):
     """Log level of the service and of uvicorn."""
     log_format: Literal["text", "json"] = "text"
     """`text` for people, `json` (one object per line) for log collectors."""
+    tracing: Literal["off", "otlp"] = "off"
+    """`otlp`: an OpenTelemetry span for every request and for the onnxruntime call it shared,
+    the caller's `traceparent` honoured, sent as OTLP over HTTP where the standard `OTEL_*`
+    variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, ...); needs the
+    `tracing` extra. `off`: no OpenTelemetry SDK is loaded."""
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -191,6 +206,19 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing_installed(cls, value: str) -> str:
+        if value == "otlp":
+            missing = [name for name in TRACING_MODULES if not module_exists(name)]
+            if missing:
+                raise ValueError(
+                    "`otlp` needs the OpenTelemetry SDK and its OTLP exporter "
+                    f"({', '.join(missing)} not found): install the `tracing` extra, "
+                    "`pip install 'vae-serving[tracing]'`, or set VAE_TRACING=off"
+                )
         return value
 
     @field_validator("api_keys_file")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from string import Template
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jsonpatch
@@ -361,6 +362,27 @@ def test_nginx_prometheus_and_grafana_point_at_what_exists() -> None:
         for m in re.findall(r'"datasource":\s*\{[^}]*"uid":\s*"([^"$]+)"', d.read_text())
     }
     assert used <= provisioned, used - provisioned
+
+
+def test_the_monitoring_profile_receives_the_services_traces() -> None:
+    services = compose()["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["monitoring"] and jaeger["image"].startswith("jaegertracing/")
+    assert jaeger["ports"] == ["16686:16686"]  # its UI; OTLP stays inside compose's network
+    for name in OUR_IMAGE:
+        env = {k: with_defaults(str(v)) for k, v in services[name]["environment"].items()}
+        assert env["VAE_TRACING"] == "off", "tracing is asked for with VAE_TRACING=otlp"
+        endpoint = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        # OTLP over HTTP (the exporter of the `tracing` extra), to the trace backend
+        assert endpoint.scheme == "http" and endpoint.port == 4318
+        assert endpoint.hostname in services, endpoint
+        assert services[endpoint.hostname]["profiles"] == ["monitoring"]
+        assert env["OTEL_SERVICE_NAME"]
+    # the image can trace: its wheels include the `tracing` extra
+    installs = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if "vae-serving[" in line
+    ]
+    assert installs and all("tracing" in line for line in installs)
 
 
 def test_every_vae_variable_set_anywhere_is_a_valid_setting(

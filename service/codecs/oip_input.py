@@ -22,15 +22,16 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import simdjson
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import ValidationError
 
 from service.codecs.json_input import describe_errors
 from service.errors import BadRequest
+from service.oip.schemas import InferenceRequest, RequestInput
 
 FLOAT_TYPES: dict[str, type[np.floating[Any]]] = {
     "FP16": np.float16,
@@ -59,51 +60,6 @@ SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
 
 # simdjson's as_buffer() kinds: float64, int64, uint64.
 BUFFER_TYPES = {"d": np.float64, "i": np.int64, "u": np.uint64}
-
-
-class RequestInput(BaseModel):
-    name: str
-    # Strict: a JSON `true` or `784.0` is not a dimension.
-    shape: list[Annotated[StrictInt, Field(ge=0)]]
-    datatype: str
-    parameters: dict[str, Any] | None = Field(
-        None, description="`binary_data_size`: the input's bytes after the JSON header."
-    )
-    data: list[Any] | None = Field(
-        None, description="Row-major values, flat or nested (absent for binary data)."
-    )
-
-
-class RequestOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = Field(
-        None, description="`binary_data: true`: this output as binary data after the JSON."
-    )
-
-
-class InferenceRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "42",
-                    "inputs": [
-                        {"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [0.5, -1.0]}
-                    ],
-                    "outputs": [{"name": "x_mean"}],
-                }
-            ]
-        }
-    )
-
-    id: str | None = Field(None, description="Echoed in the response.")
-    parameters: dict[str, Any] | None = Field(
-        None, description="`binary_data_output: true`: every output as binary data by default."
-    )
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = Field(
-        None, description="Outputs to return (default: all)."
-    )
 
 
 # Bodies from this size on have their numbers read by numpy, when they can be (see

@@ -25,8 +25,9 @@ every other error of this service.) The request head is bounded before this, by 
 
 Every request it sees gets an `X-Request-ID` (the client's, or a new one), is counted in the
 metrics, and (VAE_ACCESS_LOG) gets one log line with its id, endpoint, model, status, latency
-and batch size. A client that hangs up before it is answered (nothing sent yet) is recorded as
-499, whichever path read its body.
+and batch size; with VAE_TRACING on, a span too (the caller's `traceparent` its parent), whose
+trace id the log line and the `traceresponse` answer header carry. A client that hangs up
+before it is answered (nothing sent yet) is recorded as 499, whichever path read its body.
 """
 
 from __future__ import annotations
@@ -229,6 +230,11 @@ class Guard:
             return
         headers = dict(scope["headers"])
         info = RequestInfo(request_id(headers))
+        tracing = self.state.tracing
+        if tracing is not None:
+            label = endpoint_label(scope["path"])
+            route = None if label == "other" else label
+            info.trace = tracing.http_request(scope, headers, route, info.request_id)
         token = current_request.set(info)
         status: int | None = None  # until a response starts
         gone = False  # whether the connection said the client hung up
@@ -238,10 +244,10 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    (b"x-request-id", info.request_id.encode()),
-                ]
+                added = [(b"x-request-id", info.request_id.encode())]
+                if info.trace is not None:
+                    added.append((b"traceresponse", info.trace.traceresponse()))
+                message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
         async def watched_receive() -> Message:
@@ -260,20 +266,24 @@ class Guard:
             if status is None:
                 status = CLIENT_GONE if gone else 500
             self._record(scope, info, status, time.perf_counter() - start)
+            if info.trace is not None:
+                info.trace.end_http(status, info.model, info.batch_size)
 
     def _record(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
         self.state.metrics.count_request(endpoint_label(scope["path"]), info.model, status, seconds)
         access_log = self.state.access_log
         if access_log is not None:
-            fields = {
-                "request_id": info.request_id,
-                "method": scope["method"],
-                "endpoint": scope["path"],
-                "model": info.model or None,
-                "status": status,
-                "latency_ms": round(seconds * 1000, 3),
-                "batch_size": info.batch_size or None,
-            }
+            fields: dict[str, object] = {"request_id": info.request_id}
+            if info.trace is not None:  # tracing on: the request's trace, beside its id
+                fields["trace_id"] = info.trace.trace_id
+            fields.update(
+                method=scope["method"],
+                endpoint=scope["path"],
+                model=info.model or None,
+                status=status,
+                latency_ms=round(seconds * 1000, 3),
+                batch_size=info.batch_size or None,
+            )
             message = f"{scope['method']} {scope['path']} {status} {seconds * 1000:.1f} ms"
             access_log.write(message, fields)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from service.observability.metrics import Metrics
 from service.settings import Settings
 from service.workers.cores import ThreadBudget
 
+if TYPE_CHECKING:  # imported only where tracing is on (VAE_TRACING)
+    from service.observability.tracing import Tracing
+
 
 @dataclass
 class AppState:
@@ -27,6 +30,7 @@ class AppState:
     draining: bool = False  # set on SIGTERM: readiness and new requests answer 503
     reload_gate: ReloadGate = field(default_factory=ReloadGate)  # the reload endpoints' rules
     decode_pool: DecodePool = field(init=False)  # uploads' image decoding; the lifespan closes it
+    tracing: Tracing | None = None  # VAE_TRACING=otlp: set and shut down by the lifespan
     # Whether every other worker process is ready too (set in a worker: the supervisor's view)
     peers_ready: Callable[[], bool] = field(default=lambda: True)
 

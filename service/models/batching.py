@@ -56,8 +56,11 @@ class DynamicBatcher:
         max_delay_s: float,
         inline_max_rows: int,
         executor: ThreadPoolExecutor,
+        model: str = "",
+        graph: str = "",
     ) -> None:
         self.fn = fn
+        self.model, self.graph = model, graph  # what the tracing spans of its calls name
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.inline_max_rows = inline_max_rows
@@ -74,8 +77,11 @@ class DynamicBatcher:
         if len(rows) >= self.max_batch_size:
             # A full batch by itself gains nothing from waiting for others; running it now
             # lets two large requests use two cores at once.
-            self._note_batch(current_request.get(), len(rows), 0.0)
-            return await self._execute(rows)
+            request = current_request.get()
+            self._note_batch(request, len(rows), 0.0)
+            if request is None or request.trace is None:
+                return await self._execute(rows)
+            return await self._traced(rows, [(request, len(rows))])
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
             # Started lazily in the loop that serves requests (a new one after a restart).
@@ -91,6 +97,34 @@ class DynamicBatcher:
         if len(rows) <= self.inline_max_rows:
             return self._chunked(rows)
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._chunked, rows)
+
+    async def _traced(
+        self, rows: Array, requests: list[tuple[RequestInfo | None, int]]
+    ) -> tuple[Array, ...]:
+        """`_execute`, with a span for the call in the trace of each of `requests` (each with
+        its number of rows)."""
+        traced = [
+            (request.trace, own_rows)
+            for request, own_rows in requests
+            if request is not None and request.trace is not None and request.trace.recording
+        ]
+        if not traced:  # all sampled out
+            return await self._execute(rows)
+        calls = traced[0][0].tracing.onnxruntime_call(
+            traced,
+            len(requests),
+            self.model,
+            self.graph,
+            len(rows),
+            min(len(rows), self.max_batch_size),
+        )
+        try:
+            outputs = await self._execute(rows)
+        except BaseException as exc:
+            calls.end(exc)
+            raise
+        calls.end()
+        return outputs
 
     def _note_batch(self, request: RequestInfo | None, rows: int, waited_s: float) -> None:
         if request is not None:
@@ -146,8 +180,14 @@ class DynamicBatcher:
                 now = time.perf_counter()
                 for pending in batch:
                     self._note_batch(pending.request, len(rows), now - pending.enqueued)
+                first = batch[0].request
+                traced = first is not None and first.trace is not None  # tracing is on
                 try:
-                    outputs = await self._execute(rows)
+                    outputs = await (
+                        self._traced(rows, [(p.request, len(p.rows)) for p in batch])
+                        if traced
+                        else self._execute(rows)
+                    )
                 except Exception as exc:  # reaches exactly the requests of this batch
                     for pending in batch:
                         if not pending.future.done():

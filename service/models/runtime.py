@@ -196,8 +196,13 @@ class ModelRuntime:
             settings.max_batch_delay_ms / 1000,
             settings.inline_max_rows,
         )
-        runtime._encode_batcher = DynamicBatcher(runtime._encode_rows, *batching, executor)
-        runtime._decode_batcher = DynamicBatcher(runtime._decode_rows, *batching, executor)
+        name = runtime.name
+        runtime._encode_batcher = DynamicBatcher(
+            runtime._encode_rows, *batching, executor, model=name, graph="encoder"
+        )
+        runtime._decode_batcher = DynamicBatcher(
+            runtime._decode_rows, *batching, executor, model=name, graph="decoder"
+        )
         runtime.ready = True
         return runtime
 

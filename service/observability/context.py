@@ -1,7 +1,8 @@
 """The request being served, as a context variable: set by the guard, filled in below it.
 
 The handlers note the model a request picked, the batcher the size of the batch its rows ran in;
-the guard's log line and metrics read both once the request is answered.
+the guard's log line, metrics and span read both once the request is answered. With tracing on,
+it also carries the request's span, the parent of the spans of its onnxruntime calls.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported only where tracing is on (VAE_TRACING)
+    from service.observability.tracing import RequestTrace
 
 
 @dataclass
@@ -18,6 +23,7 @@ class RequestInfo:
     request_id: str
     model: str = ""
     batch_size: int = 0  # rows of the largest onnxruntime call this request's rows ran in
+    trace: RequestTrace | None = None  # its span, when VAE_TRACING is on
     # Called once the request is answered (the model version it leased is let go); None until
     # the first, as most requests need none.
     on_end: list[Callable[[], object]] | None = None
