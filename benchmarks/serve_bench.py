@@ -7,6 +7,12 @@ baseline; then start-to-ready time and RSS after load. Everything runs on 127.0.
 
     python benchmarks/serve_bench.py            # about 4 minutes; needs `wrk` (apt install wrk)
     python benchmarks/serve_bench.py --seconds 3 --only encode
+    python benchmarks/serve_bench.py --workers 1,2 --rounds 3   # worker processes compared
+
+With `--workers`, only the service runs, once per worker count (all at once, on ports 8100 and
+up, the loads alternating between them): /encode and deterministic /reconstruct at 256 images x
+4 connections in JSON and .npy and at 1 image x 64 connections, with the ratio to the first
+count, and each one's memory (RSS and PSS of all its processes).
 
 Images come from the MNIST test set when VAE_DATA_DIR (or ../shared/data) holds it, otherwise
 from random pixels (the models' speed does not depend on the pixel values).
@@ -109,7 +115,7 @@ def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], floa
 # --- servers ------------------------------------------------------------------------------------
 
 
-def wait_ready(url: str, timeout: float = 30.0) -> float:
+def wait_ready(url: str, timeout: float = 180.0) -> float:
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         try:
@@ -316,9 +322,17 @@ def main() -> None:
     parser.add_argument(
         "--service-env", default="", help="extra VAE_ settings, e.g. VAE_MAX_BATCH_SIZE=1"
     )
+    parser.add_argument(
+        "--workers",
+        help="compare the service with these worker counts (e.g. 1,2) instead of the baseline",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
+    if args.workers:
+        service_env = dict(kv.split("=", 1) for kv in args.service_env.split() if kv)
+        compare_workers([int(n) for n in args.workers.split(",")], args, service_env)
+        return
 
     images = test_images(256)
     print(
@@ -436,6 +450,80 @@ def main() -> None:
     if args.rounds > 1:
         print(f"each load ran {args.rounds} times, alternating servers; medians shown")
     print(f"RSS after load: service {service_rss:.0f} MiB, baseline {baseline_rss:.0f} MiB")
+
+
+WORKER_LOADS = (
+    ("/encode, JSON", 256),
+    ("/encode, binary", 256),
+    ("/encode, JSON", 1),
+    ("/reconstruct det, JSON", 256),
+    ("/reconstruct det, binary", 256),
+    ("/reconstruct det, JSON", 1),
+)
+
+
+def tree_memory_mib(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over a process and its children (a supervisor and its workers)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    rss = pss = 0.0
+    for one in pids:
+        rss += rss_mib(one)
+        for line in Path(f"/proc/{one}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1]) / 1024
+    return rss, pss
+
+
+def compare_workers(counts: list[int], args: argparse.Namespace, env: dict[str, str]) -> None:
+    """The service with each worker count in `counts`, under the same loads (see the module
+    docstring)."""
+    images = test_images(256)
+    print(f"machine: {os.cpu_count()} cores, {platform_line()}; wrk -t1 on the same cores")
+    wanted = [
+        load
+        for load in loads_for(images, binary=True)
+        if (load.label, load.images) in WORKER_LOADS and (not args.only or args.only in load.label)
+    ]
+    servers = {}
+    try:
+        for i, count in enumerate(counts):
+            cmd = [sys.executable, "-m", "service", "--port", str(8100 + i)]
+            servers[count] = start(cmd, 8100 + i, {**env, "VAE_WORKERS": str(count)})[0]
+        samples: dict[tuple[str, int, int], list[Result]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            (workdir / "post.lua").write_text(WRK_SCRIPT)
+            for _ in range(args.rounds):
+                for load in wanted:
+                    for i, count in enumerate(counts):
+                        result = run_wrk(8100 + i, load, args.seconds, workdir)
+                        samples.setdefault((load.label, load.images, count), []).append(result)
+        memory = {count: tree_memory_mib(proc.pid) for count, proc in servers.items()}
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(60)
+    print(
+        "\n| load | images x connections | workers | req/s | images/s | p50 ms | p99 ms | errors "
+        f"| vs {counts[0]} worker(s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for load in wanted:
+        first = median_result(samples[(load.label, load.images, counts[0])]).requests_s
+        for count in counts:
+            r = median_result(samples[(load.label, load.images, count)])
+            print(
+                f"| {load.label} | {load.images} x {load.connections} | {count} | "
+                f"{r.requests_s:,.0f} | {r.requests_s * load.images:,.0f} | {r.p50_ms:.2f} | "
+                f"{r.p99_ms:.1f} | {r.errors} | {r.requests_s / first:.2f}x |"
+            )
+    for count, (rss, pss) in memory.items():
+        print(f"memory after load, {count} worker(s): RSS {rss:.0f} MiB, PSS {pss:.0f} MiB")
+    if args.rounds > 1:
+        print(f"each load ran {args.rounds} times, alternating servers; medians shown")
 
 
 def platform_line() -> str:

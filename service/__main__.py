@@ -6,23 +6,19 @@ Flags override the matching VAE_ environment variables (see docs/settings.md).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
-import gc
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 
 from pydantic import ValidationError
 
 from service.manifest import ModelLoadError
 from service.models.registry import ModelRegistry
-from service.models.runtime import limit_malloc_arenas, memory_trimmer
+from service.models.runtime import limit_malloc_arenas
 from service.observability.logs import configure_logging
 from service.settings import Settings
+from service.workers.cores import ThreadBudget
 
 logger = logging.getLogger("service")
 
@@ -39,6 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> dict[str, object]:
     parser.add_argument("--default-model", help="VAE_DEFAULT_MODEL")
     parser.add_argument("--providers", help="VAE_PROVIDERS: auto, or e.g. CPUExecutionProvider")
     parser.add_argument("--log-level", help="VAE_LOG_LEVEL (default info)")
+    parser.add_argument("--workers", help="VAE_WORKERS: worker processes, or auto (default 1)")
     args = parser.parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}
 
@@ -95,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if raised is not None:
         logger.info(raised)
+    budget = ThreadBudget.of(settings)
+    for warning in budget.oversubscribed(settings):
+        logger.warning("%s", warning)
     limit_malloc_arenas()  # before any worker thread starts
     # Load (check, open, warm up) before binding the port: a broken model stops the start with
     # one clear message instead of a server that never becomes ready. Hashing and opening the
@@ -102,64 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a large part of the start-up time) is imported here.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as loader:
         loading = loader.submit(ModelRegistry.load, settings)
-        import uvicorn
-
-        from service.app import begin_shutdown, create_app
-        from service.http.connection import ConnectionLimits, protocol_factory
-        from service.http.sending import SendLimits
+        if budget.workers == 1:  # a supervisor serves nothing itself: the workers import it
+            from service.app import create_app
+            from service.serving import ServiceServer, settle_process
 
         try:
             registry = loading.result()
         except ModelLoadError as exc:
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
+    if budget.workers > 1:
+        from service.workers.supervisor import supervise
+
+        return supervise(settings, budget, registry)
     app = create_app(settings, registry=registry)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # the guard writes one line per request (VAE_ACCESS_LOG) instead
-        log_config=None,  # keep the handlers configure_logging set up
-        loop="uvloop",  # the fastest event loop uvicorn offers
-        # httptools, a response's head and body in one send(), every connection bounded in what
-        # it sends us and what it leaves unread; uvicorn takes any callable that builds a
-        # protocol, though typed for a class
-        http=protocol_factory(  # type: ignore[arg-type]
-            ConnectionLimits.from_settings(settings), SendLimits.from_settings(settings)
-        ),
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-    )
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if app.service.draining or settings.shutdown_drain_s == 0:
-                super().handle_exit(sig, frame)  # a second signal: stop draining now
-                return
-            # Readiness 503 and new requests refused (503, Connection: close) at once, once
-            # their body is read (the guard): a socket closed on unread bytes sends a reset,
-            # which loses the answer. Only after the drain window does uvicorn close idle
-            # keep-alive connections, which would otherwise reset a request a client is
-            # sending on one at that moment.
-            begin_shutdown(app)
-            loop = asyncio.get_event_loop()
-            stop = functools.partial(super().handle_exit, sig, frame)
-            loop.call_soon_threadsafe(loop.call_later, settings.shutdown_drain_s, stop)
-
-    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
-    # handler that would end the process as "killed by SIGTERM" after a clean drain. A no-op
-    # handler underneath lets a graceful shutdown exit 0, as orchestrators expect.
-    signal.signal(signal.SIGTERM, lambda sig, frame: None)
-    # What start-up made (modules, routes, schemas, sessions) lives as long as the process.
-    # Frozen, it is not scanned by the garbage collector's full passes, which would otherwise
-    # set the p99 latency under load. No gc.collect() first: it finds nothing to free here and
-    # only lengthens the start.
-    gc.freeze()
-    # Opening the ONNX files and importing leave freed heap behind: hand it back before serving.
-    trim = memory_trimmer()
-    if trim is not None:
-        trim()
-    Server(config).run()
+    settle_process()
+    ServiceServer(app, settings).run()
     return 0
 
 

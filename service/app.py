@@ -67,12 +67,15 @@ class ServiceApp(FastAPI):
 
 
 def create_app(
-    settings: Settings | None = None, registry: ModelRegistry | None = None
+    settings: Settings | None = None,
+    registry: ModelRegistry | None = None,
+    worker: int | None = None,
 ) -> ServiceApp:
     """The service. With `registry` given (already loaded), the app takes it over; otherwise the
-    lifespan loads every model from `settings.model_dir` before the app accepts requests."""
+    lifespan loads every model from `settings.model_dir` before the app accepts requests.
+    `worker`: this process's number among the worker processes (its access log says it)."""
     settings = settings or Settings()
-    access_log = AccessLog(settings.log_format) if settings.access_log else None
+    access_log = AccessLog(settings.log_format, worker=worker) if settings.access_log else None
     state = AppState(settings, Metrics(), access_log)
     app = ServiceApp(
         title="VAE serving",

@@ -47,8 +47,15 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = ["auto"]
     """onnxruntime execution providers: `auto` (CUDA when available, else CPU) or an ordered
     comma-separated list such as `CUDAExecutionProvider,CPUExecutionProvider`."""
+    workers: int | Literal["auto"] = 1
+    """Worker processes serving the port (`auto`: one per available core, within the CPU
+    affinity and the cgroup's CPU quota). 1: one process, as without workers. With more, a
+    supervisor checks every model, then starts them and restarts one that dies; /metrics,
+    /readyz, reloads and SIGTERM act on all of them (see the deployment guide)."""
     intra_op_threads: int = Field(1, ge=0)
-    """Threads inside one onnxruntime call (0: one per core). 1 suits the tiny MNIST models."""
+    """Threads inside one onnxruntime call (0: the process's share of the cores, cores /
+    workers). 1 suits the tiny MNIST models; workers x this above the cores is warned about at
+    start."""
     inter_op_threads: int = Field(1, ge=0)
     """Threads across independent graph nodes (0: onnxruntime decides)."""
     allow_spinning: bool = False
@@ -97,9 +104,9 @@ class Settings(BaseSettings):
     is decoded. The default takes a 4096 x 4096 picture with 24 scans (encoders write at most
     about 10)."""
     decode_threads: int = Field(0, ge=0)
-    """Threads that decode uploaded images (0: half the cores, at least 1). Decodes wait for a
-    free thread; those still waiting when their request times out or its client leaves never
-    start."""
+    """Threads that decode uploaded images, per process (0: half the process's share of the
+    cores, cores / workers, at least 1). Decodes wait for a free thread; those still waiting
+    when their request times out or its client leaves never start."""
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     """Largest request body; a larger one gets 413 before the rest of it is read."""
     max_concurrent_requests: int = Field(128, ge=1)
@@ -183,6 +190,16 @@ class Settings(BaseSettings):
     the caller's `traceparent` honoured, sent as OTLP over HTTP where the standard `OTEL_*`
     variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, ...); needs the
     `tracing` extra. `off`: no OpenTelemetry SDK is loaded."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError("a number of worker processes (1 or more), or `auto`")
+        return int(text)
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

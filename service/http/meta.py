@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import Conflict, NotFound
 from service.http.openapi import GUARD_RESPONSES, error_doc
-from service.http.state import FOLDER, Registry, State
+from service.http.reload_gate import FOLDER
+from service.http.state import Registry, State
 from service.manifest import ModelLoadError
 from service.models.registry import ModelRegistry, RescanReport
 from service.models.runtime import ModelRuntime
@@ -230,6 +231,6 @@ def health_router() -> APIRouter:
         """Requests by endpoint, model and status; latency of whole requests, of the queue
         before a batch and of each onnxruntime call; batch sizes; requests in flight; loaded
         model versions. Never refused, never needs a key."""
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -1,16 +1,20 @@
 """Every model of the model directory, by name: loading, the default, reloading a new version,
-and reading the whole folder again (rescan)."""
+and reading the whole folder again (rescan).
+
+A reload or a rescan is done in two steps: `prepare_*` loads and checks what changed (nothing
+served changes), `commit` swaps it in at once, or `abort` closes it. One process does both in a
+row; worker processes (`service.workers`) prepare in every worker and commit only when all of
+them could, so that every worker serves the new version or none does."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.errors import InvalidInput, NotFound
 from service.manifest import ModelLoadError, folder_fingerprint, model_folders
@@ -18,6 +22,7 @@ from service.models.budget import AnswerBudget
 from service.models.runtime import BatchObservers, ModelRuntime, resolve_providers
 from service.observability.context import current_request, note_model
 from service.settings import DEFAULT_MODEL_NAME, Settings
+from service.workers.cores import ThreadBudget
 
 logger = logging.getLogger("service")
 
@@ -120,6 +125,36 @@ class RescanReport:
 
 
 @dataclass
+class StagedSwap:
+    """A reload or a rescan loaded and checked but not yet served: the models to serve, the
+    default, the versions they retire (by name) and the runtimes it opened (closed by `abort`)."""
+
+    models: dict[str, ModelRuntime]
+    default: str
+    retired: dict[str, ModelRuntime]
+    opened: list[ModelRuntime]
+    report: RescanReport | None = None  # a rescan's; None for a reload of one model
+
+    def summary(self) -> dict[str, Any]:
+        """What it would serve, comparable across processes: each model's folder fingerprint,
+        the default, and the folders refused."""
+        refused = [] if self.report is None else self.report.refused
+        return {
+            "models": {name: runtime.fingerprint for name, runtime in self.models.items()},
+            "default": self.default,
+            "refused": sorted(str(r.folder) for r in refused),
+        }
+
+
+class ReloadCoordinator(Protocol):
+    """Runs a reload or a rescan across every worker process (prepared in all of them, then
+    committed in all or aborted in all); this process's registry takes part like the others."""
+
+    async def reload(self, name: str) -> None: ...
+    async def rescan(self) -> RescanReport: ...
+
+
+@dataclass
 class ModelRegistry:
     """Every model in the model directory, by name, and which one is the default."""
 
@@ -132,6 +167,7 @@ class ModelRegistry:
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rescans: set[asyncio.Task[RescanReport | ModelLoadError]] = field(default_factory=set)
     observer: ModelObserver | None = None
+    coordinator: ReloadCoordinator | None = None  # set in a worker process
     answers: AnswerBudget = field(init=False)  # memory of answers in progress, across models
 
     def __post_init__(self) -> None:
@@ -198,7 +234,11 @@ class ModelRegistry:
             )
         providers = resolve_providers(settings.providers)
         # Worker threads for large batches, shared by every graph.
-        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ort")
+        # Sized with the worker count so that workers x threads does not exceed the cores.
+        budget = ThreadBudget.of(settings)
+        executor = ThreadPoolExecutor(
+            max_workers=budget.inference_threads, thread_name_prefix="ort"
+        )
         models: dict[str, ModelRuntime] = {}
         for folder in folders:
             runtime = ModelRuntime.load(folder, settings, providers, executor)
@@ -216,18 +256,62 @@ class ModelRegistry:
     async def reload(self, name: str) -> ModelRuntime:
         """Load `name` again from its folder (a new version put there) and swap it in. A new
         version that fails any check raises ModelLoadError and the old one keeps serving."""
+        if self.coordinator is not None:  # every worker, this one included
+            await self.coordinator.reload(name)
+            return self.models[name]
         async with self._reloading:  # one at a time: each swap must see the one before it
-            return await self._reload(name)
+            staged = await self.prepare_reload(name)
+            self.commit(staged)
+            return staged.models[name]
 
-    async def _reload(self, name: str) -> ModelRuntime:
-        old = self.models[name]
+    @property
+    def exclusive(self) -> asyncio.Lock:
+        """Held from a `prepare_*` to its `commit` or `abort`: each swap must see the one
+        before it."""
+        return self._reloading
+
+    async def prepare_reload(self, name: str) -> StagedSwap:
+        """`name` loaded again from its folder and checked, not yet served (`commit`)."""
+        old = self.models.get(name)
+        if old is None:
+            raise ModelLoadError(f"no model named {name!r} is loaded here")
         new = await self._load_folder(old.folder)
         if new.name != name:
             await new.close()
             raise ModelLoadError(_renamed(old, new))
-        self._swap({**self.models, name: new}, self.default_name, {name: old})
-        _log_reloaded(old, new)
-        return new
+        return StagedSwap({**self.models, name: new}, self.default_name, {name: old}, [new])
+
+    def commit(self, staged: StagedSwap) -> None:
+        """Serve what `staged` loaded, from now on, in one step; log what changed."""
+        self._swap(staged.models, staged.default, staged.retired)
+        report = staged.report
+        if report is None:
+            for name, old in staged.retired.items():
+                _log_reloaded(old, staged.models[name])
+            return
+        for name in report.added:
+            _log_loaded(staged.models[name])
+        for name in report.reloaded:
+            _log_reloaded(staged.retired[name], staged.models[name])
+        for name in report.dropped:
+            logger.info("dropped model %s: its folder %s is gone", name, staged.retired[name].folder)
+        for refusal in report.refused:
+            logger.error("%s", refusal.log_line())
+        logger.info(
+            "model folder read again: %d added, %d dropped, %d reloaded, %d unchanged, %d refused; "
+            "default %s",
+            len(report.added),
+            len(report.dropped),
+            len(report.reloaded),
+            len(report.unchanged),
+            len(report.refused),
+            report.default,
+        )
+
+    async def abort(self, staged: StagedSwap) -> None:
+        """Close what `staged` opened; what is served stays as it was."""
+        for runtime in staged.opened:
+            await runtime.close()
 
     def start_rescan(self) -> asyncio.Task[RescanReport | ModelLoadError]:
         """`rescan()` as a task of its own (SIGHUP, POST /models/reload): one that outlasts the
@@ -253,10 +337,16 @@ class ModelRegistry:
         serving, and so does a renamed model or a name another folder already serves. The model
         named by VAE_DEFAULT_MODEL is never dropped; without it the default is chosen again as
         at start-up. A scan that would leave no model at all changes nothing (ModelLoadError)."""
+        if self.coordinator is not None:  # every worker, this one included
+            return await self.coordinator.rescan()
         async with self._reloading:
-            return await self._rescan()
+            staged = await self.prepare_rescan()
+            self.commit(staged)
+            assert staged.report is not None
+            return staged.report
 
-    async def _rescan(self) -> RescanReport:
+    async def prepare_rescan(self) -> StagedSwap:
+        """The model folder read again (see `rescan`), loaded and checked, not yet served."""
         folders = model_folders(self.settings.model_dir)  # ModelLoadError when not a folder
         current = {runtime.folder: runtime for runtime in self.models.values()}
         models: dict[str, ModelRuntime] = {}
@@ -313,27 +403,8 @@ class ModelRegistry:
         models = dict(sorted(models.items(), key=lambda item: item[1].folder))
         report = RescanReport.between(self.models, models, refused)
         retired = {name: old for name, old in self.models.items() if models.get(name) is not old}
-        self._swap(models, default_model_name(models, self.settings), retired)
-        report.default = self.default_name
-        for name in report.added:
-            _log_loaded(models[name])
-        for name in report.reloaded:
-            _log_reloaded(retired[name], models[name])
-        for name in report.dropped:
-            logger.info("dropped model %s: its folder %s is gone", name, retired[name].folder)
-        for refusal in refused:
-            logger.error("%s", refusal.log_line())
-        logger.info(
-            "model folder read again: %d added, %d dropped, %d reloaded, %d unchanged, %d refused; "
-            "default %s",
-            len(report.added),
-            len(report.dropped),
-            len(report.reloaded),
-            len(report.unchanged),
-            len(refused),
-            report.default,
-        )
-        return report
+        report.default = default_model_name(models, self.settings)
+        return StagedSwap(models, report.default, retired, opened, report)
 
     async def _load_folder(self, folder: Path) -> ModelRuntime:
         """A model loaded from `folder` in a worker thread; any failure is a ModelLoadError."""
@@ -370,6 +441,13 @@ class ModelRegistry:
         for old in retired.values():
             if old.retire():
                 self._close_soon(old)
+
+    def summary(self) -> dict[str, Any]:
+        """What this registry serves, comparable across processes (as `StagedSwap.summary`)."""
+        return {
+            "models": {name: runtime.fingerprint for name, runtime in self.models.items()},
+            "default": self.default_name,
+        }
 
     @property
     def ready(self) -> bool:

@@ -29,6 +29,7 @@ from service.manifest import (
 from service.models.adapter import GraphAdapter, graph_shape, signature_problems
 from service.models.batching import DynamicBatcher, Observer
 from service.settings import Settings
+from service.workers.cores import ThreadBudget
 
 logger = logging.getLogger("service")
 
@@ -93,7 +94,9 @@ def memory_trimmer() -> Callable[[], object] | None:
 
 def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_threads
+    # VAE_INTRA_OP_THREADS, or this process's share of the cores when 0 (onnxruntime's own 0
+    # would take every core of the machine in every worker)
+    options.intra_op_num_threads = ThreadBudget.of(settings).intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -13,10 +13,13 @@ class AccessLog:
     """One line per request (text or JSON, like the other logs), collected and written in
     batches rather than through `logging`, whose record, handler lock and write per line cost
     a large share of a one-image request. Written when 256 lines are waiting, by the app every
-    0.25 s, and at shutdown."""
+    0.25 s, and at shutdown. In a worker process each line says which worker answered."""
 
-    def __init__(self, log_format: str, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, log_format: str, stream: TextIO | None = None, worker: int | None = None
+    ) -> None:
         self.json = log_format == "json"
+        self.worker = worker
         self.stream = stream
         self.pending: list[str] = []
         self._second = -1
@@ -35,6 +38,8 @@ class AccessLog:
 
     def write(self, message: str, fields: dict[str, Any]) -> None:
         stamp = self._time(time.time())
+        if self.worker is not None:
+            fields["worker"] = self.worker
         if self.json:
             entry = {"time": stamp, "level": "info", "logger": "service.access", "message": message}
             line = json_line({**entry, **fields})

@@ -52,7 +52,12 @@ def json_line(entry: dict[str, Any]) -> str:
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, plus the record's `fields`."""
+    """One JSON object per line: time, level, logger, message, plus the record's `fields` (and,
+    in a worker process, `worker`: its number)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -62,6 +67,8 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -69,20 +76,23 @@ class JSONFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """`time level logger: message`, the message escaped (see the module docstring). A
-    traceback after it keeps its own lines."""
+    """`time level logger: message` (`logger[worker N]` in a worker process), the message
+    escaped (see the module docstring). A traceback after it keeps its own lines."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, worker: int | None = None) -> None:
+        who = "%(name)s" if worker is None else f"%(name)s[worker {worker}]"
+        super().__init__(f"%(asctime)s %(levelname)s {who}: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return escape(super().formatMessage(record))
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    """The service's and uvicorn's loggers, as text or one JSON object per line."""
+def configure_logging(level: str, log_format: str, worker: int | None = None) -> None:
+    """The service's and uvicorn's loggers, as text or one JSON object per line; every line of
+    a worker process says which worker it is."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
+    formatter = JSONFormatter(worker) if log_format == "json" else TextFormatter(worker)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
