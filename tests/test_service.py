@@ -470,6 +470,24 @@ def test_docs_assets_come_from_the_service(client: TestClient) -> None:
             assert response.status_code == 200 and len(response.content) > 500, asset
 
 
+def test_the_playground_and_its_comparison_view_are_served_with_their_assets(
+    client: TestClient,
+) -> None:
+    playground = client.get("/")
+    assert playground.status_code == 200 and "/static/playground/playground.js" in playground.text
+    assert 'href="/?compare=mnist-ae-2d,mnist-vae-2d"' in playground.text  # linked from it
+    # ?compare=A,B (whatever the names: the page checks them against GET /models) is the view.
+    for query in ("compare=mnist-ae-2d,mnist-vae-2d", "compare=", "compare=nope&model=x"):
+        page = client.get(f"/?{query}")
+        assert page.status_code == 200 and "/static/playground/compare.js" in page.text, query
+    for html in (playground.text, page.text):
+        assert "https://" not in html
+        for asset in [part.split('"')[0] for part in html.split('"/static/')[1:]]:
+            response = client.get(f"/static/{asset}")
+            assert response.status_code == 200 and len(response.content) > 500, asset
+            assert b"https://" not in response.content, asset  # nothing from the internet
+
+
 def test_openapi_has_examples_for_every_endpoint(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/encode", "/reconstruct", "/generate", "/decode"):
