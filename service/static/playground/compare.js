@@ -16,7 +16,8 @@ const state = {
   models: [], // GET /models
   shape: null, // the input shape both models take, {h, w, c, light} (the left model's light)
   sides: {a: null, b: null}, // per side: {info, shape, map, scatter, code, input}
-  view: null, // the maps' common axes: {cx, cy, scale}, scale in pixels per latent unit
+  views: {a: null, b: null}, // each map's axes, {cx, cy, scale} (pixels per latent unit):
+                             // the same for both unless "Same scale" is unticked
   probe: null, // [z1, z2] under the pointer or the keyboard's cursor
 };
 
@@ -219,7 +220,7 @@ function buildColumns() {
       element("canvas", {id: `gen-${side}`, className: "grid",
                          "aria-label": `${name}: decodings of samples from N(0, I)`}),
       element("p", {className: "fine"}, vae
-        ? "A VAE's prior: these are what /generate gives."
+        ? "Its prior, N(0, I): what the KL term pulled its codes towards, and what /generate samples."
         : "Nothing made an AE's codes follow N(0, I): this is what decoding them gives."));
     for (const [pair, column] of [["recon", recon], ["map", map], ["grid", grid], ["samples", samples]]) {
       const box = $(`${pair}-pair`);
@@ -232,7 +233,7 @@ function buildColumns() {
   }
   for (const side of SIDES) {
     const map = $(`map-${side}`);
-    if (map) setupMap(map);
+    if (map) setupMap(map, side);
   }
 }
 
@@ -425,21 +426,31 @@ async function loadMaps() {
     const map = await timed("latent map", () => api(path));
     if (state.sides[side].info === info) state.sides[side].map = map || null;
   }));
-  fitView();
+  drawScatters();
+  drawLegend();
+}
+
+// The maps' fixed layers, for the axes "Same scale" asks for.
+function drawScatters() {
+  fitViews();
   for (const side of SIDES) {
     if (state.sides[side].info.latent_dim === 2) state.sides[side].scatter = renderScatter(side);
   }
-  drawLegend();
   drawMaps();
 }
 
-// Common axes for both maps: square, over the middle 99 % of both test sets' points and the
-// prior's 2σ circle, with a margin. The same scale is the point: it shows how far apart the
-// two spaces are.
-function fitView() {
+// The maps' axes: square, over the middle 99 % of the test set's points and the prior's 2σ
+// circle, with a margin; common to both maps unless "Same scale" is unticked. The same scale
+// is the point: it shows how far apart the two spaces are.
+function fitViews() {
+  const same = $("same-scale").checked;
+  for (const side of SIDES) state.views[side] = fitView(same ? SIDES : [side]);
+}
+
+function fitView(sides) {
   let lo = [-2.2, -2.2], hi = [2.2, 2.2];
   const q = (values, p) => values[Math.min(values.length - 1, Math.floor(p * values.length))];
-  for (const side of SIDES) {
+  for (const side of sides) {
     const {map} = state.sides[side];
     if (!map || !map.mu.length) continue;
     for (const axis of [0, 1]) {
@@ -449,22 +460,22 @@ function fitView() {
     }
   }
   const span = Math.max(hi[0] - lo[0], hi[1] - lo[1]) * 1.1;
-  state.view = {cx: (lo[0] + hi[0]) / 2, cy: (lo[1] + hi[1]) / 2, scale: MAP_SIZE / span};
+  return {cx: (lo[0] + hi[0]) / 2, cy: (lo[1] + hi[1]) / 2, scale: MAP_SIZE / span};
 }
 
-function toScreen([x, y]) {
-  const {cx, cy, scale} = state.view;
+function toScreen(view, [x, y]) {
+  const {cx, cy, scale} = view;
   return [MAP_SIZE / 2 + (x - cx) * scale, MAP_SIZE / 2 - (y - cy) * scale];
 }
 
-function toLatent([px, py]) {
-  const {cx, cy, scale} = state.view;
+function toLatent(view, [px, py]) {
+  const {cx, cy, scale} = view;
   return [cx + (px - MAP_SIZE / 2) / scale, cy - (py - MAP_SIZE / 2) / scale];
 }
 
 // Grid lines every 1, 2, 5 or 10 latent units, whichever leaves them at least 24 px apart.
-function gridStep() {
-  return [1, 2, 5, 10, 20, 50, 100].find((step) => step * state.view.scale >= 24) || 100;
+function gridStep(view) {
+  return [1, 2, 5, 10, 20, 50, 100].find((step) => step * view.scale >= 24) || 100;
 }
 
 // A map's fixed layer, drawn once per pair: grid lines, test points, the prior's circles, the
@@ -474,43 +485,45 @@ function renderScatter(side) {
   const ctx = layer.getContext("2d");
   ctx.fillStyle = "#fafafa";
   ctx.fillRect(0, 0, MAP_SIZE, MAP_SIZE);
-  const step = gridStep();
-  const [x0, y1] = toLatent([0, 0]);
-  const [x1, y0] = toLatent([MAP_SIZE, MAP_SIZE]);
+  const view = state.views[side];
+  const screen = (point) => toScreen(view, point);
+  const step = gridStep(view);
+  const [x0, y1] = toLatent(view, [0, 0]);
+  const [x1, y0] = toLatent(view, [MAP_SIZE, MAP_SIZE]);
   ctx.lineWidth = 1;
   for (let v = Math.ceil(x0 / step) * step; v <= x1; v += step) {
     ctx.strokeStyle = v === 0 ? "#999" : "#e3e3e3";
-    const [px] = toScreen([v, 0]);
+    const [px] = screen([v, 0]);
     ctx.beginPath(); ctx.moveTo(px, 0); ctx.lineTo(px, MAP_SIZE); ctx.stroke();
   }
   for (let v = Math.ceil(y0 / step) * step; v <= y1; v += step) {
     ctx.strokeStyle = v === 0 ? "#999" : "#e3e3e3";
-    const [, py] = toScreen([0, v]);
+    const [, py] = screen([0, v]);
     ctx.beginPath(); ctx.moveTo(0, py); ctx.lineTo(MAP_SIZE, py); ctx.stroke();
   }
   const {map} = state.sides[side];
   if (map) {
     ctx.globalAlpha = 0.55;
     map.mu.forEach((point, i) => {
-      const [px, py] = toScreen(point);
+      const [px, py] = screen(point);
       ctx.fillStyle = Pixels.COLOURS[map.labels[i] % Pixels.COLOURS.length];
       ctx.fillRect(px - 1, py - 1, 2, 2);
     });
     ctx.globalAlpha = 1;
   }
-  const [ox, oy] = toScreen([0, 0]);
+  const [ox, oy] = screen([0, 0]);
   ctx.strokeStyle = "#111";
   ctx.lineWidth = 1.5;
   for (const radius of [1, 2]) { // the prior N(0, I)'s 1σ and 2σ circles
     ctx.beginPath();
-    ctx.arc(ox, oy, radius * state.view.scale, 0, 2 * Math.PI);
+    ctx.arc(ox, oy, radius * view.scale, 0, 2 * Math.PI);
     ctx.stroke();
   }
   ctx.fillStyle = "#111";
   ctx.font = "11px system-ui, sans-serif";
-  ctx.fillText("1σ", ox + state.view.scale * 0.71 + 2, oy - state.view.scale * 0.71 - 2);
-  ctx.fillText("2σ", ox + state.view.scale * 1.41 + 2, oy - state.view.scale * 1.41 - 2);
-  const edge = QUANTILES[GRID - 1] * state.view.scale;
+  ctx.fillText("1σ", ox + view.scale * 0.71 + 2, oy - view.scale * 0.71 - 2);
+  ctx.fillText("2σ", ox + view.scale * 1.41 + 2, oy - view.scale * 1.41 - 2);
+  const edge = QUANTILES[GRID - 1] * view.scale;
   ctx.setLineDash([4, 4]);
   ctx.lineWidth = 1;
   ctx.strokeRect(ox - edge, oy - edge, 2 * edge, 2 * edge);
@@ -528,15 +541,15 @@ function drawLegend() {
 }
 
 function drawMaps() {
-  if (!state.view) return;
   for (const side of SIDES) {
     const canvas = $(`map-${side}`);
-    const {scatter, code} = state.sides[side];
-    if (!canvas || !scatter) continue;
+    const view = state.views[side];
+    const {scatter, code} = state.sides[side] || {};
+    if (!canvas || !scatter || !view) continue;
     const ctx = canvas.getContext("2d");
     ctx.drawImage(scatter, 0, 0);
     if (state.probe) {
-      const [px, py] = toScreen(state.probe);
+      const [px, py] = toScreen(view, state.probe);
       ctx.strokeStyle = "#000";
       ctx.lineWidth = 1;
       ctx.beginPath();
@@ -544,20 +557,20 @@ function drawMaps() {
       ctx.moveTo(px, py - 8); ctx.lineTo(px, py + 8);
       ctx.stroke();
     }
-    if (code) drawCode(ctx, code);
+    if (code) drawCode(ctx, view, code);
   }
 }
 
 // The drawing's code as a marker; a VAE's sigma = exp(logvar / 2) as an ellipse around it.
-function drawCode(ctx, {mu, sigma}) {
-  const [px, py] = toScreen(mu);
+function drawCode(ctx, view, {mu, sigma}) {
+  const [px, py] = toScreen(view, mu);
   if (sigma) {
     ctx.fillStyle = "rgba(0, 0, 0, 0.12)";
     ctx.strokeStyle = "#000";
     ctx.lineWidth = 1.5;
     ctx.beginPath();
-    ctx.ellipse(px, py, Math.max(1, sigma[0] * state.view.scale),
-                Math.max(1, sigma[1] * state.view.scale), 0, 0, 2 * Math.PI);
+    ctx.ellipse(px, py, Math.max(1, sigma[0] * view.scale),
+                Math.max(1, sigma[1] * view.scale), 0, 0, 2 * Math.PI);
     ctx.fill();
     ctx.stroke();
   }
@@ -584,10 +597,10 @@ const decodeProbe = latest(async () => {
   })));
 });
 
-function setupMap(canvas) {
+function setupMap(canvas, side) {
   const move = (event) => {
     const r = canvas.getBoundingClientRect();
-    state.probe = toLatent([(event.clientX - r.left) * MAP_SIZE / r.width,
+    state.probe = toLatent(state.views[side], [(event.clientX - r.left) * MAP_SIZE / r.width,
                             (event.clientY - r.top) * MAP_SIZE / r.height]);
     drawMaps();
     decodeProbe();
@@ -598,7 +611,7 @@ function setupMap(canvas) {
     const steps = {ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1]};
     if (!(event.key in steps)) return;
     event.preventDefault();
-    const step = KEY_STEP / state.view.scale;
+    const step = KEY_STEP / state.views[side].scale;
     const [dx, dy] = steps[event.key];
     const [x, y] = state.probe || [0, 0];
     state.probe = [x + dx * step, y + dy * step];
@@ -616,6 +629,7 @@ async function start() {
     track(loadModels());
   });
   for (const side of SIDES) $(`model-${side}`).addEventListener("change", pick);
+  $("same-scale").addEventListener("change", () => { if (state.sides.a) drawScatters(); });
   setupDrawing();
   setupSamples();
   publish();
