@@ -512,6 +512,7 @@ def test_bundled_default_models_end_to_end() -> None:
             "mnist-vae",
             "mnist-vae-2d",
             "mnist-ae",
+            "mnist-ae-2d",
             "fashion-vae",
         }
         one = np.zeros((28, 28), np.float32)
@@ -520,10 +521,11 @@ def test_bundled_default_models_end_to_end() -> None:
         assert np.abs(recon - one).mean() < 0.1  # a trained model gives the digit back
         generated = post(client, "/generate", {"model": "fashion-vae", "n": 4, "seed": 0})
         assert np.array(generated["images"]).shape == (4, 28, 28)
-        assert (
-            post(client, "/encode?model=mnist-vae-2d", {"images": [one.tolist()]})["latent_dim"]
-            == 2
-        )
+        for two_d in ("mnist-vae-2d", "mnist-ae-2d"):
+            code = post(client, f"/encode?model={two_d}", {"images": [one.tolist()]})
+            assert code["latent_dim"] == 2
+        ae = post(client, "/reconstruct?model=mnist-ae-2d", {"images": [one.tolist()]})
+        assert np.abs(np.array(ae["images"][0]) - one).mean() < 0.1
 
 
 def test_openapi_error_bodies_are_what_the_service_sends(client: TestClient) -> None:
