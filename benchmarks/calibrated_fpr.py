@@ -21,7 +21,7 @@ from service.scoring import ScoreCalibration, default_score, percentile, thresho
 from training.data import IDX_DATASETS, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("mnist-vae", "fashion-vae", "mnist-ae", "mnist-vae-2d")
+MODELS = ("mnist-vae", "fashion-vae", "mnist-ae", "mnist-ae-2d", "mnist-vae-2d")
 OTHER = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 RATES = (0.05, 0.01, 0.001)
 

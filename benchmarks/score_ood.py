@@ -44,7 +44,7 @@ from service.scoring import (
 from training.data import IDX_DATASETS, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("mnist-vae", "fashion-vae", "mnist-ae", "mnist-vae-2d")
+MODELS = ("mnist-vae", "fashion-vae", "mnist-ae", "mnist-ae-2d", "mnist-vae-2d")
 OTHER = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}
 TARGET_FPR = 0.01
 SEED = 0

@@ -183,7 +183,9 @@ def test_normal_images_for_a_colour_model() -> None:
         normal_images(images[..., 0], (8, 6, 3))
 
 
-@pytest.mark.parametrize("name", ["mnist-vae", "fashion-vae", "mnist-ae", "mnist-vae-2d"])
+@pytest.mark.parametrize(
+    "name", ["mnist-vae", "fashion-vae", "mnist-ae", "mnist-ae-2d", "mnist-vae-2d"]
+)
 def test_the_bundled_models_are_calibrated_on_their_validation_split(name: str) -> None:
     document = _document(ROOT / "models" / name)
     calibration = ScoreCalibration.model_validate(document["score_calibration"])

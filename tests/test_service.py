@@ -470,6 +470,24 @@ def test_docs_assets_come_from_the_service(client: TestClient) -> None:
             assert response.status_code == 200 and len(response.content) > 500, asset
 
 
+def test_the_playground_and_its_comparison_view_are_served_with_their_assets(
+    client: TestClient,
+) -> None:
+    playground = client.get("/")
+    assert playground.status_code == 200 and "/static/playground/playground.js" in playground.text
+    assert 'href="/?compare=mnist-ae-2d,mnist-vae-2d"' in playground.text  # linked from it
+    # ?compare=A,B (whatever the names: the page checks them against GET /models) is the view.
+    for query in ("compare=mnist-ae-2d,mnist-vae-2d", "compare=", "compare=nope&model=x"):
+        page = client.get(f"/?{query}")
+        assert page.status_code == 200 and "/static/playground/compare.js" in page.text, query
+    for html in (playground.text, page.text):
+        assert "https://" not in html
+        for asset in [part.split('"')[0] for part in html.split('"/static/')[1:]]:
+            response = client.get(f"/static/{asset}")
+            assert response.status_code == 200 and len(response.content) > 500, asset
+            assert b"https://" not in response.content, asset  # nothing from the internet
+
+
 def test_openapi_has_examples_for_every_endpoint(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     for path in ("/encode", "/reconstruct", "/generate", "/decode"):
@@ -494,6 +512,7 @@ def test_bundled_default_models_end_to_end() -> None:
             "mnist-vae",
             "mnist-vae-2d",
             "mnist-ae",
+            "mnist-ae-2d",
             "fashion-vae",
         }
         one = np.zeros((28, 28), np.float32)
@@ -502,10 +521,11 @@ def test_bundled_default_models_end_to_end() -> None:
         assert np.abs(recon - one).mean() < 0.1  # a trained model gives the digit back
         generated = post(client, "/generate", {"model": "fashion-vae", "n": 4, "seed": 0})
         assert np.array(generated["images"]).shape == (4, 28, 28)
-        assert (
-            post(client, "/encode?model=mnist-vae-2d", {"images": [one.tolist()]})["latent_dim"]
-            == 2
-        )
+        for two_d in ("mnist-vae-2d", "mnist-ae-2d"):
+            code = post(client, f"/encode?model={two_d}", {"images": [one.tolist()]})
+            assert code["latent_dim"] == 2
+        ae = post(client, "/reconstruct?model=mnist-ae-2d", {"images": [one.tolist()]})
+        assert np.abs(np.array(ae["images"][0]) - one).mean() < 0.1
 
 
 def test_openapi_error_bodies_are_what_the_service_sends(client: TestClient) -> None:

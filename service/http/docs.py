@@ -1,11 +1,12 @@
-"""The playground page and the API docs (Swagger UI, ReDoc), served without internet."""
+"""The playground page, its comparison view and the API docs (Swagger UI, ReDoc), served
+without internet."""
 
 from __future__ import annotations
 
 import functools
 from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -20,6 +21,11 @@ REDOC_LOGO_URL = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 @functools.cache
 def playground_page() -> str:
     return (STATIC / "playground" / "index.html").read_text()
+
+
+@functools.cache
+def compare_page() -> str:
+    return (STATIC / "playground" / "compare.html").read_text()
 
 
 @functools.cache
@@ -38,9 +44,11 @@ def add_docs(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.get("/", include_in_schema=False)
-    async def playground() -> HTMLResponse:
-        """The playground web page (service/static/playground): draw, reconstruct, explore."""
-        return HTMLResponse(playground_page())
+    async def playground(request: Request) -> HTMLResponse:
+        """The playground web page (service/static/playground): draw, reconstruct, explore;
+        with ?compare=A,B the view of two models side by side (the page reads the names)."""
+        compare = "compare" in request.query_params
+        return HTMLResponse(compare_page() if compare else playground_page())
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
