@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ModelLoadError as exc:
             print(f"error: cannot start: {exc}", file=sys.stderr)
             return 1
-    app = create_app(settings, registry=registry)
+    app = create_app(settings, registry=registry, serve_grpc=True)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -36,6 +37,9 @@ from service.observability.metrics import Metrics
 from service.oip.schemas import ErrorBody, InferenceRequest
 from service.schemas import ErrorResponse, RepositoryReloadRefused
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.grpc.server import GrpcServer
 
 logger = logging.getLogger("service")
 DESCRIPTION = (
@@ -67,10 +71,14 @@ class ServiceApp(FastAPI):
 
 
 def create_app(
-    settings: Settings | None = None, registry: ModelRegistry | None = None
+    settings: Settings | None = None,
+    registry: ModelRegistry | None = None,
+    serve_grpc: bool = False,
 ) -> ServiceApp:
     """The service. With `registry` given (already loaded), the app takes it over; otherwise the
-    lifespan loads every model from `settings.model_dir` before the app accepts requests."""
+    lifespan loads every model from `settings.model_dir` before the app accepts requests. With
+    `serve_grpc` (and VAE_GRPC_PORT not 0), the lifespan also serves the protocol over gRPC
+    (`service.grpc.server`); `python -m service` asks for it, tests only when they want it."""
     settings = settings or Settings()
     access_log = AccessLog(settings.log_format) if settings.access_log else None
     state = AppState(settings, Metrics(), access_log)
@@ -79,7 +87,7 @@ def create_app(
         version=__version__,
         summary="Encode, reconstruct, generate and decode with exported AEs and VAEs.",
         description=DESCRIPTION,
-        lifespan=_lifespan(state, registry),
+        lifespan=_lifespan(state, registry, serve_grpc),
         # FastAPI's built-in OpenTelemetry hooks check their providers on every request; this
         # service exports no OpenTelemetry data, so they stay off.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -116,20 +124,31 @@ def begin_shutdown(app: ServiceApp) -> None:
     """From now on readiness answers 503 and new requests are refused (503); requests already
     accepted run to the end. Called on SIGTERM, before uvicorn starts its graceful shutdown."""
     app.service.draining = True
+    for hook in app.service.on_drain:
+        hook()
 
 
 def _lifespan(
-    state: AppState, registry: ModelRegistry | None
+    state: AppState, registry: ModelRegistry | None, serve_grpc: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded: ModelRegistry = (
-            registry
-            if registry is not None
-            else await run_in_threadpool(ModelRegistry.load, state.settings)
-        )
+        grpc_server = await _start_grpc(state) if serve_grpc else None
+        app.state.grpc_server = grpc_server
+        try:
+            loaded: ModelRegistry = (
+                registry
+                if registry is not None
+                else await run_in_threadpool(ModelRegistry.load, state.settings)
+            )
+        except BaseException:
+            if grpc_server is not None:
+                await grpc_server.stop()
+            raise
         loaded.attach(state.metrics)
         state.registry = loaded
+        if grpc_server is not None:
+            await grpc_server.serving()
         logger.info("ready: %s (default %s)", ", ".join(loaded.models), loaded.default_name)
         background = [
             asyncio.create_task(_trim_memory(state.settings.memory_trim_interval_s)),
@@ -146,6 +165,8 @@ def _lifespan(
                 hangup()
             for task in background:
                 task.cancel()
+            if grpc_server is not None:  # its calls in flight finish before the models close
+                await grpc_server.stop()
             if state.access_log is not None:
                 state.access_log.flush()
             state.registry = None
@@ -153,6 +174,18 @@ def _lifespan(
             state.decode_pool.close()
 
     return lifespan
+
+
+async def _start_grpc(state: AppState) -> GrpcServer | None:
+    """The gRPC server, started (None when VAE_GRPC_PORT is 0). Imported here: an app that
+    serves no gRPC (most tests) loads none of it."""
+    if state.settings.grpc_port == 0:
+        return None
+    from service.grpc.server import GrpcServer
+
+    server = GrpcServer(state)
+    await server.start()
+    return server
 
 
 def _on_signal(sig: signal.Signals, handler: Callable[[], object]) -> Callable[[], object] | None:

@@ -554,7 +554,12 @@ def test_nginx_balances_two_replicas_without_failures(tmp_path: Path) -> None:
         f"http {{\n  access_log {tmp_path / 'access.log'};\n{temp}\n"
         f"  include {tmp_path / 'vae.conf'};\n}}\n"
     )
-    env = dict(os.environ) | {"VAE_ACCESS_LOG": "false", "VAE_SHUTDOWN_DRAIN_S": "0"}
+    # Two replicas on one host: gRPC off, or both would ask for its port.
+    env = dict(os.environ) | {
+        "VAE_ACCESS_LOG": "false",
+        "VAE_SHUTDOWN_DRAIN_S": "0",
+        "VAE_GRPC_PORT": "0",
+    }
     logs = [tmp_path / f"replica-{p}.log" for p in replicas] + [tmp_path / "nginx.out"]
     procs: list[subprocess.Popen[bytes]] = []
     try:

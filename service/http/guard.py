@@ -220,8 +220,16 @@ class Guard:
         self.state = state
         self.settings = state.settings
         self.keys = KeyCheck(state.settings.api_key_list())
-        self.in_flight = 0
         self.buffered = 0  # body bytes counted against VAE_MAX_BUFFERED_BODY_BYTES
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight, gRPC calls included: they share VAE_MAX_CONCURRENT_REQUESTS."""
+        return self.state.in_flight
+
+    @in_flight.setter
+    def in_flight(self, count: int) -> None:
+        self.state.in_flight = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
