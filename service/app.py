@@ -28,13 +28,19 @@ from service.http.guard import Guard
 from service.http.meta import health_router, models_router, reload_router
 from service.http.oip import oip_router
 from service.http.openapi import documented_models, install_openapi
+from service.http.repository import repository_router
 from service.http.routes import inference_router
 from service.http.state import AppState
 from service.models.registry import ModelRegistry
 from service.models.runtime import memory_trimmer
 from service.observability.access_log import AccessLog
 from service.observability.metrics import Metrics
-from service.oip.schemas import ErrorBody, InferenceRequest
+from service.oip.schemas import (
+    ErrorBody,
+    InferenceRequest,
+    RepositoryIndexRequest,
+    RepositoryModelRequest,
+)
 from service.schemas import ErrorResponse, RepositoryReloadRefused
 from service.settings import Settings
 
@@ -106,7 +112,14 @@ def create_app(
             expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After"],
         )
     install_error_handlers(app)
-    routers = (inference_router(), reload_router(), models_router(), health_router(), oip_router())
+    routers = (
+        inference_router(),
+        reload_router(),
+        models_router(),
+        health_router(),
+        oip_router(),
+        repository_router(),
+    )
     for router in routers:
         app.include_router(router)
     add_docs(app)
@@ -115,6 +128,8 @@ def create_app(
         ErrorBody,
         RepositoryReloadRefused,
         InferenceRequest,
+        RepositoryIndexRequest,
+        RepositoryModelRequest,
     ]
     install_openapi(app, documented_models(documented))
     return app
