@@ -13,6 +13,7 @@ received, with RESOURCE_EXHAUSTED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -42,6 +43,7 @@ class GrpcServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._stopping: asyncio.Task[None] | None = None
+        self._stop_now = asyncio.Event()  # the HTTP server is stopping: the drain is over
 
     async def start(self) -> int:
         """Bind VAE_HOST:VAE_GRPC_PORT and start serving, NOT_SERVING; returns the port."""
@@ -89,14 +91,15 @@ class GrpcServer:
 
     async def _stop(self, after_s: float) -> None:
         await self.health.enter_graceful_shutdown()  # NOT_SERVING, for good
-        if after_s > 0:
-            await asyncio.sleep(after_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_now.wait(), after_s)
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
 
     async def stop(self) -> None:
         """Stop taking calls and give those in flight VAE_SHUTDOWN_GRACE_S (already begun
-        when shutdown began with SIGTERM)."""
+        when shutdown began with SIGTERM: its drain ends now)."""
+        self._stop_now.set()
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(0))
         await self._stopping
