@@ -85,6 +85,7 @@ def read_request(
         request = InferenceRequest.model_validate(fields)
     except ValidationError as exc:
         raise BadRequest("", describe_errors(exc.errors())) from None
+    _check_outputs(request)
     check(request)
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
@@ -101,6 +102,20 @@ def read_request(
         else:
             values.append(_typed_values(tensor, spec.shape, where))
     return request, values
+
+
+def _check_outputs(request: InferenceRequest) -> None:
+    """Requested outputs take no parameters over gRPC (`binary_data` is REST's, and harmless)."""
+    for i, output in enumerate(request.outputs or ()):
+        given = sorted(set(output.parameters or {}) - {"binary_data"})
+        if "classification" in given:
+            raise BadRequest(
+                "",
+                f"outputs[{i}].parameters.classification: the classification extension is not "
+                "supported",
+            )
+        if given:
+            raise BadRequest("", f"outputs[{i}].parameters: {given} not supported")
 
 
 def _raw_values(
