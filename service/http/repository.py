@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from service.codecs.json_input import describe_errors
 from service.errors import BadRequest
-from service.http.meta import RELOAD_REFUSALS
 from service.http.openapi import GUARD_RESPONSES, error_doc
 from service.http.state import Registry, State
 from service.oip import dataplane, repository
@@ -39,8 +38,17 @@ REFUSED = error_doc(
     "ErrorBody",
 )
 INVALID = error_doc("A body that is not the request's JSON, or unknown parameters", "ErrorBody")
+# The reload gate's refusals, in the protocol's error shape.
+GATE: dict[int | str, dict[str, Any]] = {
+    403: error_doc("Turned off (VAE_ALLOW_RELOAD=false)", "ErrorBody"),
+    429: error_doc(
+        "A load or unload of the same model is under way, or the last one started less than "
+        "VAE_RELOAD_MIN_INTERVAL_S ago; see Retry-After",
+        "ErrorBody",
+    ),
+}
 EMPTY_ANSWER: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Done (an empty body, as Triton answers)", "content": {}}
+    200: {"description": "Done (an empty body, as Triton answers)"}
 }
 
 
@@ -91,12 +99,13 @@ def repository_router() -> APIRouter:
     @router.post(
         "/repository/models/{model_name}/load",
         summary="Load a model from its folder, or reload a loaded one (a bad one is refused)",
+        response_class=Response,
         responses={
             **EMPTY_ANSWER,
             400: INVALID,
             404: NOT_FOUND,
             409: REFUSED,
-            **RELOAD_REFUSALS,
+            **GATE,
             **GUARD_RESPONSES,
         },
         openapi_extra=_body_doc("RepositoryModelRequest", {}),
@@ -117,12 +126,13 @@ def repository_router() -> APIRouter:
     @router.post(
         "/repository/models/{model_name}/unload",
         summary="Stop serving a model (requests running on it finish)",
+        response_class=Response,
         responses={
             **EMPTY_ANSWER,
             400: INVALID,
             404: NOT_FOUND,
             409: REFUSED,
-            **RELOAD_REFUSALS,
+            **GATE,
             **GUARD_RESPONSES,
         },
         openapi_extra=_body_doc("RepositoryModelRequest", {"parameters": {}}),
