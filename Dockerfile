@@ -28,6 +28,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     VAE_HOST=0.0.0.0 \
     VAE_PORT=8000 \
+    VAE_GRPC_PORT=8081 \
     VAE_MODEL_DIR=/models
 RUN python -m venv /opt/venv \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin vae
@@ -35,7 +36,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels "vae-serving[serve,tracing]"
 COPY --chown=root:root models /models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-m", "service.healthcheck"]
 CMD ["python", "-m", "service"]
@@ -47,6 +48,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     VAE_HOST=0.0.0.0 \
     VAE_PORT=8000 \
+    VAE_GRPC_PORT=8081 \
     VAE_MODEL_DIR=/models \
     VAE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
 # Ubuntu 24.04's Python is 3.12, the same minor version as the CPU image.
@@ -63,7 +65,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && pip install --no-cache-dir --no-index --find-links=/wheels --find-links=/wheels-gpu onnxruntime-gpu
 COPY --chown=root:root models /models
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-m", "service.healthcheck"]
 CMD ["python", "-m", "service"]

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= data
 MODELS := mnist-vae mnist-vae-2d mnist-ae mnist-ae-2d fashion-vae
 
-.PHONY: run train-env test lint check docs wheel default-models literature-check clean
+.PHONY: run train-env test lint check docs wheel grpc-code default-models literature-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ check: lint test
 # NO_MKDOCS_2_WARNING: Material prints a banner about MkDocs 2.0 on every build otherwise.
 docs: $(VENV)/.installed-docs  ## the documentation site in site/; a broken link fails it
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+grpc-code: $(VENV)/.installed-dev  ## regenerate service/grpc's modules from oip.proto (grpcio-tools)
+	$(BIN)/python -m service.grpc.regenerate
 
 wheel: | $(BIN)/python  ## dist/vae_serving-*.whl, e.g. for `pip install 'dist/...whl[client]'`
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .

@@ -79,9 +79,16 @@ def free_port() -> int:
 
 
 def server_env(model_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without its VAE_ variables, plus the scenario's."""
+    """This process's environment without its VAE_ variables, plus the scenario's (gRPC off
+    unless the scenario gives it a port: servers started side by side would share one)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env.update({"VAE_MODEL_DIR": str(model_dir), "VAE_PROVIDERS": "CPUExecutionProvider"})
+    env.update(
+        {
+            "VAE_MODEL_DIR": str(model_dir),
+            "VAE_PROVIDERS": "CPUExecutionProvider",
+            "VAE_GRPC_PORT": "0",
+        }
+    )
     env.update(extra or {})
     return env
 

@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from service.workers.supervisor import supervise
 
         return supervise(settings, budget, registry)
-    app = create_app(settings, registry=registry)
+    app = create_app(settings, registry=registry, serve_grpc=True)
     settle_process()
     ServiceServer(app, settings).run()
     return 0

@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -27,15 +28,24 @@ from service.http.guard import Guard
 from service.http.meta import health_router, models_router, reload_router
 from service.http.oip import oip_router
 from service.http.openapi import documented_models, install_openapi
+from service.http.repository import repository_router
 from service.http.routes import inference_router
 from service.http.state import AppState
 from service.models.registry import ModelRegistry
 from service.models.runtime import memory_trimmer
 from service.observability.access_log import AccessLog
 from service.observability.metrics import Metrics
-from service.oip.schemas import ErrorBody, InferenceRequest
+from service.oip.schemas import (
+    ErrorBody,
+    InferenceRequest,
+    RepositoryIndexRequest,
+    RepositoryModelRequest,
+)
 from service.schemas import ErrorResponse, RepositoryReloadRefused
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.grpc.server import GrpcServer
 
 logger = logging.getLogger("service")
 DESCRIPTION = (
@@ -70,10 +80,13 @@ def create_app(
     settings: Settings | None = None,
     registry: ModelRegistry | None = None,
     worker: int | None = None,
+    serve_grpc: bool = False,
 ) -> ServiceApp:
     """The service. With `registry` given (already loaded), the app takes it over; otherwise the
     lifespan loads every model from `settings.model_dir` before the app accepts requests.
-    `worker`: this process's number among the worker processes (its access log says it)."""
+    `worker`: this process's number among the worker processes (its access log says it). With
+    `serve_grpc` (and VAE_GRPC_PORT not 0), the lifespan also serves the protocol over gRPC
+    (`service.grpc.server`); `python -m service` asks for it, tests only when they want it."""
     settings = settings or Settings()
     access_log = AccessLog(settings.log_format, worker=worker) if settings.access_log else None
     state = AppState(settings, Metrics(), access_log)
@@ -82,7 +95,7 @@ def create_app(
         version=__version__,
         summary="Encode, reconstruct, generate and decode with exported AEs and VAEs.",
         description=DESCRIPTION,
-        lifespan=_lifespan(state, registry),
+        lifespan=_lifespan(state, registry, serve_grpc, shared_grpc_port=worker is not None),
         # FastAPI's built-in OpenTelemetry hooks check their providers on every request, and
         # would miss the requests the fast path answers: the guard opens every request's span
         # instead (VAE_TRACING, service.observability.tracing), so they stay off.
@@ -105,7 +118,14 @@ def create_app(
             expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Retry-After", "traceresponse"],
         )
     install_error_handlers(app)
-    routers = (inference_router(), reload_router(), models_router(), health_router(), oip_router())
+    routers = (
+        inference_router(),
+        reload_router(),
+        models_router(),
+        health_router(),
+        oip_router(),
+        repository_router(),
+    )
     for router in routers:
         app.include_router(router)
     add_docs(app)
@@ -114,6 +134,8 @@ def create_app(
         ErrorBody,
         RepositoryReloadRefused,
         InferenceRequest,
+        RepositoryIndexRequest,
+        RepositoryModelRequest,
     ]
     install_openapi(app, documented_models(documented))
     return app
@@ -123,18 +145,27 @@ def begin_shutdown(app: ServiceApp) -> None:
     """From now on readiness answers 503 and new requests are refused (503); requests already
     accepted run to the end. Called on SIGTERM, before uvicorn starts its graceful shutdown."""
     app.service.draining = True
+    for hook in app.service.on_drain:
+        hook()
 
 
 def _lifespan(
-    state: AppState, registry: ModelRegistry | None
+    state: AppState, registry: ModelRegistry | None, serve_grpc: bool, shared_grpc_port: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded: ModelRegistry = (
-            registry
-            if registry is not None
-            else await run_in_threadpool(ModelRegistry.load, state.settings)
-        )
+        grpc_server = await _start_grpc(state, shared_grpc_port) if serve_grpc else None
+        app.state.grpc_server = grpc_server
+        try:
+            loaded: ModelRegistry = (
+                registry
+                if registry is not None
+                else await run_in_threadpool(ModelRegistry.load, state.settings)
+            )
+        except BaseException:
+            if grpc_server is not None:
+                await grpc_server.stop()
+            raise
         loaded.attach(state.metrics)
         state.registry = loaded
         if state.settings.tracing == "otlp":
@@ -142,6 +173,8 @@ def _lifespan(
             from service.observability.tracing import Tracing
 
             state.tracing = Tracing.from_environment()
+        if grpc_server is not None:
+            await grpc_server.serving()
         logger.info("ready: %s (default %s)", ", ".join(loaded.models), loaded.default_name)
         background = [
             asyncio.create_task(_trim_memory(state.settings.memory_trim_interval_s)),
@@ -158,6 +191,8 @@ def _lifespan(
                 hangup()
             for task in background:
                 task.cancel()
+            if grpc_server is not None:  # its calls in flight finish before the models close
+                await grpc_server.stop()
             if state.access_log is not None:
                 state.access_log.flush()
             state.registry = None
@@ -168,6 +203,19 @@ def _lifespan(
                 state.tracing = None
 
     return lifespan
+
+
+async def _start_grpc(state: AppState, shared_port: bool) -> GrpcServer | None:
+    """The gRPC server, started (None when VAE_GRPC_PORT is 0). Imported here: an app that
+    serves no gRPC (most tests) loads none of it. `shared_port`: a worker's, which binds the
+    port beside the other workers (the kernel spreads the connections)."""
+    if state.settings.grpc_port == 0:
+        return None
+    from service.grpc.server import GrpcServer
+
+    server = GrpcServer(state, shared_port)
+    await server.start()
+    return server
 
 
 def _on_signal(sig: signal.Signals, handler: Callable[[], object]) -> Callable[[], object] | None:

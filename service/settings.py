@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     """Interface to bind; 0.0.0.0 in a container."""
     port: int = Field(8000, ge=1, le=65535)
     """TCP port."""
+    grpc_port: int = Field(8081, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol over gRPC (on VAE_HOST, beside the HTTP port,
+    served by `python -m service`); 0 turns gRPC off."""
     model_dir: Path = Path("models")
     """Folder whose sub-folders each hold one exported model (manifest.json + two ONNX files)."""
     default_model: str | None = None
@@ -235,6 +238,15 @@ class Settings(BaseSettings):
                 f"VAE_REQUEST_TIMEOUT_S ({self.request_timeout_s}) is longer than "
                 f"VAE_SHUTDOWN_GRACE_S ({self.shutdown_grace_s}): requests accepted before a "
                 "shutdown could be cut off; raise the grace or lower the timeout"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _two_ports(self) -> Settings:
+        if self.grpc_port == self.port:
+            raise ValueError(
+                f"VAE_GRPC_PORT ({self.grpc_port}) is VAE_PORT too: give gRPC a port of its own, "
+                "or 0 to turn it off"
             )
         return self
 

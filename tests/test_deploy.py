@@ -162,8 +162,8 @@ def one(objects: list[Obj], kind: str) -> Obj:
     return found[0]
 
 
-def kserve() -> Obj:
-    return yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+def kserve(name: str = "inferenceservice.yaml") -> Obj:
+    return yaml.safe_load((ROOT / "deploy" / "kserve" / name).read_text())
 
 
 def probe_paths() -> set[str]:
@@ -449,6 +449,7 @@ def test_k8s_overlay_deployment_probes_resources_and_shutdown(overlay: str) -> N
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == int(config["VAE_PORT"])
+    assert ports["grpc"] == int(config["VAE_GRPC_PORT"])
     assert set(container["resources"]) == {"requests", "limits"}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert {"cpu", "memory"} <= set(container["resources"]["limits"])
@@ -483,6 +484,8 @@ def test_k8s_overlay_service_and_hpa_reach_the_deployment(overlay: str) -> None:
         p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]
     }
     assert all(p["targetPort"] in ports for p in service["spec"]["ports"])
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc["targetPort"] == "grpc" and grpc["appProtocol"] == "grpc"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
         deployment["apiVersion"],
@@ -510,6 +513,30 @@ def test_kserve_inference_service() -> None:
         assert container[kind]["httpGet"] == {"path": path, "port": port["containerPort"]}
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert env["VAE_GRPC_PORT"] == "0"  # one routed port: the gRPC predictor is its own
+
+
+def test_kserve_grpc_inference_service() -> None:
+    """KServe routes one port per predictor; a port named h2c is taken as HTTP/2 (gRPC)."""
+    isvc = kserve("inferenceservice-grpc.yaml")
+    assert isvc["kind"] == "InferenceService"
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}}
+    kubernetes_validate.validate(pod | {"spec": {"containers": [container]}}, K8S_VERSION, True)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (port,) = container["ports"]
+    assert port["name"] == "h2c" and port["containerPort"] == int(env["VAE_GRPC_PORT"])
+    assert env["VAE_GRPC_PORT"] != env["VAE_PORT"]
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert container[kind]["tcpSocket"] == {"port": port["containerPort"]}
+
+
+def test_the_images_and_compose_expose_grpc() -> None:
+    stages = dockerfile_stages()
+    for stage in ("cpu", "gpu"):
+        assert ("EXPOSE", "8000 8081") in stages[stage], stage
+    published = [p.rsplit(":", 1)[1] for p in compose()["services"]["vae"]["ports"]]
+    assert published == ["8000", "8081"]
 
 
 # --- nginx in front of two replicas ---------------------------------------------------------------
@@ -576,7 +603,12 @@ def test_nginx_balances_two_replicas_without_failures(tmp_path: Path) -> None:
         f"http {{\n  access_log {tmp_path / 'access.log'};\n{temp}\n"
         f"  include {tmp_path / 'vae.conf'};\n}}\n"
     )
-    env = dict(os.environ) | {"VAE_ACCESS_LOG": "false", "VAE_SHUTDOWN_DRAIN_S": "0"}
+    # Two replicas on one host: gRPC off, or both would ask for its port.
+    env = dict(os.environ) | {
+        "VAE_ACCESS_LOG": "false",
+        "VAE_SHUTDOWN_DRAIN_S": "0",
+        "VAE_GRPC_PORT": "0",
+    }
     logs = [tmp_path / f"replica-{p}.log" for p in replicas] + [tmp_path / "nginx.out"]
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -66,12 +66,22 @@ OPEN_PREFIXES = ("/static/", "/v2/health/")
 
 # Paths become bounded labels: a model name or a typo in the URL must not create a time series.
 FIXED_ENDPOINTS = frozenset(
-    {*(e.path for e in ENDPOINTS), "/models", "/models/reload", "/v2", "/metrics"}
+    {
+        *(e.path for e in ENDPOINTS),
+        "/models",
+        "/models/reload",
+        "/v2",
+        "/v2/models",
+        "/v2/repository/index",
+        "/metrics",
+    }
 )
 ENDPOINT_PATTERNS = [
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$"), "/v2/models/{model}/infer"),
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"), "/v2/models/{model}/ready"),
     (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?$"), "/v2/models/{model}"),
+    (re.compile(r"^/v2/repository/models/[^/]+/load$"), "/v2/repository/models/{model}/load"),
+    (re.compile(r"^/v2/repository/models/[^/]+/unload$"), "/v2/repository/models/{model}/unload"),
     (re.compile(r"^/models/[^/]+/reload$"), "/models/{name}/reload"),
     (re.compile(r"^/models/[^/]+/latent-map$"), "/models/{name}/latent-map"),
     (re.compile(r"^/models/[^/]+$"), "/models/{name}"),
@@ -221,8 +231,16 @@ class Guard:
         self.state = state
         self.settings = state.settings
         self.keys = KeyCheck(state.settings.api_key_list())
-        self.in_flight = 0
         self.buffered = 0  # body bytes counted against VAE_MAX_BUFFERED_BODY_BYTES
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight, gRPC calls included: they share VAE_MAX_CONCURRENT_REQUESTS."""
+        return self.state.in_flight
+
+    @in_flight.setter
+    def in_flight(self, count: int) -> None:
+        self.state.in_flight = count
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,6 +31,11 @@ class AppState:
     access_log: AccessLog | None
     registry: ModelRegistry | None = None  # set by the lifespan once every model is loaded
     draining: bool = False  # set on SIGTERM: readiness and new requests answer 503
+    # Requests being served or queued, REST's and gRPC's together (VAE_MAX_CONCURRENT_REQUESTS)
+    in_flight: int = 0
+    # Called once when shutdown begins (SIGTERM), after `draining` is set: the gRPC server's
+    # health turns NOT_SERVING there.
+    on_drain: list[Callable[[], object]] = field(default_factory=list)
     reload_gate: ReloadGate = field(default_factory=ReloadGate)  # the reload endpoints' rules
     decode_pool: DecodePool = field(init=False)  # uploads' image decoding; the lifespan closes it
     tracing: Tracing | None = None  # VAE_TRACING=otlp: set and shut down by the lifespan

@@ -313,6 +313,38 @@ class ModelRegistry:
         for runtime in staged.opened:
             await runtime.close()
 
+    async def add(self, folder: Path) -> ModelRuntime:
+        """Load the model in `folder` (one not served) and serve it beside the others. A model
+        that fails a check, or whose name another folder already serves, raises ModelLoadError
+        and nothing changes."""
+        async with self._reloading:
+            new = await self._load_folder(folder)
+            if new.name in self.models:
+                await new.close()
+                raise ModelLoadError(_name_taken(new, self.models[new.name]))
+            models = dict(sorted({**self.models, new.name: new}.items(), key=lambda m: m[1].folder))
+            self._swap(models, default_model_name(models, self.settings), {})
+            _log_loaded(new)
+            return new
+
+    async def remove(self, name: str) -> None:
+        """Stop serving `name` (requests already running on it finish). Refused (ModelLoadError)
+        for the last model and for VAE_DEFAULT_MODEL's, which the service must always have."""
+        async with self._reloading:
+            if name not in self.models:
+                raise NotFound("model", f"no model named {name!r} is loaded")
+            if name == self.settings.default_model:
+                raise ModelLoadError(
+                    f"{name!r} is VAE_DEFAULT_MODEL and cannot be unloaded: set another "
+                    "VAE_DEFAULT_MODEL and restart"
+                )
+            if len(self.models) == 1:
+                raise ModelLoadError(f"{name!r} is the only model loaded; the service needs one")
+            old = self.models[name]
+            models = {n: m for n, m in self.models.items() if n != name}
+            self._swap(models, default_model_name(models, self.settings), {name: old})
+            logger.info("unloaded model %s (%s)", name, old.folder)
+
     def start_rescan(self) -> asyncio.Task[RescanReport | ModelLoadError]:
         """`rescan()` as a task of its own (SIGHUP, POST /models/reload): one that outlasts the
         request that started it (a 504) still finishes, rather than stopping half way. A scan

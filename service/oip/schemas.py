@@ -105,3 +105,37 @@ class InferenceResponse(BaseModel):
         None, description="A scorer's: score_name, threshold, fpr, k, seed, calibrated, note."
     )
     outputs: list[ResponseOutput]
+
+
+class ProtocolModelList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"models": ["mnist-vae-encoder", "mnist-vae-decoder", "mnist-vae-scorer"]}]
+        }
+    )
+
+    models: list[str] = Field(description="`<model>-encoder`, `-decoder` and `-scorer` of each.")
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(False, description="true: only the models served.")
+
+
+class RepositoryIndexEntry(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "mnist-vae", "version": "1", "state": "READY", "reason": ""}]
+        }
+    )
+
+    name: str = Field(description="The model's name (its manifest's; a folder's name if unread).")
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str = Field(description="Why it is UNAVAILABLE (empty when READY).")
+
+
+class RepositoryModelRequest(BaseModel):
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="Triton's `unload_dependents` is taken (models here have none); no other.",
+    )

@@ -387,6 +387,27 @@ def listen(settings: Settings) -> socket.socket:
     return listener
 
 
+def grpc_port_problem(settings: Settings) -> str | None:
+    """Why the workers could not serve gRPC on VAE_GRPC_PORT (None: the port is free, or 0).
+    Each worker binds it beside the others (SO_REUSEPORT); this checks once that no one else
+    holds it."""
+    if settings.grpc_port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: connections of a previous run in TIME_WAIT do not hold the port;
+            # on Linux it never lets a bind share a port someone listens on.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((settings.host, settings.grpc_port))
+    except OSError as exc:
+        return (
+            f"{settings.host}:{settings.grpc_port} (VAE_GRPC_PORT): {exc}; set another "
+            "VAE_GRPC_PORT, or 0 to turn gRPC off"
+        )
+    return None
+
+
 def supervise(settings: Settings, budget: ThreadBudget, registry: ModelRegistry) -> int:
     """Serve with `budget.workers` workers once `registry` (this process's check of every
     model) has loaded; returns the exit code."""
@@ -401,6 +422,10 @@ def supervise(settings: Settings, budget: ThreadBudget, registry: ModelRegistry)
         listener = listen(settings)
     except OSError as exc:
         print(f"error: cannot start: {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    problem = grpc_port_problem(settings)
+    if problem is not None:  # else every worker would fail to bind it, restart after restart
+        print(f"error: cannot start: {problem}", file=sys.stderr)
         return 1
     try:  # one folder per run: counts from an earlier run never add up into this one's
         metrics_dir = tempfile.mkdtemp(prefix="vae-metrics-", dir=os.environ.get(MULTIPROCESS_DIR))

@@ -45,7 +45,7 @@ def run_worker(spec: WorkerSpec) -> None:
     from service.app import create_app
     from service.serving import ServiceServer, settle_process
 
-    app = create_app(settings, registry=registry, worker=spec.index)
+    app = create_app(settings, registry=registry, worker=spec.index, serve_grpc=True)
     link = WorkerLink(spec.channel, registry, spec.index)
     registry.coordinator = link
     app.service.peers_ready = lambda: link.peers_ready
