@@ -7,6 +7,7 @@ baseline; then start-to-ready time and RSS after load. Everything runs on 127.0.
 
     python benchmarks/serve_bench.py            # about 4 minutes; needs `wrk` (apt install wrk)
     python benchmarks/serve_bench.py --seconds 3 --only encode
+    python benchmarks/serve_bench.py --model-dir OTHER/models --port 18100   # other models
     python benchmarks/serve_bench.py --workers 1,2 --rounds 3   # worker processes compared
 
 With `--workers`, only the service runs, once per worker count (all at once, on ports 8100 and
@@ -69,9 +70,12 @@ def test_images(n: int) -> np.ndarray:
 # --- the limit: onnxruntime in this process ---------------------------------------------------
 
 
-def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], float]:
-    """Images/s of each endpoint's graph work, called back to back, at batch 1 and 256."""
-    folder = ROOT / "models" / MODEL
+def in_process(
+    images: np.ndarray, seconds: float, model_dir: Path = ROOT / "models"
+) -> dict[tuple[str, int], float]:
+    """Images/s of each endpoint's graph work, called back to back, at batch 1 and 256; and the
+    median seconds of one image's encode and of its encode + decode (`reconstruct-latency`)."""
+    folder = model_dir / MODEL
     # onnxruntime's defaults (a thread per core), except spinning: with it on, the encoder's
     # idle threads spin while the decoder runs and the two sessions fight over the cores.
     options = ort.SessionOptions()
@@ -80,6 +84,7 @@ def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], floa
     enc = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=cpu)
     dec = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=cpu)
     rng = np.random.default_rng(0)
+    latent = dec.get_inputs()[0].shape[1]
 
     def encode(x: np.ndarray) -> None:
         enc.run(None, {"x": x})
@@ -89,7 +94,7 @@ def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], floa
         dec.run(None, {"z": mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, np.float32)})
 
     def generate(x: np.ndarray) -> None:
-        dec.run(None, {"z": rng.standard_normal((len(x), 16), np.float32)})
+        dec.run(None, {"z": rng.standard_normal((len(x), latent), np.float32)})
 
     results = {}
     for name, fn in (("encode", encode), ("reconstruct", reconstruct), ("generate", generate)):
@@ -103,12 +108,13 @@ def in_process(images: np.ndarray, seconds: float) -> dict[tuple[str, int], floa
                 calls += 1
             results[(name, batch)] = calls * batch / (time.perf_counter() - start)
     x1 = np.ascontiguousarray(images[:1, None])
-    latencies = []
-    for _ in range(2000):
-        t = time.perf_counter()
-        encode(x1)
-        latencies.append(time.perf_counter() - t)
-    results[("encode-latency", 1)] = statistics.median(latencies)
+    for name, fn in (("encode", encode), ("reconstruct", reconstruct)):
+        latencies = []
+        for _ in range(2000):
+            t = time.perf_counter()
+            fn(x1)
+            latencies.append(time.perf_counter() - t)
+        results[(f"{name}-latency", 1)] = statistics.median(latencies)
     return results
 
 
@@ -326,6 +332,12 @@ def main() -> None:
         "--workers",
         help="compare the service with these worker counts (e.g. 1,2) instead of the baseline",
     )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=ROOT / "models",
+        help="the models to serve (mnist-vae is the one measured; default ./models)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -339,12 +351,18 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, {platform_line()}; onnxruntime {ort.__version__}",
         flush=True,
     )
-    limit = in_process(images, args.seconds)
+    limit = in_process(images, args.seconds, args.model_dir)
 
-    service_env = dict(kv.split("=", 1) for kv in args.service_env.split() if kv)
+    service_env = {
+        "VAE_MODEL_DIR": str(args.model_dir.resolve()),
+        **dict(kv.split("=", 1) for kv in args.service_env.split() if kv),
+    }
     port, base_port = args.port, args.port + 1
     service_cmd = [sys.executable, "-m", "service", "--port", str(port)]
-    baseline_cmd = [sys.executable, "benchmarks/baseline_server.py", "--port", str(base_port)]
+    baseline_cmd = [
+        *(sys.executable, "benchmarks/baseline_server.py", "--port", str(base_port)),
+        *("--model-dir", str((args.model_dir / MODEL).resolve())),
+    ]
     # Bytecode compiled up front, as an installed wheel has it: where PYTHONDONTWRITEBYTECODE
     # is set, each start would otherwise compile the modules again.
     compileall.compile_dir(ROOT / "service", quiet=1)
@@ -380,21 +398,23 @@ def main() -> None:
                 base = median_result(base_samples[key]) if key in base_samples else None
                 op = load.endpoint.split("?")[0].strip("/")
                 rows.append((load, median_result(samples[key]), base, limit[(op, load.images)]))
-            one = Load(
-                "/encode",
-                "/encode, JSON, 1 connection",
-                loads_for(images, False)[0].body,
-                "application/json",
-                "application/json",
-                1,
-                1,
-            )
-            single = median_result(
-                [run_wrk(port, one, args.seconds, workdir) for _ in range(args.rounds)]
-            )
-            single_base = median_result(
-                [run_wrk(base_port, one, args.seconds, workdir) for _ in range(args.rounds)]
-            )
+            singles = {}
+            for path in ("/encode", "/reconstruct"):
+                one = Load(
+                    path,
+                    f"{path}, JSON, 1 connection",
+                    loads_for(images, False)[0].body,
+                    "application/json",
+                    "application/json",
+                    1,
+                    1,
+                )
+                singles[path] = tuple(
+                    median_result(
+                        [run_wrk(p, one, args.seconds, workdir) for _ in range(args.rounds)]
+                    )
+                    for p in (port, base_port)
+                )
         service_rss, baseline_rss = rss_mib(service.pid), rss_mib(baseline.pid)
     finally:
         for proc in (service, baseline):
@@ -434,14 +454,15 @@ def main() -> None:
         else:
             cells += ["n/a", "n/a", "n/a"]
         print("| " + " | ".join(cells) + " |")
-    limits = (f"{op} batch {b}: {v:,.0f}" for (op, b), v in limit.items() if op != "encode-latency")
+    limits = (f"{op} batch {b}: {v:,.0f}" for (op, b), v in limit.items() if "latency" not in op)
     print("\nin-process onnxruntime (images/s): " + ", ".join(limits))
-    lat = limit[("encode-latency", 1)] * 1e3
-    print(
-        f"one connection, /encode JSON 1 image: service p50 {single.p50_ms:.3f} ms, "
-        f"baseline p50 {single_base.p50_ms:.3f} ms, in-process {lat:.3f} ms "
-        f"-> service overhead {single.p50_ms - lat:.3f} ms"
-    )
+    for path, (single, single_base) in singles.items():
+        lat = limit[(f"{path.strip('/')}-latency", 1)] * 1e3
+        print(
+            f"one connection, {path} JSON 1 image: service p50 {single.p50_ms:.3f} ms, "
+            f"baseline p50 {single_base.p50_ms:.3f} ms, in-process {lat:.3f} ms "
+            f"-> service overhead {single.p50_ms - lat:.3f} ms"
+        )
     print(
         f"start to ready, median (max) of {args.ready_samples}: service "
         f"{statistics.median(service_ready):.2f} s ({max(service_ready):.2f}) with 4 models, "

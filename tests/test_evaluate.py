@@ -34,6 +34,7 @@ def test_vae_evaluation(vae_run: Path) -> None:
     assert 0 <= result["active_units"] <= result["latent_dim"] == 2
     det = result["deterministic_reconstruction"]
     assert det["bce_per_pixel"] == pytest.approx(det["bce"] / 784)
+    assert result["sample_quality"]["samples"] == 10_000  # judged by default
 
 
 def test_ae_evaluation(ae_run: Path) -> None:
@@ -130,10 +131,11 @@ def test_subset_is_fixed_random_and_sorted() -> None:
 def test_cli_iwae_options(
     vae_run: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert main(["evaluate", str(vae_run), "--iwae-k", "8", "--iwae-images", "25", "--quiet"]) == 0
+    quick = ["--samples", "0", "--quiet"]  # sample quality: tests/test_sample_quality.py
+    assert main(["evaluate", str(vae_run), "--iwae-k", "8", "--iwae-images", "25", *quick]) == 0
     written = json.loads((vae_run / "evaluation.json").read_text())
     assert (written["iwae"]["k"], written["iwae"]["images"]) == (8, 25)
-    assert main(["evaluate", str(vae_run), "--iwae-k", "4", "--iwae-images", "all", "--quiet"]) == 0
+    assert main(["evaluate", str(vae_run), "--iwae-k", "4", "--iwae-images", "all", *quick]) == 0
     assert json.loads((vae_run / "evaluation.json").read_text())["iwae"]["images"] == 120
     capsys.readouterr()
     for flag, value, expected in [

@@ -1,4 +1,4 @@
-"""`python -m training {train,evaluate,report,export}`."""
+"""`python -m training {train,evaluate,report,export,classifier}`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from training.config import ConfigError, TrainConfig, load_config_file
 from training.data import DATA_DIR_ENV, DatasetError
 from training.evaluate import DEFAULT_IWAE_IMAGES, DEFAULT_IWAE_K
+from training.sample_quality import DEFAULT_SAMPLES
 
 DEFAULTS = TrainConfig()
 
@@ -196,6 +197,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="evaluate only the first N test images (for a quick look)",
     )
+    p.add_argument(
+        "--samples",
+        type=_non_negative_int,
+        default=DEFAULT_SAMPLES,
+        help="prior samples judged by the sample classifier, MNIST and Fashion-MNIST VAEs only "
+        f"(0: skip; default {DEFAULT_SAMPLES})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("report", help="PNG figures in the run directory")
@@ -213,6 +221,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir", help="dataset folder for a 2-D model's latent_map.json (default: the run's)"
     )
+
+    p = sub.add_parser(
+        "classifier",
+        help="retrain a shipped sample classifier (training/classifiers/DATASET.npz)",
+    )
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], required=True)
+    p.add_argument("--data-dir", help=f"the dataset's folder (default ${DATA_DIR_ENV} or ./data)")
+    p.add_argument("--out", type=Path, help="default: the shipped file, training/classifiers/")
     return parser
 
 
@@ -220,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Imports here keep `--help` fast: torch takes seconds to load.
     from training.checkpoint import CheckpointError
+    from training.classifier import ClassifierError
     from training.export import ExportError
     from training.train import RunError
 
@@ -253,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 checkpoint=args.checkpoint,
                 limit=args.limit,
                 progress=not args.quiet,
+                samples=args.samples,
             )
             print(json.dumps(metrics, indent=2))
         elif args.command == "report":
@@ -281,7 +299,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"sizes {', '.join(parity['encoder_max_abs_diff'])} within {worst:.2e} "
                 f"(tolerance {parity['atol']})"
             )
-    except (ConfigError, DatasetError, RunError, CheckpointError, ExportError) as exc:
+        elif args.command == "classifier":
+            from training.classifier import train_and_save
+
+            classifier = train_and_save(args.dataset, args.data_dir, args.out)
+            print(json.dumps({"dataset": classifier.dataset, **classifier.info}, indent=2))
+    except (
+        ConfigError,
+        DatasetError,
+        RunError,
+        CheckpointError,
+        ExportError,
+        ClassifierError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

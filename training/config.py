@@ -51,11 +51,15 @@ class TrainConfig:
     likelihood: Likelihood = "bernoulli"
     gaussian_sigma: float = 0.1
     beta: float = 1.0
-    warmup_epochs: float = 0.0  # KL weight rises linearly from 0 to beta over this many epochs
+    # KL weight rises linearly from 0 to beta over this many epochs, so the decoder learns to use
+    # z before the KL pulls q(z|x) to the prior (Bowman et al. 2016; Sønderby et al. 2016)
+    warmup_epochs: float = 0.0
     # optimisation
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    # cosine: the step size anneals to 0 over the run (Loshchilov & Hutter 2017, without restarts),
+    # so the last epochs settle instead of hopping around a minimum
     lr_schedule: LrSchedule = "constant"
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N

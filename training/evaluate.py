@@ -6,6 +6,8 @@ k grows) for the whole test set from a fixed random subset of it, with its stand
 much it still moved from k/2 to k samples; the number of active latent units (Burda et al. 2015,
 section 5.2: Cov_x(E_q[u]) > 0.01); and the error of the deterministic reconstruction decode(mu).
 AE: reconstruction error per image and per pixel (BCE and MSE).
+VAE samples: the Frechet distance, confidence and class balance of prior samples in the eyes of
+the dataset's sample classifier (training/sample_quality.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from training.model import (
     reconstruction_nll,
     reparameterize,
 )
+from training.sample_quality import DEFAULT_SAMPLES, model_sample_quality
 from training.train import load_run, load_run_splits
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -308,8 +311,10 @@ def evaluate_run(
     checkpoint: str = "best",
     limit: int | None = None,
     progress: bool = True,
+    samples: int = DEFAULT_SAMPLES,
 ) -> dict[str, Any]:
-    """Evaluate a run's model on its test set and write evaluation.json into the run."""
+    """Evaluate a run's model on its test set and write evaluation.json into the run; for a VAE
+    with `samples` > 0, judge that many prior samples too (`sample_quality`)."""
     run = load_run(run_dir, checkpoint, device)
     cfg = run.config
     splits = load_run_splits(run, data_dir)
@@ -324,5 +329,12 @@ def evaluate_run(
             run.model, cfg, x, iwae_k=iwae_k, iwae_images=iwae_images, progress=progress
         ),
     }
+    if run.model.is_vae and samples > 0:
+        # Against the test images as they are: a binarised test set is the likelihood's
+        # convention, but the samples are pixel means, and the classifier saw grey images.
+        grey = torch.from_numpy(splits.test.images[:limit])
+        result["sample_quality"] = model_sample_quality(
+            run.model, splits.name, grey, samples, seed=EVAL_SEED
+        )
     (Path(run_dir) / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
