@@ -556,19 +556,21 @@ def compare_workers(counts: list[int], args: argparse.Namespace, env: dict[str, 
             proc.wait(60)
     print(
         "\n| load | images x connections | workers | req/s | images/s | p50 ms | p99 ms | errors "
-        f"| vs {counts[0]} worker(s) | service cores | CPU ms/request | rest of machine, cores |"
+        f"| vs {counts[0]} worker(s) | service cores | images/s per service core "
+        "| CPU ms/request | rest of machine, cores |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for load in wanted:
         first = median_result(samples[(load.label, load.images, counts[0])]).requests_s
         for count in counts:
             r = median_result(samples[(load.label, load.images, count)])
             cpu = shares[(load.label, load.images, count)]
+            cores = statistics.median(c.server_cores for c in cpu)
             print(
                 f"| {load.label} | {load.images} x {load.connections} | {count} | "
                 f"{r.requests_s:,.0f} | {r.requests_s * load.images:,.0f} | {r.p50_ms:.2f} | "
                 f"{r.p99_ms:.1f} | {r.errors} | {r.requests_s / first:.2f}x | "
-                f"{statistics.median(c.server_cores for c in cpu):.2f} | "
+                f"{cores:.2f} | {r.requests_s * load.images / max(cores, 1e-9):,.0f} | "
                 f"{statistics.median(c.ms_per_request for c in cpu):.2f} | "
                 f"{statistics.median(c.rest_cores for c in cpu):.2f} |"
             )
@@ -577,8 +579,8 @@ def compare_workers(counts: list[int], args: argparse.Namespace, env: dict[str, 
     if args.rounds > 1:
         print(f"each load ran {args.rounds} times, alternating servers; medians shown")
     print(
-        "service cores below the worker count while the rest of the machine was busy: the "
-        "service got no more CPU (with the kernel's autogroup, CPU is shared per session)"
+        "service cores: the CPU the service got; where they stay below the worker count while "
+        "the rest of the machine is busy, images/s show the share it got, not what workers give"
     )
 
 
