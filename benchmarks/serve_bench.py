@@ -10,10 +10,12 @@ baseline; then start-to-ready time and RSS after load. Everything runs on 127.0.
     python benchmarks/serve_bench.py --model-dir OTHER/models --port 18100   # other models
     python benchmarks/serve_bench.py --workers 1,2 --rounds 3   # worker processes compared
 
-With `--workers`, only the service runs, once per worker count (all at once, on ports 8100 and
+With `--workers`, only the service runs, once per worker count (all at once, on --port and
 up, the loads alternating between them): /encode and deterministic /reconstruct at 256 images x
 4 connections in JSON and .npy and at 1 image x 64 connections, with the ratio to the first
-count, and each one's memory (RSS and PSS of all its processes).
+count, the CPU each used (cores, and CPU ms per request summed over its processes) beside what
+the rest of the machine used meanwhile (on a shared machine, the service's images/s only follow
+the cores it was given), and each one's memory (RSS and PSS of all its processes).
 
 Images come from the MNIST test set when VAE_DATA_DIR (or ../shared/data) holds it, otherwise
 from random pixels (the models' speed does not depend on the pixel values).
@@ -498,6 +500,48 @@ def tree_memory_mib(pid: int) -> tuple[float, float]:
     return rss, pss
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) used so far by a process and its children."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    ticks = 0
+    for one in pids:
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine has been busy (not idle, not waiting on I/O)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuShare:
+    server_cores: float  # the service's processes, on average over the run
+    rest_cores: float  # everything else on the machine but wrk
+    ms_per_request: float  # the service's CPU per request, all its processes
+
+
+def measured_wrk(
+    pid: int, port: int, load: Load, seconds: float, workdir: Path
+) -> tuple[Result, CpuShare]:
+    """run_wrk, and the CPU the service (the process tree of `pid`), wrk and the rest of the
+    machine used meanwhile."""
+    server0, busy0, wrk0, start = tree_cpu_s(pid), machine_busy_s(), os.times(), time.monotonic()
+    result = run_wrk(port, load, seconds, workdir)
+    wall = time.monotonic() - start
+    wrk1 = os.times()
+    server = tree_cpu_s(pid) - server0
+    wrk = wrk1.children_user + wrk1.children_system - wrk0.children_user - wrk0.children_system
+    rest = max(0.0, machine_busy_s() - busy0 - server - wrk)
+    requests = max(result.requests_s * seconds, 1.0)
+    return result, CpuShare(server / wall, rest / wall, 1000 * server / requests)
+
+
 def compare_workers(counts: list[int], args: argparse.Namespace, env: dict[str, str]) -> None:
     """The service with each worker count in `counts`, under the same loads (see the module
     docstring)."""
@@ -509,19 +553,23 @@ def compare_workers(counts: list[int], args: argparse.Namespace, env: dict[str, 
         if (load.label, load.images) in WORKER_LOADS and (not args.only or args.only in load.label)
     ]
     servers = {}
+    ports = {count: args.port + i for i, count in enumerate(counts)}
     try:
-        for i, count in enumerate(counts):
-            cmd = [sys.executable, "-m", "service", "--port", str(8100 + i)]
-            servers[count] = start(cmd, 8100 + i, {**env, "VAE_WORKERS": str(count)})[0]
+        for count in counts:
+            cmd = [sys.executable, "-m", "service", "--port", str(ports[count])]
+            servers[count] = start(cmd, ports[count], {**env, "VAE_WORKERS": str(count)})[0]
         samples: dict[tuple[str, int, int], list[Result]] = {}
+        shares: dict[tuple[str, int, int], list[CpuShare]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             (workdir / "post.lua").write_text(WRK_SCRIPT)
             for _ in range(args.rounds):
                 for load in wanted:
-                    for i, count in enumerate(counts):
-                        result = run_wrk(8100 + i, load, args.seconds, workdir)
+                    for count in counts:
+                        pid, port = servers[count].pid, ports[count]
+                        result, share = measured_wrk(pid, port, load, args.seconds, workdir)
                         samples.setdefault((load.label, load.images, count), []).append(result)
+                        shares.setdefault((load.label, load.images, count), []).append(share)
         memory = {count: tree_memory_mib(proc.pid) for count, proc in servers.items()}
     finally:
         for proc in servers.values():
@@ -529,22 +577,32 @@ def compare_workers(counts: list[int], args: argparse.Namespace, env: dict[str, 
             proc.wait(60)
     print(
         "\n| load | images x connections | workers | req/s | images/s | p50 ms | p99 ms | errors "
-        f"| vs {counts[0]} worker(s) |"
+        f"| vs {counts[0]} worker(s) | service cores | images/s per service core "
+        "| CPU ms/request | rest of machine, cores |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for load in wanted:
         first = median_result(samples[(load.label, load.images, counts[0])]).requests_s
         for count in counts:
             r = median_result(samples[(load.label, load.images, count)])
+            cpu = shares[(load.label, load.images, count)]
+            cores = statistics.median(c.server_cores for c in cpu)
             print(
                 f"| {load.label} | {load.images} x {load.connections} | {count} | "
                 f"{r.requests_s:,.0f} | {r.requests_s * load.images:,.0f} | {r.p50_ms:.2f} | "
-                f"{r.p99_ms:.1f} | {r.errors} | {r.requests_s / first:.2f}x |"
+                f"{r.p99_ms:.1f} | {r.errors} | {r.requests_s / first:.2f}x | "
+                f"{cores:.2f} | {r.requests_s * load.images / max(cores, 1e-9):,.0f} | "
+                f"{statistics.median(c.ms_per_request for c in cpu):.2f} | "
+                f"{statistics.median(c.rest_cores for c in cpu):.2f} |"
             )
     for count, (rss, pss) in memory.items():
         print(f"memory after load, {count} worker(s): RSS {rss:.0f} MiB, PSS {pss:.0f} MiB")
     if args.rounds > 1:
         print(f"each load ran {args.rounds} times, alternating servers; medians shown")
+    print(
+        "service cores: the CPU the service got; where they stay below the worker count while "
+        "the rest of the machine is busy, images/s show the share it got, not what workers give"
+    )
 
 
 def platform_line() -> str:

@@ -7,11 +7,14 @@ without processes. Every wait is on a state, with a deadline only to fail a stuc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,6 +202,84 @@ def test_two_workers_serve_one_port_and_their_metrics_add_up(server: Server) -> 
         ]
         assert sorted(info) == [("tiny-ae", "1"), ("tiny-vae", "1")]  # once, not per worker
         assert all("pid" not in s.labels for s in families["vae_model_info"].samples)
+
+
+SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
+
+
+def connection_options(pids: list[int], client: socket.socket) -> dict[str, int]:
+    """The socket options of the server's end of `client`'s connection, read from whichever of
+    `pids` holds it (a copy of its descriptor, taken with pidfd_getfd)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for pid in pids:
+        pidfd = os.pidfd_open(pid)
+        try:
+            for name in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):  # closed meanwhile
+                    if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                        continue
+                copy = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+                if copy < 0:
+                    pytest.skip(f"pidfd_getfd: {os.strerror(ctypes.get_errno())}")
+                sock = socket.socket(fileno=copy)
+                try:
+                    if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
+                        continue
+                    with contextlib.suppress(OSError):  # a listening socket has no peer
+                        if sock.getpeername() == client.getsockname():
+                            return {
+                                "TCP_NODELAY": sock.getsockopt(
+                                    socket.IPPROTO_TCP, socket.TCP_NODELAY
+                                ),
+                                "SO_KEEPALIVE": sock.getsockopt(
+                                    socket.SOL_SOCKET, socket.SO_KEEPALIVE
+                                ),
+                                "O_NONBLOCK": int(not os.get_blocking(sock.fileno())),
+                            }
+                finally:
+                    sock.close()
+        finally:
+            os.close(pidfd)
+    raise AssertionError(f"no process of {pids} holds the connection")
+
+
+def kept_alive(port: int, requests: int) -> tuple[socket.socket, list[str]]:
+    """`requests` requests on one keep-alive connection (left open): their request ids."""
+    client = socket.create_connection(("127.0.0.1", port))
+    request_ids = []
+    for _ in range(requests):
+        request_ids.append(uuid.uuid4().hex)
+        head = f"GET /models/tiny-vae HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_ids[-1]}"
+        client.sendall(f"{head}\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += client.recv(65536)
+        head, body = answer.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += client.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    return client, request_ids
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux only")
+def test_a_handed_over_connection_is_served_as_one_accepted_by_one_process(
+    server: Server, models: Path, tmp_path: Path
+) -> None:
+    """The hand-over costs nothing on the wire: a keep-alive connection stays with the worker
+    it was handed to, and has the socket options (Nagle off) of one uvicorn accepted itself."""
+    client, request_ids = kept_alive(server.port, 5)
+    with client:
+        assert len(set(answered_by(server, request_ids).values())) == 1
+        handed_over = connection_options(list(worker_pids(server).values()), client)
+    one = launch(models, tmp_path, {"VAE_WORKERS": "1"})
+    try:
+        client, _ = kept_alive(one.port, 1)
+        with client:
+            accepted = connection_options([one.pid], client)
+    finally:
+        one.stop()
+    assert handed_over == accepted == {"TCP_NODELAY": 1, "SO_KEEPALIVE": 0, "O_NONBLOCK": 1}
 
 
 def test_a_killed_worker_is_started_again_and_readiness_waits_for_it(server: Server) -> None:
