@@ -12,7 +12,8 @@ requests/s, images/s, p50 and p99 (from h2load's per-request log), failures.
     python benchmarks/grpc_bench.py                  # about a minute
     python benchmarks/grpc_bench.py --seconds 5 --rounds 1
 
-Separate from oip_bench.py (REST) so that either runs alone; both use the same model and images.
+Separate from oip_bench.py so that it runs alone; oip_bench.py's table has the same gRPC rows
+beside REST's (it imports `grpc_body` and `run_h2load` from here).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class Result:
     failed: int
 
 
-def succeeded_calls() -> int:
+def succeeded_calls(http_port: int = HTTP_PORT) -> int:
     """Calls of ModelInfer the service answered OK, from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/metrics") as answer:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as answer:
         text = answer.read().decode()
     return round(
         sum(
@@ -77,12 +78,21 @@ def succeeded_calls() -> int:
     )
 
 
-def run_h2load(body: Path, streams: int, seconds: float, workdir: Path) -> Result:
+def run_h2load(
+    body: Path,
+    streams: int,
+    seconds: float,
+    workdir: Path,
+    grpc_port: int = GRPC_PORT,
+    http_port: int = HTTP_PORT,
+) -> Result:
+    """h2load on the service's gRPC port for `seconds`, its failures checked against the
+    service's /metrics on `http_port` (benchmarks/oip_bench.py runs it on ports of its own)."""
     log = workdir / "h2load.log"
-    before = succeeded_calls()
+    before = succeeded_calls(http_port)
     command = [
         "h2load",
-        f"http://127.0.0.1:{GRPC_PORT}{METHOD}",
+        f"http://127.0.0.1:{grpc_port}{METHOD}",
         "-c", str(streams),
         "-m", "1",
         "-t", "1",
@@ -99,7 +109,7 @@ def run_h2load(body: Path, streams: int, seconds: float, workdir: Path) -> Resul
     if done is None or rate is None:
         raise RuntimeError(f"h2load printed what this script cannot read:\n{output}")
     latencies = sorted(int(line.split()[2]) / 1000 for line in log.read_text().splitlines())
-    answered = succeeded_calls() - before  # warm-up calls included: at least `done`
+    answered = succeeded_calls(http_port) - before  # warm-up calls included: at least `done`
     failed = max(int(done.group(2)) - answered, 0) + int(done.group(2)) - int(done.group(3))
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return Result(float(rate.group(1)), statistics.median(latencies), p99, failed)

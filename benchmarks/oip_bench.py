@@ -1,7 +1,8 @@
 """The Open Inference Protocol's REST path: JSON against the binary tensor data extension, beside
-the service's own /encode (JSON and .npy), in-process onnxruntime on the same encoder and, when
-given, MLServer as a peer (benchmarks/mlserver/: a custom runtime over the same encoder, adaptive
-batching on) driven with the byte-identical OIP JSON request.
+its gRPC path (raw contents, driven with h2load by benchmarks/grpc_bench.py's runner; skipped,
+saying so, without h2load), the service's own /encode (JSON and .npy), in-process onnxruntime on
+the same encoder and, when given, MLServer as a peer (benchmarks/mlserver/: a custom runtime over
+the same encoder, adaptive batching on) driven with the byte-identical OIP JSON request.
 
 Starts every server it uses (`python -m service`, and `mlserver start benchmarks/mlserver` in
 MLServer's own venv) on free ports of 127.0.0.1, waits until each is ready, checks that both
@@ -202,13 +203,65 @@ def wrk_path(server: str, port: int, load: Load, header: int | None, workdir: Pa
     return BenchPath(server, load.label, load.images, load.connections, check, run)
 
 
+GRPC_LABEL = "OIP gRPC, raw_input_contents"
+
+
+def grpc_missing() -> str | None:
+    """Why the gRPC rows cannot run here, if they cannot."""
+    if shutil.which("h2load") is None:
+        return "gRPC rows skipped: h2load is not installed (apt install nghttp2-client)"
+    return None
+
+
 def grpc_paths(
-    images: np.ndarray, batches: list[tuple[int, int]], grpc_port: int
+    images: np.ndarray,
+    batches: list[tuple[int, int]],
+    grpc_port: int,
+    http_port: int,
+    workdir: Path,
 ) -> list[BenchPath]:
-    """The service's gRPC rows (VAE_GRPC_PORT, on `grpc_port` here): none yet. The gRPC
-    endpoint's change adds them here, each a BenchPath whose `run` drives that port with its
-    load generator for the given seconds and returns a Result."""
-    return []
+    """The service's gRPC rows (VAE_GRPC_PORT, on `grpc_port` here): `ModelInfer` with raw
+    contents as tritonclient.grpc sends it, driven by benchmarks/grpc_bench.py's h2load runner
+    (one stream per connection, as wrk's one request per connection), its failures counted from
+    the service's /metrics on `http_port`. None when h2load is missing (`grpc_missing`)."""
+    if grpc_missing() is not None:
+        return []
+    from grpc_bench import grpc_body, run_h2load
+
+    paths = []
+    for batch, conns in batches:
+        body = workdir / f"grpc-{batch}.bin"
+        body.write_bytes(grpc_body(images[:batch]))
+
+        def check(body: Path = body) -> None:
+            grpc_check(grpc_port, body.read_bytes())
+
+        def run(seconds: float, body: Path = body, conns: int = conns) -> Result:
+            done = run_h2load(body, conns, seconds, workdir, grpc_port, http_port)
+            return Result(done.requests_s, done.p50_ms, done.p99_ms, done.failed)
+
+        paths.append(BenchPath(SERVICE, GRPC_LABEL, batch, conns, check, run))
+    return paths
+
+
+def grpc_check(port: int, framed: bytes) -> None:
+    """One ModelInfer call with the body h2load sends (its 5-byte gRPC frame header dropped),
+    answered OK with mu and logvar."""
+    import grpc
+
+    from service.grpc import oip_pb2 as pb
+
+    request = pb.ModelInferRequest.FromString(framed[5:])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        answer = infer(request, timeout=60)
+    names = [output.name for output in answer.outputs]
+    if names != ["mu", "logvar"]:
+        raise RuntimeError(f"gRPC ModelInfer answered outputs {names}, not mu and logvar")
 
 
 # --- servers ------------------------------------------------------------------------------------
@@ -310,13 +363,16 @@ def build_paths(
     paths = [in_process_path(images[:batch]) for batch in sorted({b for b, _ in batches})]
     for batch, conns in batches:
         x = images[:batch]
-        paths += [wrk_path(SERVICE, ports[SERVICE], load, header, workdir)
-                  for load, header in service_loads(x, conns)]  # fmt: skip
+        rest = [wrk_path(SERVICE, ports[SERVICE], load, header, workdir)
+                for load, header in service_loads(x, conns)]  # fmt: skip
+        # the protocol's rows together (JSON, binary, gRPC), then /encode's
+        grpc = grpc_paths(images, [(batch, conns)], ports["grpc"], ports[SERVICE], workdir)
+        paths += rest[:2] + grpc + rest[2:]
         if MLSERVER in ports:
             paths.append(
                 wrk_path(MLSERVER, ports[MLSERVER], mlserver_load(x, conns), None, workdir)
             )
-    return paths + grpc_paths(images, batches, ports["grpc"])
+    return paths
 
 
 def measure(paths: list[BenchPath], seconds: float, rounds: int) -> None:
@@ -349,12 +405,12 @@ def main() -> None:
     images = test_images(256)
     batches = parse_loads(args.loads)
     ports = {SERVICE: free_port(), "grpc": free_port()}
-    skipped = None
+    skipped = [reason for reason in [grpc_missing()] if reason]
     if args.mlserver and not Path(args.mlserver).is_file():
         sys.exit(f"--mlserver {args.mlserver}: no such file (create MLServer's venv as "
                  "benchmarks/mlserver/requirements.txt says)")  # fmt: skip
     if not args.mlserver:
-        skipped = "MLServer skipped: no --mlserver PATH (or VAE_BENCH_MLSERVER) given"
+        skipped.append("MLServer skipped: no --mlserver PATH (or VAE_BENCH_MLSERVER) given")
     difference = None
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -391,7 +447,7 @@ def main() -> None:
 def report(
     paths: list[BenchPath],
     rounds: int,
-    skipped: str | None,
+    skipped: list[str],
     difference: float | None,
     mlserver: str | None,
 ) -> None:
@@ -416,8 +472,8 @@ def report(
     print()
     for line in ratios(rows, limits):
         print(line)
-    if skipped:
-        print(skipped)
+    for reason in skipped:
+        print(reason)
 
 
 def ratios(rows: dict[tuple[str, str, int, int], Result], limits: dict[int, float]) -> list[str]:
@@ -434,6 +490,15 @@ def ratios(rows: dict[tuple[str, str, int, int], Result], limits: dict[int, floa
                 f"OIP JSON / MLServer, {images} x {conns}, {unit}: "
                 f"{ours.requests_s / peer.requests_s:.2f}x (target {target}); "
                 f"p99 {ours.p99_ms:.1f} against {peer.p99_ms:.1f} ms (target lower)"
+            )
+    for images, conns in ((256, 4), (1, 64)):
+        grpc = rows.get((SERVICE, GRPC_LABEL, images, conns))
+        binary = rows.get((SERVICE, BINARY_LABEL, images, conns))
+        if grpc and binary:
+            lines.append(
+                f"OIP gRPC raw / REST binary, {images} x {conns}: "
+                f"{grpc.requests_s / binary.requests_s:.2f}x requests/s; "
+                f"p99 {grpc.p99_ms:.1f} against {binary.p99_ms:.1f} ms"
             )
     binary = rows.get((SERVICE, BINARY_LABEL, 256, 4))
     if binary and 256 in limits:

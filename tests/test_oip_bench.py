@@ -81,3 +81,40 @@ def test_mlservers_model_is_the_bundled_encoder_with_adaptive_batching_on() -> N
 
 def test_parse_loads() -> None:
     assert oip_bench.parse_loads("256x4, 1x64") == [(256, 4), (1, 64)]
+
+
+def test_without_h2load_the_grpc_rows_are_skipped_saying_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(oip_bench.shutil, "which", lambda name: None)
+    assert oip_bench.grpc_missing() == (
+        "gRPC rows skipped: h2load is not installed (apt install nghttp2-client)"
+    )
+    assert oip_bench.grpc_paths(digits(2), [(2, 4)], 1, 1, tmp_path) == []
+
+
+def test_the_grpc_rows_body_is_answered_by_the_service(model_dir: Path, tmp_path: Path) -> None:
+    """The body h2load sends (grpc_bench.grpc_body, renamed to the tiny model) passes the rows'
+    check against an app serving gRPC in-process; a model it lacks fails it."""
+    import struct
+
+    from grpc_bench import grpc_body
+    from reliability import free_port
+
+    from service.app import create_app
+    from service.grpc import oip_pb2 as pb
+    from service.settings import Settings
+
+    framed = grpc_body(digits(2)[..., None])
+    request = pb.ModelInferRequest.FromString(framed[5:])
+    assert request.model_name == f"{oip_bench.MODEL}-encoder"
+    assert list(request.inputs[0].shape) == [2, 28, 28, 1]
+    request.model_name = "tiny-vae-encoder"
+    message = request.SerializeToString()
+    port = free_port()
+    with TestClient(create_app(Settings(model_dir=model_dir, grpc_port=port), serve_grpc=True)):
+        oip_bench.grpc_check(port, struct.pack(">BI", 0, len(message)) + message)
+        grpc = pytest.importorskip("grpc")
+        with pytest.raises(grpc.RpcError) as missing:
+            oip_bench.grpc_check(port, framed)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

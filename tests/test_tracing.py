@@ -406,3 +406,92 @@ def test_otlp_without_the_extra_refuses_to_start_and_names_it(model_dir: Path) -
     assert "error: VAE_TRACING:" in done.stderr
     assert "pip install 'vae-serving[tracing]'" in done.stderr
     assert "opentelemetry.sdk.trace" in done.stderr
+
+
+def test_a_grpc_call_is_traced_with_the_rpc_conventions(
+    model_dir: Path, receiver: Receiver
+) -> None:
+    """tritonclient.grpc's own messages and stub against an app serving gRPC in-process: the
+    caller's traceparent in the metadata is the parent, the onnxruntime call a child, the
+    trace comes back in the trailing metadata; a refusal is the caller's error, a probe no span."""
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from reliability import free_port
+
+    port = free_port()
+    app = create_app(traced_settings(model_dir, grpc_port=port), serve_grpc=True)
+    written = io.StringIO()
+    app.state.service.access_log.stream = written
+    message = pb.ModelInferRequest(model_name="tiny-vae-encoder")
+    message.inputs.add(name="x", datatype="FP32", shape=[2, 28, 28, 1])
+    message.raw_input_contents.append(IMAGES[:2].astype(np.float32).tobytes())
+    caller = (("traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"), ("x-request-id", "rpc-1"))
+    with TestClient(app), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        answer, call = stub.ModelInfer.with_call(message, metadata=caller)
+        assert [o.name for o in answer.outputs] == ["mu", "logvar"]
+        trailing = dict(call.trailing_metadata())
+        unknown = pb.ModelInferRequest(model_name="nowhere")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(unknown, metadata=(("x-request-id", "rpc-404"),))
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert stub.ServerLive(pb.ServerLiveRequest()).live  # a probe: no span
+    servers = {
+        s.attributes["vae.request.id"]: s
+        for s in receiver.spans
+        if s.span.kind == ProtoSpan.SPAN_KIND_SERVER
+    }
+    assert set(servers) == {"rpc-1", "rpc-404"}
+    span = servers["rpc-1"]
+    assert span.name == "inference.GRPCInferenceService/ModelInfer"
+    assert span.trace_id == CALLER_TRACE and span.parent_id == CALLER_SPAN
+    assert span.attributes == {
+        "rpc.system": "grpc",
+        "rpc.service": "inference.GRPCInferenceService",
+        "rpc.method": "ModelInfer",
+        "rpc.grpc.status_code": 0,
+        "vae.request.id": "rpc-1",
+        "vae.model": "tiny-vae",
+        "vae.batch.size": 2,
+    }
+    assert trailing["traceresponse"] == f"00-{CALLER_TRACE}-{span.span_id}-01"
+    (child,) = receiver.named("onnxruntime encoder")
+    assert child.parent_id == span.span_id and child.attributes["vae.request.rows"] == 2
+    missing = servers["rpc-404"]  # the caller's error: the span is not failed
+    assert missing.attributes["rpc.grpc.status_code"] == 5
+    assert "error.type" not in missing.attributes
+    assert missing.span.status.code == 0
+    assert f"request_id=rpc-1 trace_id={CALLER_TRACE} " in written.getvalue()
+
+
+def test_a_failed_grpc_call_marks_its_span_failed(model_dir: Path, receiver: Receiver) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
+    from tritonclient.utils import InferenceServerException
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from reliability import free_port
+
+    port = free_port()
+    app = create_app(traced_settings(model_dir, grpc_port=port), serve_grpc=True)
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    x = IMAGES[:1, ..., None].astype(np.float32)
+    tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    with TestClient(app):
+        registry = app.state.service.registry
+        registry.models["tiny-vae"].encode_batched = broken  # type: ignore[method-assign]
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        with pytest.raises(InferenceServerException) as failed:
+            client.infer("tiny-vae-encoder", [tensor])
+        client.close()
+    assert failed.value.status() == "StatusCode.INTERNAL"
+    (span,) = [s for s in receiver.spans if s.span.kind == ProtoSpan.SPAN_KIND_SERVER]
+    assert span.attributes["rpc.grpc.status_code"] == 13
+    assert span.attributes["error.type"] == "INTERNAL" and span.span.status.code == 2

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -357,6 +358,84 @@ def test_reload_rules_hold_across_workers(models: Path, tmp_path: Path) -> None:
     finally:
         os.killpg(running.proc.pid, signal.SIGKILL)
         running.proc.wait(30)
+
+
+# --- gRPC ---------------------------------------------------------------------------------------
+
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def test_grpc_is_served_by_every_worker_and_counted_once(models: Path, tmp_path: Path) -> None:
+    """Each worker binds VAE_GRPC_PORT (SO_REUSEPORT): the kernel hands each new connection to
+    one of them, so calls on several channels reach both; one channel stays on one worker."""
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="pip install 'tritonclient[grpc]'")
+    grpc_port = free_port()
+    running = launch(models, tmp_path, {"VAE_GRPC_PORT": str(grpc_port)})
+    x = np.asarray(IMAGES, dtype=np.float32)[..., None]
+    tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    # A channel of its own per call: no subchannel shared with the channels before it.
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+
+    def call_on_a_new_channel() -> str:
+        request_id = uuid.uuid4().hex
+        client = grpcclient.InferenceServerClient(
+            f"127.0.0.1:{grpc_port}", channel_args=own_connection
+        )
+        try:
+            result = client.infer(
+                "tiny-vae-encoder", [tensor], headers={"x-request-id": request_id}
+            )
+            assert result.as_numpy("mu").shape == (2, 2)
+        finally:
+            client.close()
+        return request_id
+
+    try:
+        seen = answered_by(running, [call_on_a_new_channel() for _ in range(6)])
+        # Until both workers answered: the kernel's hash of each connection picks the worker,
+        # so a few more calls may be needed (64 channels all on one worker: 2**-63).
+        while len(set(seen.values())) < 2:
+            assert len(seen) < 64, f"every gRPC connection went to one worker: {seen}"
+            seen.update(answered_by(running, [call_on_a_new_channel()]))
+        calls = len(seen)
+        # One channel, many calls: one connection, so one worker answers them all.
+        client = grpcclient.InferenceServerClient(
+            f"127.0.0.1:{grpc_port}", channel_args=own_connection
+        )
+        same = [uuid.uuid4().hex for _ in range(4)]
+        for request_id in same:
+            client.infer("tiny-vae-encoder", [tensor], headers={"x-request-id": request_id})
+        client.close()
+        assert len(set(answered_by(running, same).values())) == 1
+        calls += len(same)
+        labels = {"endpoint": GRPC_INFER, "model": "tiny-vae", "status": "200"}
+        wait_for(
+            lambda: metric(running.url, "vae_requests_total", **labels) == calls,
+            f"{calls} gRPC calls counted",
+        )
+        for _ in range(4):  # whichever worker answers the scrape sums both
+            assert metric(running.url, "vae_requests_total", **labels) == calls
+    finally:
+        os.killpg(running.proc.pid, signal.SIGTERM)
+        assert running.proc.wait(60) == 0, running.stderr()
+
+
+def test_a_busy_grpc_port_stops_the_start_before_any_worker(models: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        busy = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "--workers", "2", "--port", str(free_port())],
+            cwd=ROOT,
+            env=server_env(models, {"VAE_GRPC_PORT": str(busy)}),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert done.returncode == 1
+    assert f"error: cannot start: 127.0.0.1:{busy} (VAE_GRPC_PORT): " in done.stderr
+    assert "set another VAE_GRPC_PORT, or 0 to turn gRPC off" in done.stderr
+    assert "worker 1 started" not in done.stderr
 
 
 # --- start and stop -----------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from service.observability.context import RequestInfo, current_request
 logger = logging.getLogger("service")
 
 T = TypeVar("T")
-SERVICE = "/inference.GRPCInferenceService/"
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVICE = f"/{SERVICE_NAME}/"
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 CLIENT_GONE = 499
 
@@ -81,8 +82,14 @@ class Calls:
             for key, value in context.invocation_metadata() or ()
         }
         info = RequestInfo(request_id(metadata))
+        tracing = self.state.tracing
+        if tracing is not None and method not in OPEN_METHODS:  # probes get no span, as REST's
+            info.trace = tracing.grpc_call(SERVICE_NAME, method, metadata, info.request_id)
         token = current_request.set(info)
-        context.set_trailing_metadata((("x-request-id", info.request_id),))
+        trailing = [("x-request-id", info.request_id)]
+        if info.trace is not None:  # REST's traceresponse header, in the trailing metadata
+            trailing.append(("traceresponse", info.trace.traceresponse().decode()))
+        context.set_trailing_metadata(trailing)
         status, failure = CLIENT_GONE, None
         start = time.perf_counter()
         try:
@@ -91,9 +98,16 @@ class Calls:
         finally:
             info.end()
             current_request.reset(token)
-            self._record(method, info, status, time.perf_counter() - start, failure)
+            code = (
+                grpc.StatusCode.OK
+                if failure is None and status == 200
+                else (grpc.StatusCode.CANCELLED if failure is None else self._code(failure))
+            )
+            self._record(method, info, status, time.perf_counter() - start, code)
+            if info.trace is not None:
+                info.trace.end_grpc(code.value[0], code.name, info.model, info.batch_size)
         if failure is not None:
-            await context.abort(self._code(failure), str(failure))
+            await context.abort(code, str(failure))
         return result  # type: ignore[return-value]
 
     def _code(self, failure: ServiceError) -> grpc.StatusCode:
@@ -165,29 +179,26 @@ class Calls:
         info: RequestInfo,
         status: int,
         seconds: float,
-        failure: ServiceError | None,
+        code: grpc.StatusCode,
     ) -> None:
         endpoint = SERVICE + method
         self.state.metrics.count_request(endpoint, info.model, status, seconds)
         access_log = self.state.access_log
         if access_log is None:
             return
-        code = (
-            "OK"
-            if failure is None and status == 200
-            else ("CANCELLED" if failure is None else self._code(failure).name)
+        fields: dict[str, object] = {"request_id": info.request_id}
+        if info.trace is not None:  # tracing on: the call's trace, beside its id
+            fields["trace_id"] = info.trace.trace_id
+        fields.update(
+            method="GRPC",
+            endpoint=endpoint,
+            model=info.model or None,
+            status=status,
+            grpc_status=code.name,
+            latency_ms=round(seconds * 1000, 3),
+            batch_size=info.batch_size or None,
         )
-        fields = {
-            "request_id": info.request_id,
-            "method": "GRPC",
-            "endpoint": endpoint,
-            "model": info.model or None,
-            "status": status,
-            "grpc_status": code,
-            "latency_ms": round(seconds * 1000, 3),
-            "batch_size": info.batch_size or None,
-        }
-        access_log.write(f"GRPC {endpoint} {code} {seconds * 1000:.1f} ms", fields)
+        access_log.write(f"GRPC {endpoint} {code.name} {seconds * 1000:.1f} ms", fields)
 
 
 class AtCapacity(Unavailable):

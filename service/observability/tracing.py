@@ -11,8 +11,9 @@ The SDK is configured from the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
 through the SDK's batch processor, in its own thread: a request never waits on the collector.
 
 A transport opens a request's span with one call, `Tracing.request` (or `Tracing.http_request`
-for an ASGI scope), keeps the `RequestTrace` on the request's `RequestInfo` (the batcher finds it
-there) and ends it with `RequestTrace.end` (or `end_http`).
+for an ASGI scope, `Tracing.grpc_call` for a gRPC call), keeps the `RequestTrace` on the
+request's `RequestInfo` (the batcher finds it there) and ends it with `RequestTrace.end` (or
+`end_http`, `end_grpc`).
 
 Batching puts several requests in one onnxruntime call. As Triton does for its compute span,
 each request's trace gets a span of its own for that call (its start and end are the call's), so
@@ -44,6 +45,9 @@ KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 CLIENT_GONE = 499  # the guard's status for a client that hung up before it was answered
+# The gRPC codes that are the server's fault (RPC semantic conventions, server spans): UNKNOWN,
+# DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS; the others are the caller's.
+GRPC_SERVER_ERRORS = frozenset({2, 4, 12, 13, 14, 15})
 
 
 @dataclass(slots=True)
@@ -93,6 +97,16 @@ class RequestTrace:
         if batch_size:
             attributes["vae.batch.size"] = batch_size
         self.end(attributes, str(status) if status >= 500 and status != CLIENT_GONE else None)
+
+    def end_grpc(self, code: int, code_name: str, model: str, batch_size: int) -> None:
+        """Ends a gRPC call's span with its status code (`rpc.grpc.status_code`): failed where
+        the code is the server's error, `error.type` then its name (`INTERNAL`)."""
+        attributes: dict[str, AttributeValue] = {"rpc.grpc.status_code": code}
+        if model:
+            attributes["vae.model"] = model
+        if batch_size:
+            attributes["vae.batch.size"] = batch_size
+        self.end(attributes, code_name if code in GRPC_SERVER_ERRORS else None)
 
 
 class CallSpans:
@@ -189,6 +203,23 @@ class Tracing:
         }
         name = method if known else "HTTP"
         return self.request(f"{name} {route}" if route else name, carrier, attributes, request_id)
+
+    def grpc_call(
+        self, service: str, method: str, metadata: Mapping[bytes, bytes], request_id: str
+    ) -> RequestTrace:
+        """`request` for a gRPC call (its metadata's keys are lower-case already), named
+        `service/method` and described as OpenTelemetry's RPC semantic conventions say."""
+        attributes: dict[str, AttributeValue] = {
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": method,
+        }
+        carrier = {
+            field: metadata[key].decode("latin-1")
+            for field in self.fields
+            if (key := field.encode()) in metadata
+        }
+        return self.request(f"{service}/{method}", carrier, attributes, request_id)
 
     def onnxruntime_call(
         self,
