@@ -267,9 +267,13 @@ def _input_array(
         )
     if flat.size == 0:
         raise BadRequest("", "inputs[0]: no rows; send at least one")
-    rows = flat.reshape(tensor.shape[0], *row_shape).astype(np.float64)
+    rows = flat.reshape(tensor.shape[0], *row_shape)
+    # FP32 data is checked as it is (binary data: in place, no copy); FP64 is checked before it
+    # is cast, which would turn a huge number into infinity.
     if tensor.datatype == "UINT8":
-        rows /= 255.0
+        rows = rows.astype(np.float32) / np.float32(255.0)
+    elif tensor.datatype == "FP16":
+        rows = rows.astype(np.float32)
     try:
         if model.graph in IMAGE_GRAPHS:
             rows = check_pixels(rows, "inputs[0].data")
@@ -279,7 +283,7 @@ def _input_array(
             )
     except InvalidInput as exc:  # the protocol calls an invalid request 400
         raise BadRequest("", str(exc)) from None
-    return rows.astype(np.float32)
+    return rows.astype(np.float32, copy=False)
 
 
 def _invert(request: InferenceRequest, graph: str) -> Invert:
