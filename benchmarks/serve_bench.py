@@ -143,7 +143,8 @@ def start(
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        # gRPC off unless asked for: servers started side by side would all bind 8081.
+        env={**os.environ, "VAE_GRPC_PORT": "0", **(env or {})},
         stdout=subprocess.DEVNULL,
         # Not a pipe: nobody reads it while the load runs, and a full pipe would block the
         # server's log writes (one line per request with VAE_ACCESS_LOG on).
