@@ -154,11 +154,15 @@ def test_compare_an_ae_and_a_vae_side_by_side(watched: Watched, server: reliabil
     assert picture(page, "recon-a") == ae_recon  # nothing to sample: the same picture
 
     # The probe: the point under the pointer, decoded by both models at the same z.
-    box = page.locator("#map-b").bounding_box()  # where it is now, under the drawing's answers
+    # hover(): the map scrolled into view and the pointer placed on it where it is at that
+    # moment, however the answers before moved the page (a position measured earlier may miss).
+    the_map = page.locator("#map-b")
     captions = []
     for fx, fy in [(0.5, 0.5), (0.3, 0.7)]:
-        where = box["x"] + fx * box["width"], box["y"] + fy * box["height"]
-        answered(page, partial(page.mouse.move, *where))
+        box = the_map.bounding_box()
+        assert box is not None
+        position = {"x": fx * box["width"], "y": fy * box["height"]}
+        answered(page, partial(the_map.hover, position=position))
         caption = [page.inner_text(f"#probe-z-{side}") for side in "ab"]
         assert caption[0] == caption[1] and caption[0].startswith("decode(z = ["), caption
         captions.append(caption[0])
