@@ -75,7 +75,7 @@ model-%: configs/%.toml | $(VENV)/.installed-train
 	$(BIN)/python -m training export runs/$* --out models/$*
 
 # The latent-50 dynamically binarised VAE compared with the IWAE paper; not bundled.
-# LITERATURE=mnist-vae-50-binarized-conv: the same with the bundled mnist-vae's conv architecture.
+# LITERATURE=mnist-vae-50-binarized-conv: the same with the conv architecture of mnist-vae-conv.toml.
 LITERATURE ?= mnist-vae-50-binarized
 literature-check: | $(VENV)/.installed-train
 	rm -rf runs/$(LITERATURE)
