@@ -209,12 +209,12 @@ def test_compare_says_what_it_can_show_for_latents_that_are_not_2d(
     watched: Watched, server: reliability.Server
 ) -> None:
     page = open_compare(watched, server, "mnist-ae,mnist-vae")
-    for side, name in (("a", "mnist-ae"), ("b", "mnist-vae")):
+    for side, name, dims in (("a", "mnist-ae", 16), ("b", "mnist-vae", 32)):
         notes = page.inner_text("#map-pair").replace("\n", " ")
-        assert f"{name} has a 16-D latent space" in notes
+        assert f"{name} has a {dims}-D latent space" in notes
         assert page.locator(f"#map-{side}").count() == 0
         assert page.locator(f"#grid-{side}").count() == 0
-        assert brightness(page, f"#gen-{side}") > 3  # 36 samples of N(0, I) in 16-D, painted
+        assert brightness(page, f"#gen-{side}") > 3  # 36 samples of N(0, I), painted
     draw(page, ONE)
     assert brightness(page, "#recon-a") > 10 and brightness(page, "#recon-b") > 10
     assert page.locator("#samples-b canvas").count() == 6
