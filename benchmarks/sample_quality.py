@@ -19,6 +19,7 @@ import torch
 
 from training.classifier import load_classifier
 from training.data import load_splits
+from training.evaluate import EVAL_SEED
 from training.sample_quality import DEFAULT_SAMPLES, judge_samples, sample_quality_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def main() -> None:
         "--models", nargs="+", type=Path, default=[ROOT / "models" / m for m in MODELS]
     )
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    parser.add_argument("--seed", type=int, default=1234)  # evaluate's EVAL_SEED
+    parser.add_argument("--seed", type=int, default=EVAL_SEED)
     args = parser.parse_args()
     print(f"{'model':16} {'Frechet':>8} {'reference':>9} {'confidence':>10} {'class shares':>14}")
     for folder in args.models:
