@@ -63,8 +63,8 @@ wheel: | $(BIN)/python  ## dist/vae_serving-*.whl, e.g. for `pip install 'dist/.
 
 # Retrain, evaluate, draw and export every bundled model from the MNIST/Fashion-MNIST files in
 # $(DATA_DIR) (downloaded there first if missing and online). The three MLPs take about 15 min on
-# 2 CPU cores; each conv model (mnist-vae, fashion-vae) about 100 min of training on one thread and
-# 35 min of IWAE over every test image.
+# 2 CPU cores; each conv model about 85 (mnist-vae) or 100 min (fashion-vae) of training on one
+# thread and 35-45 min of IWAE over every test image.
 # The bundled numbers are computed once and compared with the literature, so their IWAE estimate
 # importance-samples every test image (about 5 min per model) rather than the default subset.
 default-models: $(addprefix model-,$(MODELS))

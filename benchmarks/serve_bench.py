@@ -37,11 +37,14 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mnist-vae"
@@ -72,52 +75,75 @@ def test_images(n: int) -> np.ndarray:
 # --- the limit: onnxruntime in this process ---------------------------------------------------
 
 
-def in_process(
-    images: np.ndarray, seconds: float, model_dir: Path = ROOT / "models"
-) -> dict[tuple[str, int], float]:
-    """Images/s of each endpoint's graph work, called back to back, at batch 1 and 256; and the
-    median seconds of one image's encode and of its encode + decode (`reconstruct-latency`)."""
-    folder = model_dir / MODEL
-    # onnxruntime's defaults (a thread per core), except spinning: with it on, the encoder's
-    # idle threads spin while the decoder runs and the two sessions fight over the cores.
+def _sessions(folder: Path, threads: int) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    """The encoder and decoder with `threads` intra-op threads (0: onnxruntime's thread per core),
+    not spinning: with it on, the encoder's idle threads spin while the decoder runs and the two
+    sessions fight over the cores."""
     options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     cpu = ["CPUExecutionProvider"]
     enc = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=cpu)
     dec = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=cpu)
+    return enc, dec
+
+
+def in_process(
+    images: np.ndarray, seconds: float, model_dir: Path = ROOT / "models", service_threads: int = 1
+) -> dict[tuple[str, int], float]:
+    """Images/s of each endpoint's graph work, called back to back, at batch 1 and 256, with a
+    thread per core (the ceiling); and the median seconds of one image's encode and of its encode
+    + decode (`reconstruct-latency`) with the service's `service_threads` intra-op threads, so
+    that the service's overhead is measured against the same graph work it does."""
+    folder = model_dir / MODEL
     rng = np.random.default_rng(0)
-    latent = dec.get_inputs()[0].shape[1]
 
-    def encode(x: np.ndarray) -> None:
-        enc.run(None, {"x": x})
+    def calls(
+        enc: ort.InferenceSession, dec: ort.InferenceSession
+    ) -> dict[str, Callable[[np.ndarray], None]]:
+        latent = dec.get_inputs()[0].shape[1]
 
-    def reconstruct(x: np.ndarray) -> None:
-        mu, logvar = enc.run(None, {"x": x})
-        dec.run(None, {"z": mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape, np.float32)})
+        def encode(x: np.ndarray) -> None:
+            enc.run(None, {"x": x})
 
-    def generate(x: np.ndarray) -> None:
-        dec.run(None, {"z": rng.standard_normal((len(x), latent), np.float32)})
+        def reconstruct(x: np.ndarray) -> None:
+            mu, logvar = enc.run(None, {"x": x})
+            noise = rng.standard_normal(mu.shape, np.float32)
+            dec.run(None, {"z": mu + np.exp(0.5 * logvar) * noise})
+
+        def generate(x: np.ndarray) -> None:
+            dec.run(None, {"z": rng.standard_normal((len(x), latent), np.float32)})
+
+        return {"encode": encode, "reconstruct": reconstruct, "generate": generate}
 
     results = {}
-    for name, fn in (("encode", encode), ("reconstruct", reconstruct), ("generate", generate)):
+    for name, fn in calls(*_sessions(folder, 0)).items():
         for batch in (1, 256):
             x = np.ascontiguousarray(images[:batch, None])
             for _ in range(20):
                 fn(x)
-            calls, start = 0, time.perf_counter()
+            count, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds / 6:
                 fn(x)
-                calls += 1
-            results[(name, batch)] = calls * batch / (time.perf_counter() - start)
+                count += 1
+            results[(name, batch)] = count * batch / (time.perf_counter() - start)
     x1 = np.ascontiguousarray(images[:1, None])
-    for name, fn in (("encode", encode), ("reconstruct", reconstruct)):
+    as_served = calls(*_sessions(folder, service_threads))
+    for name in ("encode", "reconstruct"):
         latencies = []
         for _ in range(2000):
             t = time.perf_counter()
-            fn(x1)
+            as_served[name](x1)
             latencies.append(time.perf_counter() - t)
         results[(f"{name}-latency", 1)] = statistics.median(latencies)
     return results
+
+
+def service_intra_op_threads(service_env: dict[str, str]) -> int:
+    """The intra-op threads the service will run each call with: VAE_INTRA_OP_THREADS as given
+    to it, else the service's default."""
+    default: int = Settings.model_fields["intra_op_threads"].default
+    return int(service_env.get("VAE_INTRA_OP_THREADS", default))
 
 
 # --- servers ------------------------------------------------------------------------------------
@@ -354,12 +380,12 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, {platform_line()}; onnxruntime {ort.__version__}",
         flush=True,
     )
-    limit = in_process(images, args.seconds, args.model_dir)
-
     service_env = {
         "VAE_MODEL_DIR": str(args.model_dir.resolve()),
         **dict(kv.split("=", 1) for kv in args.service_env.split() if kv),
     }
+    threads = service_intra_op_threads(service_env)
+    limit = in_process(images, args.seconds, args.model_dir, threads)
     port, base_port = args.port, args.port + 1
     service_cmd = [sys.executable, "-m", "service", "--port", str(port)]
     baseline_cmd = [
@@ -464,6 +490,7 @@ def main() -> None:
         print(
             f"one connection, {path} JSON 1 image: service p50 {single.p50_ms:.3f} ms, "
             f"baseline p50 {single_base.p50_ms:.3f} ms, in-process {lat:.3f} ms "
+            f"({threads or 'a'} intra-op thread{'s' if threads != 1 else ''} per call, as served) "
             f"-> service overhead {single.p50_ms - lat:.3f} ms"
         )
     print(

@@ -14,6 +14,10 @@ def test_config_validation_names_the_field() -> None:
         TrainConfig.from_dict({"hiden": [3]})
     with pytest.raises(ConfigError, match="binarize needs"):
         TrainConfig(binarize=True, likelihood="gaussian")
+    with pytest.raises(ConfigError, match="res_blocks must be >= 0, got -1"):
+        TrainConfig(architecture="conv", res_blocks=-1)
+    with pytest.raises(ConfigError, match=r"res_blocks=2 needs architecture='conv'"):
+        TrainConfig(architecture="mlp", res_blocks=2)
 
 
 def test_image_size_and_channels_settings() -> None:

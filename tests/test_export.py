@@ -117,16 +117,22 @@ def test_ae_export_has_a_single_code_output(ae_run: Path, tmp_path: Path) -> Non
     assert len(outputs) == 1 and outputs[0].shape == (2, 4)
 
 
-def test_conv_model_exports_with_parity(tmp_path: Path, data_dir: Path) -> None:
+@pytest.mark.parametrize("res_blocks", [0, 1])
+def test_conv_model_exports_with_parity(tmp_path: Path, data_dir: Path, res_blocks: int) -> None:
     from training.train import train
 
-    train(
-        tiny_config(data_dir, architecture="conv", hidden=(16,), channels=(4, 8), epochs=1),
-        tmp_path / "run",
-        progress=False,
+    cfg = tiny_config(
+        data_dir,
+        architecture="conv",
+        hidden=(16,),
+        channels=(4, 8),
+        res_blocks=res_blocks,
+        epochs=1,
     )
+    train(cfg, tmp_path / "run", progress=False)
     manifest = export_run(tmp_path / "run", tmp_path / "conv")
     assert manifest["architecture"]["architecture"] == "conv"
+    assert manifest["architecture"]["res_blocks"] == res_blocks
     assert max(manifest["parity"]["encoder_max_abs_diff"].values()) <= manifest["parity"]["atol"]
 
 

@@ -10,6 +10,7 @@ from training.model import (
     CONV_END_SIDE,
     AutoEncoder,
     ModelConfig,
+    ResidualBlock,
     conv_widths,
     kl_to_standard_normal,
     loss_terms,
@@ -133,3 +134,30 @@ def test_too_small_for_the_conv_layers() -> None:
 def test_old_checkpoints_name_the_conv_widths_channels() -> None:
     old = {"kind": "vae", "architecture": "conv", "latent_dim": 2, "hidden": [8], "channels": [4]}
     assert ModelConfig.from_dict(old).conv_channels == (4,)
+
+
+def test_residual_blocks_sit_on_the_smallest_map_of_both_halves() -> None:
+    cfg = ModelConfig(architecture="conv", latent_dim=3, hidden=(8,), conv_channels=(4, 6))
+    deep = AutoEncoder(ModelConfig(**{**cfg.to_dict(), "res_blocks": 2}))
+    blocks = [m for m in deep.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 4
+    assert all(b.body[1].in_channels == b.body[3].out_channels == 6 for b in blocks)
+    # The blocks keep every shape: same latent and image sizes, more parameters.
+    logits, mu, logvar = deep(torch.rand(2, 1, 28, 28))
+    assert logits.shape == (2, 784) and mu.shape == (2, 3) and logvar is not None
+    plain = sum(p.numel() for p in AutoEncoder(cfg).parameters())
+    assert sum(p.numel() for p in deep.parameters()) == plain + 4 * 2 * (6 * 6 * 9 + 6)
+
+
+def test_a_residual_block_adds_to_its_input() -> None:
+    block = ResidualBlock(3)
+    for conv in (block.body[1], block.body[3]):
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(block(x), x)  # zero residual: the identity path alone
+
+
+def test_checkpoints_from_before_residual_blocks_have_none() -> None:
+    old = {"kind": "vae", "architecture": "conv", "latent_dim": 2, "hidden": [8]}
+    assert ModelConfig.from_dict(old).res_blocks == 0

@@ -106,6 +106,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="conv channels per stride-2 layer (default: 32,64,128... one layer per halving "
         "until the smaller side is 7 px or less; 32,64 at 28x28)",
     )
+    g.add_argument(
+        "--res-blocks",
+        type=int,
+        help="conv only: residual blocks on the smallest feature map of the encoder and of the "
+        f"decoder (default {d.res_blocks})",
+    )
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",

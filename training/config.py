@@ -38,6 +38,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (512,)
     # conv widths, one stride-2 layer each; None: as many as the image size needs (model.py)
     conv_channels: tuple[int, ...] | None = None
+    res_blocks: int = 0  # conv only: residual blocks on the smallest map (model.py)
     # data
     dataset: str = "mnist"  # mnist, fashion-mnist, a folder of images, or a .npy/.npz file
     # (height, width) the images are resized to; None: the data's own size
@@ -90,6 +91,13 @@ class TrainConfig:
             raise ConfigError(
                 f"conv_channels must be one or more positive widths, got {self.conv_channels}"
             )
+        if self.res_blocks < 0:
+            raise ConfigError(f"res_blocks must be >= 0, got {self.res_blocks}")
+        if self.res_blocks and self.architecture != "conv":
+            raise ConfigError(
+                f"res_blocks={self.res_blocks} needs architecture='conv' (--architecture conv); "
+                "the MLP has no feature maps to put them on"
+            )
         self._check_image_settings()
 
     def _check_image_settings(self) -> None:
@@ -136,6 +144,7 @@ class TrainConfig:
             latent_dim=self.latent_dim,
             hidden=self.hidden,
             conv_channels=self.conv_channels or conv_widths(height, width),
+            res_blocks=self.res_blocks,
             image_shape=image_shape,
         )
 

@@ -33,6 +33,8 @@ class ModelConfig:
     hidden: tuple[int, ...] = (512,)
     # conv only: one stride-2 convolution per entry (see `conv_widths` for the default)
     conv_channels: tuple[int, ...] = (32, 64)
+    # conv only: residual blocks on the smallest feature map, in the encoder and in the decoder
+    res_blocks: int = 0
     image_shape: tuple[int, int, int] = (1, 28, 28)  # (channels, height, width)
 
     @classmethod
@@ -45,6 +47,7 @@ class ModelConfig:
             latent_dim=int(d["latent_dim"]),
             hidden=tuple(d["hidden"]),
             conv_channels=tuple(widths),
+            res_blocks=int(d.get("res_blocks", 0)),
             image_shape=tuple(d.get("image_shape", (1, 28, 28))),
         )
 
@@ -120,6 +123,24 @@ def _side_sizes(side: int, stages: int) -> list[int]:
     return sizes
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(relu(x)))), 3x3 convolutions that keep the shape: depth where the map
+    is smallest, so cheap, with an identity path that keeps it easy to train (the pre-activation
+    block of He et al. 2016; the ResNet VAEs of Kingma et al. 2016 stack them the same way)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
 def _conv_body(cfg: ModelConfig) -> _Body:
     c, h, w = cfg.image_shape
     problem = conv_size_problem(h, w, len(cfg.conv_channels))
@@ -133,7 +154,12 @@ def _conv_body(cfg: ModelConfig) -> _Body:
     end_h, end_w = heights[-1], widths[-1]
     flat = chans[-1] * end_h * end_w
     hidden = list(cfg.hidden)
-    encoder = nn.Sequential(*down, nn.Flatten(), _mlp([flat, *hidden]))
+    blocks_down = [ResidualBlock(chans[-1]) for _ in range(cfg.res_blocks)]
+    blocks_up = [ResidualBlock(chans[-1]) for _ in range(cfg.res_blocks)]
+    # After the blocks the map is a sum, not a ReLU output: activate it before the dense layers
+    # and the transposed convolutions, as the plain body's maps are.
+    activate = [nn.ReLU()] if cfg.res_blocks else []
+    encoder = nn.Sequential(*down, *blocks_down, *activate, nn.Flatten(), _mlp([flat, *hidden]))
 
     # Each transposed layer doubles its input side (2n); output_padding adds the pixel that an
     # odd side lost to the encoder's floor(n / 2), so the decoder gives exactly C x H x W.
@@ -152,6 +178,8 @@ def _conv_body(cfg: ModelConfig) -> _Body:
     decoder = nn.Sequential(
         _mlp([cfg.latent_dim, *hidden[::-1], flat]),
         nn.Unflatten(1, (chans[-1], end_h, end_w)),
+        *blocks_up,
+        *activate,
         *up,
         nn.Flatten(),
     )
