@@ -141,6 +141,11 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def _relu_after(blocks: list[ResidualBlock]) -> list[nn.Module]:
+    """A ReLU of its own for each half (none without blocks)."""
+    return [nn.ReLU()] if blocks else []
+
+
 def _conv_body(cfg: ModelConfig) -> _Body:
     c, h, w = cfg.image_shape
     problem = conv_size_problem(h, w, len(cfg.conv_channels))
@@ -158,8 +163,9 @@ def _conv_body(cfg: ModelConfig) -> _Body:
     blocks_up = [ResidualBlock(chans[-1]) for _ in range(cfg.res_blocks)]
     # After the blocks the map is a sum, not a ReLU output: activate it before the dense layers
     # and the transposed convolutions, as the plain body's maps are.
-    activate = [nn.ReLU()] if cfg.res_blocks else []
-    encoder = nn.Sequential(*down, *blocks_down, *activate, nn.Flatten(), _mlp([flat, *hidden]))
+    encoder = nn.Sequential(
+        *down, *blocks_down, *_relu_after(blocks_down), nn.Flatten(), _mlp([flat, *hidden])
+    )
 
     # Each transposed layer doubles its input side (2n); output_padding adds the pixel that an
     # odd side lost to the encoder's floor(n / 2), so the decoder gives exactly C x H x W.
@@ -179,7 +185,7 @@ def _conv_body(cfg: ModelConfig) -> _Body:
         _mlp([cfg.latent_dim, *hidden[::-1], flat]),
         nn.Unflatten(1, (chans[-1], end_h, end_w)),
         *blocks_up,
-        *activate,
+        *_relu_after(blocks_up),
         *up,
         nn.Flatten(),
     )
