@@ -340,6 +340,13 @@ async def send(client: httpx.AsyncClient, req: Req) -> Outcome:
         error, detail = REFUSED, repr(exc)
     except httpx.TransportError as exc:  # RemoteProtocolError, ReadError, WriteError
         error, detail = (TRUNCATED if started else NO_RESPONSE), repr(exc)
+    except AttributeError as exc:
+        # A server closing a connection it has just accepted (as at SIGTERM) can leave uvloop's
+        # transport without a socket before httpcore asks it for TLS details; anyio 4.16 then
+        # calls getpeername on None. No request went out on that connection.
+        if started or "getpeername" not in str(exc):
+            raise
+        error, detail = NO_RESPONSE, repr(exc)
     return Outcome(req.label, sent, time.monotonic(), error=error, detail=detail)
 
 

@@ -9,13 +9,48 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import reliability  # noqa: E402
-from reliability import CUT_OFF, HUP_BAD, NEVER_ACCEPTED, RELOAD_BAD, RELOAD_GOOD  # noqa: E402
+from reliability import (  # noqa: E402
+    CUT_OFF,
+    HUP_BAD,
+    NEVER_ACCEPTED,
+    NO_RESPONSE,
+    RELOAD_BAD,
+    RELOAD_GOOD,
+    Req,
+)
 
 CONNECTIONS = 64
+
+
+def send_failing_with(exc: Exception) -> reliability.Outcome:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    async def main() -> reliability.Outcome:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await reliability.send(client, Req("models", "GET", "http://test/v1/models"))
+
+    return reliability.run_async(main())
+
+
+def test_a_connection_closed_while_connecting_counts_as_never_answered() -> None:
+    # What anyio raises when the server drops a just-accepted connection under uvloop (seen
+    # once in CI during the SIGTERM scenario): the request never went out.
+    outcome = send_failing_with(AttributeError("'NoneType' object has no attribute 'getpeername'"))
+    assert outcome.status is None and outcome.error == NO_RESPONSE
+    assert NO_RESPONSE in NEVER_ACCEPTED
+
+
+def test_any_other_attribute_error_in_the_load_generator_is_a_bug_and_raised() -> None:
+    with pytest.raises(AttributeError, match="spelling"):
+        send_failing_with(AttributeError("spelling"))
 
 
 def test_below_capacity_every_request_succeeds() -> None:
